@@ -1,0 +1,174 @@
+"""The build manifest: its schema, loading and validation.
+
+Board side: stdlib + json only. The host imports the schema from here so there is one definition.
+
+Shape (schema_version 1), all paths relative to the build dir:
+
+    {
+      "schema_version": 1, "tool_version": "0.1.0", "created": "<iso time>",
+      "model": {"name": str, "kwargs": {...}, "params": int, "bytes": int, "flops": int},
+      "input": {"name": "pixel_values", "shape": [C, H, W], "layout": "NCHW", "dtype": "float32",
+                "mean": [..C], "std": [..C], "interpolation": "bilinear"},
+      "classes": [str, ...],                    # N class names, index = class id
+      "groups": [[int, ...], ...],              # K groups of class ids
+      "submodels": [{"name": "g0", "group": 0, "classes": [int], "arch": {...},
+                     "params": int, "bytes": int, "flops": int, "feature_dim": int,
+                     "num_outputs": int, "checkpoint": "submodels/g0.pt",
+                     "accuracy_in_group": float}],
+      "fusion": {"kind": "mlp"|"logits", "source": "features"|"logits", "input_dims": [int per sub-model],
+                 "num_classes": int, "checkpoint": "fusion/fusion.pt"},
+      "files": {"<relpath>": {"bytes": int, "sha256": str}},   # every file in the build except manifest.json
+      "artifacts": [{"name": "g0"|"fusion", "file": relpath, "format": "onnx"|"tflite",
+                     "quant": "fp32"|"fp16"|"int8-dynamic"|"int8-static",
+                     "bytes": int, "sha256": str,
+                     "inputs": [{"name": str, "shape": [-1, ...], "dtype": "float32"}],
+                     "outputs": [{"name": str, "shape": [-1, ...], "dtype": "float32"}],
+                     "reference": relpath to npz with one array per output name,
+                     "tolerance": float, "max_abs_diff": float, "top1_agreement": float,
+                     "float_layers": [str], "status": "ok"|"failed", "reason": str}],
+      "accuracy": {"original": float, "fused": float, "fused_logits": float, "exported": {"onnx/fp32": float}}
+    }
+
+Sub-model artifacts take `pixel_values` [B, C, H, W] and return `features` [B, D] and `logits` [B, |g|+1]
+(last logit = "other"). The fusion artifact takes `features` [B, sum(input_dims)] (the sub-models' `source`
+outputs concatenated in group order; a missing sub-model's slice is zeros) and returns `logits` [B, N].
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+REFERENCE_INPUTS = "reference/inputs.npz"
+FORMATS = ("onnx", "tflite")
+QUANT_MODES = ("fp32", "fp16", "int8-dynamic", "int8-static")
+
+
+class ManifestError(Exception):
+    """The manifest is missing or malformed. Host code re-raises it as an ArtifactError."""
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _require(obj: dict, key: str, kind, where: str, problems: list[str]):
+    if not isinstance(obj, dict) or key not in obj:
+        problems.append(f"{where}.{key} is missing")
+        return None
+    value = obj[key]
+    if kind is not None and not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float):
+        problems.append(f"{where}.{key} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+        return None
+    return value
+
+
+def validate(manifest: dict) -> list[str]:
+    """Every schema problem found, as 'field: what is wrong' strings (empty list = valid)."""
+    p: list[str] = []
+    if not isinstance(manifest, dict):
+        return ["manifest must be a JSON object"]
+    version = _require(manifest, "schema_version", int, "manifest", p)
+    if version is not None and version != SCHEMA_VERSION:
+        p.append(f"manifest.schema_version is {version}, this tool reads {SCHEMA_VERSION}: rebuild with this version")
+    inp = _require(manifest, "input", dict, "manifest", p) or {}
+    shape = _require(inp, "shape", list, "input", p)
+    if shape is not None and (len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape)):
+        p.append(f"input.shape must be [C, H, W] positive ints, got {shape}")
+    for key in ("mean", "std"):
+        _require(inp, key, list, "input", p)
+    classes = _require(manifest, "classes", list, "manifest", p) or []
+    groups = _require(manifest, "groups", list, "manifest", p) or []
+    seen = sorted(c for g in groups if isinstance(g, list) for c in g)
+    if classes and seen != list(range(len(classes))):
+        p.append("groups must cover every class id exactly once")
+    subs = _require(manifest, "submodels", list, "manifest", p) or []
+    for i, sm in enumerate(subs):
+        for key, kind in (("name", str), ("classes", list), ("feature_dim", int), ("num_outputs", int)):
+            _require(sm, key, kind, f"submodels[{i}]", p)
+    fusion = _require(manifest, "fusion", dict, "manifest", p) or {}
+    _require(fusion, "kind", str, "fusion", p)
+    _require(fusion, "input_dims", list, "fusion", p)
+    files = _require(manifest, "files", dict, "manifest", p) or {}
+    for rel, meta in files.items():
+        _require(meta, "sha256", str, f"files[{rel}]", p)
+        _require(meta, "bytes", int, f"files[{rel}]", p)
+    for i, art in enumerate(manifest.get("artifacts", []) or []):
+        where = f"artifacts[{i}]"
+        for key, kind in (("name", str), ("file", str), ("format", str), ("quant", str), ("sha256", str),
+                          ("bytes", int), ("inputs", list), ("outputs", list)):
+            _require(art, key, kind, where, p)
+        if isinstance(art, dict):
+            if art.get("format") not in FORMATS:
+                p.append(f"{where}.format must be one of {', '.join(FORMATS)}, got {art.get('format')!r}")
+            if art.get("quant") not in QUANT_MODES:
+                p.append(f"{where}.quant must be one of {', '.join(QUANT_MODES)}, got {art.get('quant')!r}")
+    return p
+
+
+def load(build_dir: str) -> dict:
+    """Read and schema-check BUILD_DIR/manifest.json; raise ManifestError listing every problem."""
+    path = os.path.join(build_dir, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        raise ManifestError(f"{path}: not found; is {build_dir} a build directory made by `edvit-tool compile`?")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"{path}: not valid JSON ({e}); rebuild or restore it") from None
+    problems = validate(manifest)
+    if problems:
+        raise ManifestError(f"{path}: " + "; ".join(problems))
+    return manifest
+
+
+def artifact(manifest: dict, name: str, fmt: str, quant: str) -> dict | None:
+    for art in manifest.get("artifacts", []):
+        if art["name"] == name and art["format"] == fmt and art["quant"] == quant:
+            return art
+    return None
+
+
+def artifact_key(art: dict) -> str:
+    """'g0:onnx/int8-static' — the human name of an artifact."""
+    return f"{art['name']}:{art['format']}/{art['quant']}"
+
+
+def preprocess(image, spec: dict):
+    """uint8/float HWC or CHW image (numpy) -> normalised float32 [C, H, W] per the manifest input spec.
+
+    Nearest-neighbour resize only (numpy has no good resampler); the host uses PIL for real images.
+    """
+    import numpy as np
+
+    c, h, w = spec["shape"]
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 3 and arr.shape[-1] in (1, 3) and arr.shape[0] not in (1, 3):
+        arr = arr.transpose(2, 0, 1)
+    if arr.ndim != 3:
+        raise ValueError(f"image must be 2-D or 3-D, got shape {arr.shape}")
+    if arr.shape[0] != c:
+        if arr.shape[0] == 3 and c == 1:
+            arr = arr.mean(axis=0, keepdims=True)
+        elif arr.shape[0] == 1 and c == 3:
+            arr = np.repeat(arr, 3, axis=0)
+        else:
+            raise ValueError(f"image has {arr.shape[0]} channels, the model takes {c}")
+    if arr.shape[1:] != (h, w):
+        ys = (np.arange(h) * arr.shape[1] / h).astype(int)
+        xs = (np.arange(w) * arr.shape[2] / w).astype(int)
+        arr = arr[:, ys][:, :, xs]
+    if arr.max() > 1.0:
+        arr = arr / 255.0
+    mean = np.asarray(spec["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(spec["std"], dtype=np.float32)[:, None, None]
+    return ((arr - mean) / std).astype(np.float32)
