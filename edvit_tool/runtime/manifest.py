@@ -172,3 +172,63 @@ def preprocess(image, spec: dict):
     mean = np.asarray(spec["mean"], dtype=np.float32)[:, None, None]
     std = np.asarray(spec["std"], dtype=np.float32)[:, None, None]
     return ((arr - mean) / std).astype(np.float32)
+
+
+def load_path(path: str) -> tuple:
+    """A build dir or a manifest file (any name) -> (manifest, the dir its relative paths start from)."""
+    if os.path.isdir(path):
+        return load(path), path
+    build_dir = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(path) == MANIFEST_NAME:
+        return load(build_dir), build_dir
+    if not os.path.isfile(path):
+        raise ManifestError(f"{path}: not found; pass a build directory or its manifest.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"{path}: not valid JSON ({e}); rebuild or restore it") from None
+    problems = validate(manifest)
+    if problems:
+        raise ManifestError(f"{path}: " + "; ".join(problems))
+    return manifest, build_dir
+
+
+def parse_variant(text: str) -> tuple:
+    """'onnx/int8-static' -> ('onnx', 'int8-static'); ManifestError naming the valid choices otherwise."""
+    fmt, _, quant = text.strip().partition("/")
+    if fmt not in FORMATS or quant not in QUANT_MODES:
+        raise ManifestError(f"variant {text!r} must be FORMAT/QUANT with FORMAT in {', '.join(FORMATS)} and "
+                            f"QUANT in {', '.join(QUANT_MODES)}, e.g. onnx/fp32")
+    return fmt, quant
+
+
+def select_artifact(manifest: dict, name: str, variant: str | None = None) -> tuple:
+    """The artifact to run for model `name` -> (artifact, note or None).
+
+    variant 'fmt/quant' picks that one; if it is absent or failed, onnx/fp32 is used and the note says so.
+    Without a variant: the first artifact with status ok. ManifestError when nothing usable exists.
+    """
+    arts = [a for a in manifest.get("artifacts", []) if a.get("name") == name]
+    if not arts:
+        known = sorted({a.get("name") for a in manifest.get("artifacts", [])})
+        raise ManifestError(f"no artifact for model {name!r}; the manifest has {', '.join(known) or 'none'}")
+    ok = [a for a in arts if a.get("status", "ok") == "ok"]
+    if variant:
+        want = artifact(manifest, name, *parse_variant(variant))
+        if want is not None and want in ok:
+            return want, None
+        why = "is not in the manifest" if want is None else f"failed ({want.get('reason', 'no reason given')})"
+        fallback = artifact(manifest, name, "onnx", "fp32")
+        if fallback is not None and fallback in ok:
+            return fallback, f"{name}: {variant} {why}; using onnx/fp32 instead"
+        raise ManifestError(f"{name}: {variant} {why} and there is no usable onnx/fp32 fallback; "
+                            f"usable: {', '.join(artifact_key(a) for a in ok) or 'none'}")
+    if not ok:
+        raise ManifestError(f"{name}: every artifact failed its checks; re-run `edvit-tool export`")
+    return ok[0], None
+
+
+def artifact_by_sha256(manifest: dict, sha256: str) -> dict | None:
+    """The artifact whose file has this sha256 (boards cache files by hash, not by name)."""
+    return next((a for a in manifest.get("artifacts", []) if a.get("sha256") == sha256), None)

@@ -1,0 +1,174 @@
+"""`edvit-tool assign`: place sub-models on boards from measured profiles; write plan.json."""
+
+from __future__ import annotations
+
+import click
+
+PLAN_SCHEMA_VERSION = 1
+
+
+def _read_json(path: str, what: str, fix: str):
+    import json
+    import os
+
+    from ..errors import ArtifactError
+
+    if not os.path.isfile(path):
+        raise ArtifactError(f"{path}: {what} not found; {fix}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: {what} is not valid JSON ({e}); {fix}") from None
+
+
+def build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer) -> dict:
+    import os
+
+    from ..runtime import manifest as mf
+
+    by_name = {b.name: b for b in boards}
+    placements = []
+    for s in costs.submodels:
+        for d in exact.assignment[s]:
+            ch = costs.choices[(s, d)]
+            art = ch.artifact
+            placements.append({"submodel": s, "board": d, "artifact": art["file"], "format": art["format"],
+                               "quant": art["quant"], "sha256": art["sha256"], "bytes": art["bytes"],
+                               "predicted_ms": round(ch.latency_ms, 4), "memory_mb": round(ch.memory_mb, 2),
+                               "estimated": ch.estimated, **({"note": ch.note} if ch.note else {})})
+    used = [d for d in costs.boards if any(p["board"] == d for p in placements)]
+    return {
+        "schema_version": PLAN_SCHEMA_VERSION,
+        "build": {"path": os.path.abspath(build_dir),
+                  "manifest_sha256": mf.sha256_file(os.path.join(build_dir, mf.MANIFEST_NAME))},
+        "boards_file": os.path.abspath(boards_file),
+        "objective": "makespan",
+        "replicas": replicas,
+        "bandwidth_mbps": bandwidth_mbps,
+        "solver": exact.solver,
+        "optimal": exact.optimal,
+        "makespan_ms": round(exact.makespan_ms, 4),
+        "greedy_makespan_ms": None if greedy is None else round(greedy.makespan_ms, 4),
+        "placements": placements,
+        "boards": {d: by_name[d].to_dict() | {"predicted_ms": round(exact.per_board_ms[d], 4),
+                                              "transfer_ms": round(transfer[d], 4),
+                                              "memory_mb": round(exact.memory_mb[d], 2)} for d in used},
+        "unused_boards": [d for d in costs.boards if d not in used],
+        "notes": list(costs.notes),
+    }
+
+
+def _write_atomic(path: str, doc: dict) -> None:
+    import json
+    import os
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _table(doc: dict, costs, greedy_error: str | None) -> str:
+    lines = []
+    rows = [("board", "sub-model", "variant", "predicted", "memory / budget")]
+    for d, info in doc["boards"].items():
+        first = True
+        for p in doc["placements"]:
+            if p["board"] != d:
+                continue
+            est = " (estimated)" if p["estimated"] else ""
+            rows.append((d if first else "", p["submodel"], f"{p['format']}/{p['quant']}",
+                         f"{p['predicted_ms']:.2f} ms{est}", f"{p['memory_mb']:.0f} MB"))
+            first = False
+        tr = f" incl. {info['transfer_ms']:.2f} ms input" if info["transfer_ms"] else ""
+        rows.append(("", "= board", "", f"{info['predicted_ms']:.2f} ms{tr}",
+                     f"{info['memory_mb']:.0f} / {info['memory_budget_mb']:.0f} MB"))
+    for d in doc["unused_boards"]:
+        rows.append((d, "(unused)", "", "", ""))
+    widths = [max(len(r[k]) for r in rows) for k in range(5)]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    lines.append("")
+    exact = doc["makespan_ms"]
+    lines.append(f"makespan (exact, {doc['solver']}): {exact:.2f} ms")
+    if doc["greedy_makespan_ms"] is None:
+        lines.append(f"makespan (greedy baseline): no placement — {greedy_error}")
+    else:
+        g = doc["greedy_makespan_ms"]
+        ratio = f"{g / exact:.3f}" if exact > 0 else "n/a"
+        lines.append(f"makespan (greedy baseline): {g:.2f} ms   greedy/exact = {ratio}")
+    n_est = sum(p["estimated"] for p in doc["placements"])
+    if n_est:
+        lines.append(f"{n_est} placement(s) use FLOPs-based estimates (not profiled on that board); "
+                     "run `edvit-tool profile` on them for measured numbers")
+    lines.extend(f"note: {n}" for n in doc["notes"])
+    return "\n".join(lines)
+
+
+@click.command("assign", epilog="""\b
+Example:
+  edvit-tool assign --build build/ --profiles profiles.json --boards boards.yaml --replicas 1 --out plan.json
+\b
+boards.yaml:
+  boards:
+    - {name: pi-1, host: 10.0.0.21, user: pi, identity: ~/.ssh/id_ed25519, device_profile: pi4b}
+    - {name: pi-2, host: 10.0.0.22, port: 2222, user: pi, device_profile: pi5, worker_port: 8501}
+""")
+@click.option("--build", "build_dir", required=True, metavar="DIR", help="Build dir from `edvit-tool compile`.")
+@click.option("--profiles", "profiles_path", required=True, metavar="FILE",
+              help="profiles.json from `edvit-tool profile`.")
+@click.option("--boards", "boards_file", required=True, metavar="FILE", help="The cluster file boards.yaml.")
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Put each sub-model on this many distinct boards.")
+@click.option("--objective", default="makespan", show_default=True, type=click.Choice(["makespan"]),
+              help="What to minimise: the slowest board's time per image.")
+@click.option("--bandwidth-mbps", default=1000.0, show_default=True, type=click.FloatRange(min=0),
+              help="Link speed used for the input-transfer cost per board (0 = ignore transfer).")
+@click.option("--prefer", default=None, metavar="FORMAT[/QUANT]",
+              help="Only consider matching variants, e.g. tflite or onnx/int8-static.")
+@click.option("--out", "out", default="plan.json", show_default=True, metavar="FILE", help="Where to write the plan.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of the table.")
+def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidth_mbps, prefer, out, as_json):
+    """Place sub-models on boards to minimise the slowest board's latency within memory budgets.
+
+    Uses each board's measured latency and peak memory of the fastest artifact variant that passed parity on
+    it; pairs that were not profiled get a FLOPs-based estimate, labelled as such. Solves exactly (MILP, HiGHS)
+    and prints the paper's greedy baseline beside it.
+    """
+    import json
+
+    from .. import assign as A
+    from ..artifacts import load_manifest
+    from ..config.boards import boards_from_yaml
+    from ..errors import EdvitError
+
+    manifest = load_manifest(build_dir)
+    boards = boards_from_yaml(boards_file)
+    profiles = _read_json(profiles_path, "profiles file",
+                          "run `edvit-tool profile --build B --boards boards.yaml` first")
+    costs = A.costs_from_profiles(manifest, profiles, boards, prefer=prefer, source=profiles_path)
+    transfer = A.transfer_costs(manifest, boards, bandwidth_mbps)
+    t, m = costs.t, costs.m
+    exact = A.solve_exact(costs.submodels, costs.boards, t, m, costs.budgets_mb, transfer, replicas)
+    greedy, greedy_error = None, None
+    try:
+        greedy = A.solve_greedy(costs.submodels, costs.boards, t, m, costs.budgets_mb, transfer, replicas)
+    except EdvitError as e:
+        greedy_error = str(e)
+    doc = build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer)
+    _write_atomic(out, doc)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(_table(doc, costs, greedy_error))
+        click.echo(f"wrote {out}")
+    return 0

@@ -1,0 +1,64 @@
+"""`edvit-tool compile`: recipe → build dir (sub-models, fusion head, manifest, reports, artifacts)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+
+def _csv(value):
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@click.command("compile")
+@click.option("--recipe", "recipe_path", required=True, type=click.Path(dir_okay=False),
+              help="YAML compile recipe (see recipes/digits.yaml).")
+@click.option("--out", "out_dir", default=None, help="Build directory to write [default: build/<recipe name>].")
+@click.option("--checkpoint", default=None, help="Override model.checkpoint.")
+@click.option("--groups", "-k", type=int, default=None, help="Override split.groups (K sub-models).")
+@click.option("--strategy", type=click.Choice(["balanced", "similarity"]), default=None, help="Override split.strategy.")
+@click.option("--criterion", type=click.Choice(["taylor", "magnitude"]), default=None, help="Override prune.criterion.")
+@click.option("--params-ratio", type=float, default=None, help="Override prune.target.params_ratio (0, 1].")
+@click.option("--formats", default=None, help="Override export.formats, e.g. onnx,tflite ('' = none).")
+@click.option("--quant", default=None, help="Override export.quant, e.g. fp32,int8-static.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Override device.")
+@click.option("--seed", type=int, default=None, help="Override seed (same seed + same inputs = same build).")
+@click.option("--peer", is_flag=True, help="Also build the class-agnostic peer (one pruned ViT at the largest "
+                                           "sub-model's size) and report its accuracy beside the ensemble.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def command(recipe_path, out_dir, checkpoint, groups, strategy, criterion, params_ratio, formats, quant, device,
+            seed, peer, as_json, quiet):
+    """Compile a fine-tuned timm ViT into K class-wise pruned sub-models + a fusion head.
+
+    \b
+    Example:
+      edvit-tool compile --recipe recipes/digits.yaml --out build/digits -k 4 --params-ratio 0.25
+    """
+    from ..config import recipe as recipe_mod
+    from ..pipeline import compile_build
+    from ..progress import Bars
+    from ..report import render_markdown
+
+    overrides = {"model.checkpoint": checkpoint, "split.groups": groups, "split.strategy": strategy,
+                 "prune.criterion": criterion, "prune.target.params_ratio": params_ratio,
+                 "export.formats": _csv(formats) if formats is not None else None,
+                 "export.quant": _csv(quant), "device": device, "seed": seed}
+    if formats == "":
+        overrides["export.formats"] = []
+    recipe = recipe_mod.load(recipe_path, overrides)
+    out_dir = out_dir or os.path.join("build", recipe["name"])
+    with Bars(enabled=not (quiet or as_json)) as bars:
+        result = compile_build(recipe, out_dir, bars=bars, peer=peer)
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2))
+    else:
+        click.echo(render_markdown(result.report))
+        click.echo(f"Build written to {result.out_dir}")
+    if result.gate_failures:
+        click.echo("Error: accuracy gate failed (artifacts marked failed in the manifest, not shippable): "
+                   + "; ".join(result.gate_failures), err=True)
+        return 1
+    return 0

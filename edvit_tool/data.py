@@ -1,0 +1,252 @@
+"""Datasets (digits | imagefolder | npz) loaded into memory as preprocessed tensors, and the splits.
+
+Preprocessing follows the model's input spec (size, channels, mean, std from its pretrained cfg unless the
+recipe overrides them) and is recorded in the manifest so boards and `infer` apply exactly the same.
+Splits (stratified, seeded): test = never seen by compile except for the final report; the rest is split into
+`finetune` (pruning + fine-tuning) and `fusion` (fusion head only — the sub-models never trained on it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import DataError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclasses.dataclass
+class Split:
+    x: torch.Tensor  # float32 [N, C, H, W], normalised
+    y: torch.Tensor  # int64 [N]
+
+    def __len__(self):
+        return len(self.y)
+
+    def subset(self, idx) -> "Split":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return Split(self.x[idx], self.y[idx])
+
+
+@dataclasses.dataclass
+class Data:
+    classes: list[str]
+    finetune: Split
+    fusion: Split
+    test: Split
+    spec: dict  # manifest input spec
+
+    @property
+    def train(self) -> Split:
+        """finetune + fusion: everything but the test set."""
+        return Split(torch.cat([self.finetune.x, self.fusion.x]), torch.cat([self.finetune.y, self.fusion.y]))
+
+
+def input_spec(model, recipe_data: dict) -> dict:
+    """Input shape/mean/std from the model's pretrained cfg, adapted to its channel count, recipe wins."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    c = model.patch_embed.proj.in_channels
+    size = model.patch_embed.img_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    mean = list(cfg.get("mean", (0.5,) * c))
+    std = list(cfg.get("std", (0.5,) * c))
+    if len(mean) != c:  # e.g. ImageNet RGB stats on a 1-channel model: use their average
+        mean, std = [float(np.mean(mean))] * c, [float(np.mean(std))] * c
+    if recipe_data.get("mean") is not None:
+        mean = [float(v) for v in recipe_data["mean"]]
+    if recipe_data.get("std") is not None:
+        std = [float(v) for v in recipe_data["std"]]
+    for key, vals in (("mean", mean), ("std", std)):
+        if len(vals) != c:
+            raise DataError(f"recipe data.{key} has {len(vals)} values but the model takes {c} channels; "
+                            f"give {c} values")
+    return {"name": "pixel_values", "shape": [c, h, w], "layout": "NCHW", "dtype": "float32",
+            "mean": [float(m) for m in mean], "std": [float(s) for s in std], "interpolation": "bilinear",
+            "value_range": [0.0, 1.0]}
+
+
+def to_model_input(images: torch.Tensor, spec: dict) -> torch.Tensor:
+    """float images in [0, 1], [N, C', H', W'] → resized, channel-matched, normalised [N, C, H, W]."""
+    c, h, w = spec["shape"]
+    if images.shape[1] != c:
+        if images.shape[1] == 3 and c == 1:
+            images = images.mean(dim=1, keepdim=True)
+        elif images.shape[1] == 1 and c == 3:
+            images = images.expand(-1, 3, -1, -1)
+        else:
+            raise DataError(f"images have {images.shape[1]} channels but the model takes {c}")
+    if tuple(images.shape[2:]) != (h, w):
+        images = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(spec["mean"]).view(1, c, 1, 1)
+    std = torch.tensor(spec["std"]).view(1, c, 1, 1)
+    return ((images - mean) / std).float().contiguous()
+
+
+def distort(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """The 'harder digits' variant: rotation ±20°, scale 0.8–1.2, shift, contrast/brightness, noise (fixed seed)."""
+    g = torch.Generator().manual_seed(seed)
+    n = images.shape[0]
+    angle = (torch.rand(n, generator=g) * 40 - 20) * torch.pi / 180
+    scale = torch.rand(n, generator=g) * 0.4 + 0.8
+    shift = (torch.rand(n, 2, generator=g) - 0.5) * 0.3
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+    contrast = torch.rand(n, 1, 1, 1, generator=g) * 0.6 + 0.4
+    bright = torch.rand(n, 1, 1, 1, generator=g) * 0.3
+    out = out * contrast + bright + torch.randn(out.shape, generator=g) * 0.12
+    return out.clamp(0, 1)
+
+
+def _load_digits(distorted: bool, seed: int):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    if distorted:
+        x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+        x = distort(x, seed=seed + 12345)
+    return x, torch.tensor(d.target, dtype=torch.long), [str(i) for i in range(10)], None
+
+
+def _read_image(path: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB") if im.mode not in ("L", "RGB") else im
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: cannot read image ({e}); remove or replace the file") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _folder_split(folder: str, classes: list[str] | None):
+    if not os.path.isdir(folder):
+        raise DataError(f"{folder}: folder not found; imagefolder data needs ROOT/train/<class>/*.png")
+    found = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    classes = classes or found
+    if not classes:
+        raise DataError(f"{folder}: no class folders; expected {folder}/<class name>/<images>")
+    xs, ys = [], []
+    for ci, name in enumerate(classes):
+        cdir = os.path.join(folder, name)
+        files = sorted(f for f in os.listdir(cdir) if f.lower().endswith(IMAGE_EXTS)) if os.path.isdir(cdir) else []
+        if not files:
+            raise DataError(f"{cdir}: class folder is empty or missing (no {', '.join(IMAGE_EXTS)} files); "
+                            f"add images or remove the class")
+        for f in files:
+            xs.append(_read_image(os.path.join(cdir, f)))
+            ys.append(ci)
+    shapes = {a.shape for a in xs}
+    if len(shapes) > 1:  # different sizes: bring everything to the most common size first
+        target = max(shapes, key=lambda s: sum(a.shape == s for a in xs))
+        xs = [a if a.shape == target else F.interpolate(torch.from_numpy(a)[None], size=target[1:],
+                                                         mode="bilinear", align_corners=False)[0].numpy()
+              for a in xs]
+        xs = [np.repeat(a, 3, 0) if a.shape[0] == 1 and target[0] == 3 else a for a in xs]
+    return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.long), classes
+
+
+def _load_imagefolder(root: str):
+    x, y, classes = _folder_split(os.path.join(root, "train"), None)
+    val = os.path.join(root, "val")
+    test = _folder_split(val, classes)[:2] if os.path.isdir(val) else None
+    return x, y, classes, test
+
+
+def _npz_images(arr: np.ndarray, path: str, key: str) -> torch.Tensor:
+    a = np.asarray(arr)
+    if a.ndim == 3:
+        a = a[:, None]
+    elif a.ndim == 4 and a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
+        a = a.transpose(0, 3, 1, 2)
+    if a.ndim != 4:
+        raise DataError(f"{path}: {key} must be [N,H,W], [N,H,W,C] or [N,C,H,W], got shape {arr.shape}")
+    a = a.astype(np.float32)
+    if a.max(initial=0) > 1.0:
+        a = a / 255.0
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _load_npz(path: str):
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: npz file not found; data.root must point at a .npz with arrays x and y")
+    with np.load(path, allow_pickle=False) as z:
+        for key in ("x", "y"):
+            if key not in z:
+                raise DataError(f"{path}: array '{key}' missing (found {', '.join(z.files)}); save x and y")
+        x = _npz_images(z["x"], path, "x")
+        y = torch.from_numpy(z["y"].astype(np.int64))
+        classes = [str(c) for c in z["classes"]] if "classes" in z else None
+        test = None
+        if "x_test" in z and "y_test" in z:
+            test = (_npz_images(z["x_test"], path, "x_test"), torch.from_numpy(z["y_test"].astype(np.int64)))
+    if len(x) != len(y):
+        raise DataError(f"{path}: x has {len(x)} images but y has {len(y)} labels")
+    n_cls = int(max(y.max().item(), test[1].max().item() if test else 0)) + 1
+    return x, y, classes or [str(i) for i in range(n_cls)], test
+
+
+def read_classes_file(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: classes file not found; give one class name per line or drop model.classes")
+    with open(path, encoding="utf-8") as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise DataError(f"{path}: classes file is empty; give one class name per line")
+    return names
+
+
+def _stratified(y: torch.Tensor, fraction: float, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    counts = np.bincount(y.numpy())
+    strat = y.numpy() if counts[counts > 0].min() >= 2 else None
+    a, b = train_test_split(idx, test_size=fraction, random_state=seed, stratify=strat)
+    return np.sort(a), np.sort(b)
+
+
+def load_data(recipe: dict, spec: dict, num_classes: int) -> Data:
+    d = recipe["data"]
+    seed = recipe["seed"]
+    if d["kind"] == "digits":
+        x, y, classes, test = _load_digits(d["distort"], seed)
+    elif d["kind"] == "imagefolder":
+        x, y, classes, test = _load_imagefolder(d["root"])
+    else:
+        x, y, classes, test = _load_npz(d["root"])
+    if recipe["model"]["classes"]:
+        names = read_classes_file(recipe["model"]["classes"])
+        if len(names) != len(classes):
+            raise DataError(f"{recipe['model']['classes']}: {len(names)} class names but the data has "
+                            f"{len(classes)} classes")
+        classes = names
+    if len(classes) != num_classes:
+        raise DataError(f"data has {len(classes)} classes but the model has num_classes={num_classes}; "
+                        f"set model.kwargs.num_classes or use the matching dataset")
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise DataError(f"labels must be in 0..{num_classes - 1}, got {int(y.min())}..{int(y.max())}")
+    missing = sorted(set(range(num_classes)) - set(y.tolist()))
+    if missing:
+        raise DataError(f"no training images for class(es) {', '.join(classes[i] for i in missing)}; "
+                        f"every class needs images")
+    cap = d["max_images_per_class"]
+    if cap:
+        keep = np.concatenate([np.flatnonzero(y.numpy() == c)[:cap] for c in range(num_classes)])
+        x, y = x[np.sort(keep)], y[np.sort(keep)]
+    if test is None:
+        rest, te = _stratified(y, d["test_fraction"], seed)
+        test = (x[te], y[te])
+        x, y = x[rest], y[rest]
+    ft, fu = _stratified(y, d["fusion_fraction"], seed + 1)
+    conv = lambda imgs: to_model_input(imgs, spec)  # noqa: E731
+    return Data(classes=classes, finetune=Split(conv(x[ft]), y[ft]), fusion=Split(conv(x[fu]), y[fu]),
+                test=Split(conv(test[0]), test[1]), spec=spec)

@@ -1,0 +1,110 @@
+"""Fusion heads: sub-model outputs (concatenated in group order) → N-class logits.
+
+mlp    — a small MLP on the sub-models' features, trained on the `fusion` split (which no sub-model trained on:
+         features are too clean on a sub-model's own training images and the head overfits otherwise), with
+         sub-model dropout (a whole sub-model's slice zeroed, which is exactly what the coordinator sends when a
+         board is missing), feature noise, weight decay and KD from the original model's logits.
+logits — training-free product of experts: score(c) = log p_g(c) + Σ_{h≠g} log p_h(other), for c in group g.
+         A missing sub-model's slice is zeros → its log-softmax is uniform, a constant shift for its classes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class FusionMLP(nn.Module):
+    def __init__(self, input_dims: list[int], num_classes: int, hidden: int = 128, dropout: float = 0.3):
+        super().__init__()
+        self.input_dims = list(input_dims)
+        self.net = nn.Sequential(nn.Linear(sum(input_dims), hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, num_classes))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+class LogitFusion(nn.Module):
+    """Fixed linear map on per-segment log-softmax (no trainable parameters; exported like any module)."""
+
+    def __init__(self, groups: list[list[int]], num_classes: int):
+        super().__init__()
+        self.input_dims = [len(g) + 1 for g in groups]
+        total = sum(self.input_dims)
+        w = torch.zeros(num_classes, total)
+        start = 0
+        for gi, g in enumerate(groups):
+            for j, c in enumerate(g):
+                w[c, start + j] = 1.0
+            other = start + len(g)
+            for hi, h in enumerate(groups):
+                if hi != gi:
+                    w[h, other] = 1.0
+            start += len(g) + 1
+        self.register_buffer("weight", w)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(features, self.input_dims, dim=1)
+        logp = torch.cat([F.log_softmax(p, dim=1) for p in parts], dim=1)
+        return logp @ self.weight.t()
+
+
+def submodel_dropout_mask(n: int, dims: list[int], p: float, gen: torch.Generator) -> torch.Tensor:
+    """[n, sum(dims)] 0/1 mask dropping whole sub-models with probability p (never all of them)."""
+    k = len(dims)
+    keep = (torch.rand(n, k, generator=gen) >= p).float()
+    dead = keep.sum(1) == 0
+    if dead.any():
+        keep[dead, torch.randint(k, (int(dead.sum()),), generator=gen)] = 1.0
+    return torch.repeat_interleave(keep, torch.tensor(dims), dim=1)
+
+
+def train_fusion_mlp(features: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None, input_dims: list[int],
+                     num_classes: int, cfg: dict, seed: int, progress=None) -> FusionMLP:
+    torch.manual_seed(seed)
+    head = FusionMLP(input_dims, num_classes, cfg["hidden"], cfg["dropout"])
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    steps = cfg["steps"]
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    gen = torch.Generator().manual_seed(seed)
+    scale = features.std(0, keepdim=True) + 1e-6
+    batch = min(128, len(y))
+    kd_w = cfg["kd_weight"] if teacher is not None else 0.0
+    head.train()
+    for _ in range(steps):
+        idx = torch.randint(len(y), (batch,), generator=gen)
+        xb = features[idx]
+        xb = xb + torch.randn(xb.shape, generator=gen) * scale * cfg["feature_noise"]
+        if cfg["submodel_dropout"] > 0 and len(input_dims) > 1:
+            xb = xb * submodel_dropout_mask(len(idx), input_dims, cfg["submodel_dropout"], gen)
+        out = head(xb)
+        loss = F.cross_entropy(out, y[idx], label_smoothing=0.05)
+        if kd_w > 0:
+            kd = F.kl_div(F.log_softmax(out / 2, 1), F.log_softmax(teacher[idx] / 2, 1), log_target=True,
+                          reduction="batchmean") * 4
+            loss = (1 - kd_w) * loss + kd_w * kd
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None:
+            progress(1, loss=float(loss))
+    return head.eval()
+
+
+def cross_val_mlp_accuracy(features, y, teacher, input_dims, num_classes, cfg, seed, folds: int = 4) -> float:
+    """Held-out accuracy of the MLP fusion estimated by k-fold CV on the fusion split (picks mlp vs logits)."""
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(y), generator=gen)
+    correct = 0
+    quick = dict(cfg, steps=max(1, cfg["steps"] // 2))
+    for f in range(folds):
+        val = perm[f::folds]
+        train = torch.cat([perm[g::folds] for g in range(folds) if g != f])
+        head = train_fusion_mlp(features[train], y[train], None if teacher is None else teacher[train],
+                                input_dims, num_classes, quick, seed + f)
+        with torch.no_grad():
+            correct += int((head(features[val]).argmax(1) == y[val]).sum())
+    return correct / len(y)

@@ -1,0 +1,78 @@
+"""Class partitioning: statistics in, groups out (pure).
+
+balanced   — contiguous class ids, sizes differing by at most one (the paper's default).
+similarity — confusable classes share a sub-model: greedy balanced clustering on a class-similarity matrix
+             (cosine similarity of class-mean CLS features, or a symmetrised confusion matrix).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import RecipeError
+
+STRATEGIES = ("balanced", "similarity")
+
+
+def group_sizes(num_classes: int, k: int) -> list[int]:
+    if k < 1 or k > num_classes:
+        raise RecipeError(f"split.groups must be between 1 and the number of classes ({num_classes}), got {k}")
+    base, extra = divmod(num_classes, k)
+    return [base + (1 if i < extra else 0) for i in range(k)]
+
+
+def balanced(num_classes: int, k: int) -> list[list[int]]:
+    groups, start = [], 0
+    for size in group_sizes(num_classes, k):
+        groups.append(list(range(start, start + size)))
+        start += size
+    return groups
+
+
+def similarity(sim: np.ndarray, k: int) -> list[list[int]]:
+    """Greedy balanced clustering: each group starts from the most mutually similar free pair (or class) and
+    grows by the free class with the highest mean similarity to the group. Deterministic (ties → lower id)."""
+    sim = np.asarray(sim, dtype=np.float64)
+    n = sim.shape[0]
+    if sim.shape != (n, n):
+        raise ValueError(f"similarity matrix must be square, got {sim.shape}")
+    sim = (sim + sim.T) / 2
+    free = list(range(n))
+    groups = []
+    for size in sorted(group_sizes(n, k), reverse=True):
+        if size == 1 or len(free) == 1:
+            seed = [free[0]]
+        else:
+            sub = sim[np.ix_(free, free)].copy()
+            np.fill_diagonal(sub, -np.inf)
+            i, j = np.unravel_index(np.argmax(sub), sub.shape)
+            seed = sorted([free[i], free[j]])
+        group = list(seed)
+        for c in seed:
+            free.remove(c)
+        while len(group) < size:
+            scores = [sim[c, group].mean() for c in free]
+            best = free[int(np.argmax(scores))]
+            group.append(best)
+            free.remove(best)
+        groups.append(sorted(group))
+    return sorted(groups, key=lambda g: g[0])
+
+
+def class_similarity(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Cosine similarity of class-mean feature vectors."""
+    means = np.stack([features[labels == c].mean(axis=0) for c in range(num_classes)])
+    means = means - means.mean(axis=0, keepdims=True)
+    means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
+    return means @ means.T
+
+
+def partition(strategy: str, num_classes: int, k: int, sim: np.ndarray | None = None) -> list[list[int]]:
+    group_sizes(num_classes, k)  # validates k
+    if strategy == "balanced":
+        return balanced(num_classes, k)
+    if strategy == "similarity":
+        if sim is None:
+            raise ValueError("similarity partition needs a class-similarity matrix")
+        return similarity(sim, k)
+    raise RecipeError(f"split.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")

@@ -1,0 +1,261 @@
+"""`compile`: checkpoint → class groups → class-wise pruned, KD-fine-tuned sub-models → fusion head → build dir.
+
+Pure orchestration of the stage modules (partition, prune, finetune, fuse, export, artifacts); the CLI driver
+only parses flags and prints. The build is staged in a temp dir and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import io
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__, checkpoint, finetune, fuse, partition
+from .artifacts import staged_dir, write_manifest
+from .config import recipe as recipe_mod
+from .data import load_data, input_spec
+from .prune import surgery
+from .prune.importance import compute_importance
+from .prune.plan import plan_keep
+from .report import write_reports
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def state_bytes(model) -> int:
+    """Size of the model's fp32 state dict as saved (what a board would have to hold)."""
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    return buf.tell()
+
+
+def _flops(model) -> int:
+    pe = model.patch_embed
+    return surgery.estimate_flops(surgery.vit_arch(model), pe.img_size, pe.patch_size,
+                                  pe.proj.in_channels, model.num_prefix_tokens)
+
+
+def _importance_batches(x, y_rel, n_group, batch_size, count, seed):
+    """Class-balanced batches of the group's own images only (class-conditional importance)."""
+    idx_in = torch.nonzero(y_rel < n_group).flatten()
+    sampler = finetune.BalancedBatches(y_rel[idx_in], n_group, batch_size, 0.5, seed)
+    for _ in range(count):
+        sel = idx_in[sampler()]
+        yield x[sel], y_rel[sel]
+
+
+def prune_and_finetune(model, group: list[int], x: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor,
+                       recipe: dict, params_target: int | None, device, seed: int, bars=None, label: str = ""):
+    """One sub-model: group head, iterative class-wise pruning with short recoveries, then KD fine-tuning.
+
+    `group` covering every class gives the class-agnostic peer (no "other" output).
+    """
+    pr, ft = recipe["prune"], recipe["finetune"]
+    n_cls = teacher.shape[1]
+    sub = copy.deepcopy(model).to(device)
+    everything = len(group) == n_cls
+    if not everything:
+        surgery.replace_head(sub, len(group) + 1, init_from=surgery.group_head_init(sub, group))
+    y_rel = finetune.relabel(y, group, n_cls)
+    t_rel = finetune.group_teacher_logits(teacher, group, ft["temperature"])
+    n_out = len(group) if everything else len(group) + 1
+    p0 = surgery.count_params(sub)
+    steps = pr["steps"]
+    keep = pr["target"]["keep"]
+    total = steps * (pr["recovery_steps"]) + ft["steps"]
+    advance = bars.task(f"{label} prune+fine-tune", total) if bars else None
+    for i in range(1, steps + 1):
+        batches = _importance_batches(x, y_rel, len(group), ft["batch_size"], pr["importance_batches"], seed + i)
+        imp = compute_importance(sub, batches, lambda out, t: F.cross_entropy(out, t), pr["criterion"], device)
+        if params_target is not None:
+            target = int(round(p0 * (params_target / p0) ** (i / steps)))
+            plan = plan_keep(sub, imp, params_target=target, prune_embed=pr["prune_embed"])
+        else:
+            ratios = {k: v ** (1.0 / steps) for k, v in keep.items() if v is not None}
+            plan = plan_keep(sub, imp, keep_ratios=ratios, prune_embed=pr["prune_embed"])
+        sub = surgery.apply_keep(sub, plan).to(device)
+        if i < steps or ft["steps"] == 0:
+            finetune.kd_finetune(sub, x, y_rel, t_rel, len(group), pr["recovery_steps"], ft, device, seed + 100 * i,
+                                 advance)
+    finetune.kd_finetune(sub, x, y_rel, t_rel, len(group), ft["steps"], ft, device, seed + 7, advance)
+    assert surgery.vit_arch(sub)["num_outputs"] == n_out
+    return sub.eval()
+
+
+def _group_accuracy(logits: torch.Tensor, y: torch.Tensor, group: list[int], n_cls: int) -> float:
+    """Top-1 over the sub-model's |g|+1 outputs on test images of its own classes ("other" counts wrong)."""
+    y_rel = finetune.relabel(y, group, n_cls)
+    mask = y_rel < len(group)
+    return float((logits[mask].argmax(1) == y_rel[mask]).float().mean())
+
+
+def _save_npz(path: str, **arrays) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path, **{k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()})
+
+
+class Compiled:
+    """What compile produced, in memory (used by the CLI and the benchmarks)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> Compiled:
+    t_start = time.perf_counter()
+    seed = recipe["seed"]
+    seed_everything(seed)
+    device = checkpoint.resolve_device(recipe["device"])
+    m = recipe["model"]
+    if not m["checkpoint"]:
+        from .errors import RecipeError
+        raise RecipeError("model.checkpoint is required (a .pth/.pt/.safetensors state dict of the fine-tuned ViT)")
+    model = checkpoint.load_model(m["name"], m["kwargs"], m["checkpoint"])
+    surgery.check_supported(model)
+    n_cls = model.num_classes
+    k = recipe["split"]["groups"]
+    partition.group_sizes(n_cls, k)  # fail on K > N before any work
+    spec = input_spec(model, recipe["data"])
+    log = bars.log if bars else (lambda s: None)
+    data = load_data(recipe, spec, n_cls)
+    log(f"data: {len(data.finetune)} fine-tune / {len(data.fusion)} fusion / {len(data.test)} test images, "
+        f"{n_cls} classes")
+
+    # The original model is the teacher: its logits are computed once for every split.
+    t_ft = finetune.predict(model, data.finetune.x, device)
+    t_fu = finetune.predict(model, data.fusion.x, device)
+    t_te = finetune.predict(model, data.test.x, device)
+    orig_acc = finetune.accuracy(t_te, data.test.y)
+    orig_params = surgery.count_params(model)
+    log(f"original {m['name']}: {orig_params:,} params, test accuracy {orig_acc:.4f}")
+
+    sim = None
+    if recipe["split"]["strategy"] == "similarity":
+        feats, _ = finetune.predict(surgery.SubModelWrapper(model), data.finetune.x, device)
+        sim = partition.class_similarity(feats.numpy(), data.finetune.y.numpy(), n_cls)
+    groups = partition.partition(recipe["split"]["strategy"], n_cls, k, sim)
+    log("groups: " + "  ".join(f"g{i}={[data.classes[c] for c in g]}" for i, g in enumerate(groups)))
+
+    ratio = recipe["prune"]["target"]["params_ratio"]
+    params_target = int(orig_params * ratio) if ratio is not None else None
+    subs = []
+    for gi, group in enumerate(groups):
+        sub = prune_and_finetune(model, group, data.finetune.x, data.finetune.y, t_ft, recipe, params_target,
+                                 device, seed + 1000 * (gi + 1), bars, label=f"g{gi}")
+        subs.append(sub)
+        log(f"g{gi}: {surgery.count_params(sub):,} params ({surgery.count_params(sub) / orig_params:.1%})")
+
+    wrapped = [surgery.SubModelWrapper(s) for s in subs]
+    fu_out = [finetune.predict(w, data.fusion.x, device) for w in wrapped]
+    te_out = [finetune.predict(w, data.test.x, device) for w in wrapped]
+
+    logit_fusion = fuse.LogitFusion(groups, n_cls)
+    with torch.no_grad():
+        acc_logits_fu = finetune.accuracy(logit_fusion(torch.cat([o[1] for o in fu_out], 1)), data.fusion.y)
+        acc_logits_te = finetune.accuracy(logit_fusion(torch.cat([o[1] for o in te_out], 1)), data.test.y)
+    fcfg = recipe["fusion"]
+    dims = [o[0].shape[1] for o in fu_out]
+    feats_fu = torch.cat([o[0] for o in fu_out], 1)
+    kind, cv_acc = fcfg["kind"], None
+    if kind == "auto":
+        cv_acc = fuse.cross_val_mlp_accuracy(feats_fu, data.fusion.y, t_fu, dims, n_cls, fcfg, seed)
+        kind = "mlp" if cv_acc > acc_logits_fu else "logits"
+        log(f"fusion: mlp cross-val {cv_acc:.4f} vs logits {acc_logits_fu:.4f} on the fusion split → {kind}")
+    if kind == "mlp":
+        advance = bars.task("fusion head", fcfg["steps"]) if bars else None
+        head = fuse.train_fusion_mlp(feats_fu, data.fusion.y, t_fu, dims, n_cls, fcfg, seed, advance)
+        source = "features"
+        fused_te = torch.cat([o[0] for o in te_out], 1)
+        calib_fusion = feats_fu
+    else:
+        head = logit_fusion
+        source = "logits"
+        fused_te = torch.cat([o[1] for o in te_out], 1)
+        calib_fusion = torch.cat([o[1] for o in fu_out], 1)
+    with torch.no_grad():
+        fused_acc = finetune.accuracy(head(fused_te), data.test.y)
+    log(f"fused ({kind}) test accuracy {fused_acc:.4f} vs original {orig_acc:.4f}")
+
+    peer_info = None
+    if peer:
+        biggest = max(surgery.count_params(s) for s in subs)
+        peer_model = prune_and_finetune(model, list(range(n_cls)), data.finetune.x, data.finetune.y, t_ft, recipe,
+                                        biggest, device, seed + 99, bars, label="peer")
+        peer_info = {"params": surgery.count_params(peer_model), "bytes": state_bytes(peer_model),
+                     "accuracy": finetune.accuracy(finetune.predict(peer_model, data.test.x, device), data.test.y),
+                     "params_budget": biggest}
+        log(f"peer (one class-agnostic pruned ViT at {biggest:,} params): accuracy {peer_info['accuracy']:.4f}")
+
+    orig_bytes = state_bytes(model)
+    submodel_entries = []
+    for gi, (group, sub) in enumerate(zip(groups, subs)):
+        submodel_entries.append({
+            "name": f"g{gi}", "group": gi, "classes": group, "class_names": [data.classes[c] for c in group],
+            "arch": surgery.vit_arch(sub), "params": surgery.count_params(sub), "bytes": state_bytes(sub),
+            "flops": _flops(sub), "feature_dim": dims[gi], "num_outputs": len(group) + 1,
+            "checkpoint": f"submodels/g{gi}.pt",
+            "params_ratio": surgery.count_params(sub) / orig_params,
+            "accuracy_in_group": _group_accuracy(te_out[gi][1], data.test.y, group, n_cls),
+        })
+    manifest = {
+        "schema_version": 1, "tool_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "name": recipe["name"],
+        "model": {"name": m["name"], "kwargs": m["kwargs"], "params": orig_params, "bytes": orig_bytes,
+                  "flops": _flops(model)},
+        "input": spec, "classes": data.classes, "groups": groups, "submodels": submodel_entries,
+        "fusion": {"kind": kind, "source": source, "input_dims": [int(d) for d in (dims if source == "features"
+                                                                                    else head.input_dims)],
+                   "num_classes": n_cls, "checkpoint": "fusion/fusion.pt",
+                   "hidden": fcfg["hidden"] if kind == "mlp" else None},
+        "accuracy": {"original": orig_acc, "fused": fused_acc, "fused_logits": acc_logits_te,
+                     "fusion_mlp_cv": cv_acc, "exported": {}},
+        "artifacts": [],
+    }
+    out_dir = os.path.abspath(out_dir)
+    gate_failures: list[str] = []
+    with staged_dir(out_dir) as root:
+        os.makedirs(os.path.join(root, "submodels"))
+        os.makedirs(os.path.join(root, "fusion"))
+        for gi, sub in enumerate(subs):
+            checkpoint.save_state_dict(sub, os.path.join(root, "submodels", f"g{gi}.pt"))
+        checkpoint.save_state_dict(head, os.path.join(root, "fusion", "fusion.pt"))
+        n_eval = min(len(data.test), recipe["data"]["eval_samples"])
+        _save_npz(os.path.join(root, "reference", "eval.npz"), x=data.test.x[:n_eval], y=data.test.y[:n_eval])
+        n_cal = recipe["export"]["calibration_samples"]
+        for gi, group in enumerate(groups):
+            in_group = torch.nonzero(finetune.relabel(data.finetune.y, group, n_cls) < len(group)).flatten()
+            _save_npz(os.path.join(root, "reference", f"calib-g{gi}.npz"), x=data.finetune.x[in_group[:n_cal]])
+        _save_npz(os.path.join(root, "reference", "calib-fusion.npz"), x=calib_fusion[:n_cal])
+        with open(os.path.join(root, "recipe.resolved.yaml"), "w", encoding="utf-8") as f:
+            f.write(recipe_mod.dump(recipe))
+        if recipe["export"]["formats"]:
+            from .export import export_build
+
+            models = {f"g{gi}": surgery.SubModelWrapper(s).cpu().eval() for gi, s in enumerate(subs)}
+            models["fusion"] = head.cpu().eval()
+            gate_failures = export_build(root, manifest, models, recipe["export"], recipe["gate"], fused_acc,
+                                         progress=bars)
+        elapsed = time.perf_counter() - t_start
+        report = write_reports(root, manifest, peer_info, elapsed, gate_failures)
+        write_manifest(root, manifest)
+    return Compiled(out_dir=out_dir, manifest=manifest, report=report, gate_failures=gate_failures,
+                    submodels=subs, fusion=head, data=data, model=model)
+
+
+def load_recipe_with_overrides(path: str, overrides: dict) -> dict:
+    return recipe_mod.load(path, overrides)
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)

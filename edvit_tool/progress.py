@@ -1,0 +1,52 @@
+"""Progress bars (rich) for long work; silent when `enabled` is False (tests, --json)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+class Bars:
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled  # stage log lines
+        self.bars = enabled and sys.stderr.isatty()  # live bars only on a terminal
+        self._progress = None
+
+    def __enter__(self):
+        if self.bars:
+            self._progress = Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                      console=console, transient=False)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def task(self, description: str, total: int):
+        """A callable `advance(n=1, **metrics)`; metrics (e.g. loss) are shown beside the bar."""
+        if self._progress is None:
+            return None
+        tid = self._progress.add_task(description, total=total, info="")
+        prog = self._progress
+
+        def advance(n: int = 1, **metrics):
+            info = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+            prog.update(tid, advance=n, info=info)
+        return advance
+
+    def log(self, message: str) -> None:
+        if self.enabled:
+            console.print(message, highlight=False)
+
+
+@contextlib.contextmanager
+def maybe_bars(enabled: bool):
+    with Bars(enabled) as bars:
+        yield bars

@@ -1,0 +1,380 @@
+"""Open Inference Protocol v2 (KServe v2 / Triton REST) on the wire: pure encode/decode + a small client.
+
+Shared by the board worker and the host coordinator. Board side: stdlib + numpy only.
+
+Tensors travel either as JSON (`{"name", "shape", "datatype", "data": [...]}`, data flat in row-major order —
+nested lists are accepted too) or with Triton's binary-tensor extension: the body is a JSON header of
+`Inference-Header-Content-Length` bytes followed by each binary tensor's raw little-endian bytes, in the order the
+header lists them, each sized by its `parameters.binary_data_size`. A response carries an output in binary when
+the request asked for it (`outputs[i].parameters.binary_data`, or the request-level
+`parameters.binary_data_output` when no outputs are listed).
+
+Errors: `ProtocolError(status, message)`; status is the HTTP status (400 for a malformed request or response
+body) or 0 for transport failures (refused, reset, timed out) so a caller catches one type.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sys
+
+import numpy as np
+
+# OIP datatype <-> numpy dtype (little-endian on the wire)
+DATATYPES = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype("<u1"), "INT8": np.dtype("<i1"), "UINT16": np.dtype("<u2"),
+    "INT16": np.dtype("<i2"), "UINT32": np.dtype("<u4"), "INT32": np.dtype("<i4"), "UINT64": np.dtype("<u8"),
+    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+}
+_BY_NAME = {dt.name: name for name, dt in DATATYPES.items()}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+JSON_TYPE = "application/json"
+BINARY_TYPE = "application/octet-stream"
+
+
+class ProtocolError(Exception):
+    """An OIP request or response that failed. status: HTTP status, or 0 for a transport failure."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+
+
+def datatype_of(dtype) -> str:
+    """numpy dtype (or its name) -> OIP datatype string."""
+    name = np.dtype(dtype).name
+    if name not in _BY_NAME:
+        raise ProtocolError(400, f"dtype {name} has no OIP datatype; use one of {', '.join(_BY_NAME)}")
+    return _BY_NAME[name]
+
+
+def dtype_of(datatype: str) -> np.dtype:
+    """OIP datatype string -> numpy dtype."""
+    if datatype not in DATATYPES:
+        raise ProtocolError(400, f"datatype {datatype!r} is not supported; use one of {', '.join(DATATYPES)}")
+    return DATATYPES[datatype]
+
+
+def _le(a: np.ndarray) -> np.ndarray:
+    """C-contiguous little-endian view/copy, ready for tobytes()."""
+    a = np.ascontiguousarray(a)
+    if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and sys.byteorder == "big"):
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return a
+
+
+def _json_dumps(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def _split(body: bytes, header_length) -> tuple:
+    """(parsed JSON header, memoryview of the binary part)."""
+    view = memoryview(body)
+    if header_length is None or header_length == "":
+        hlen = len(body)
+    else:
+        try:
+            hlen = int(header_length)
+        except (TypeError, ValueError):
+            raise ProtocolError(400, f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        if not 0 < hlen <= len(body):
+            raise ProtocolError(400, f"{HEADER_LENGTH} is {hlen} but the body has {len(body)} bytes")
+    try:
+        header = json.loads(bytes(view[:hlen]))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(400, f"body is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(400, "body must be a JSON object")
+    return header, view[hlen:]
+
+
+def _shape(t: dict, where: str) -> list:
+    shape = t.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise ProtocolError(400, f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+    return shape
+
+
+def _tensors(items, binary: memoryview, kind: str, data_key: bool = True) -> dict:
+    """Decode a list of OIP tensors (inputs of a request or outputs of a response) -> {name: array}."""
+    if not isinstance(items, list):
+        raise ProtocolError(400, f"'{kind}' must be a list of tensors")
+    out: dict = {}
+    offset = 0
+    for i, t in enumerate(items):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise ProtocolError(400, f"{kind}[{i}] must be an object with a string 'name'")
+        where = f"{kind[:-1]} {t['name']!r}"
+        if t["name"] in out:
+            raise ProtocolError(400, f"{where} appears twice")
+        shape = _shape(t, where)
+        dt = dtype_of(t.get("datatype"))
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        params = t.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ProtocolError(400, f"{where}: parameters must be an object")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0:
+                raise ProtocolError(400, f"{where}: binary_data_size must be a non-negative integer")
+            if size != count * dt.itemsize:
+                raise ProtocolError(400, f"{where}: binary_data_size is {size} bytes but shape {shape} of "
+                                         f"{t['datatype']} needs {count * dt.itemsize}")
+            if offset + size > len(binary):
+                raise ProtocolError(400, f"{where}: body ends {offset + size - len(binary)} bytes short of "
+                                         "its binary data")
+            arr = np.frombuffer(binary, dtype=dt, count=count, offset=offset).reshape(shape)
+            offset += size
+        else:
+            if "data" not in t:
+                raise ProtocolError(400, f"{where}: has neither 'data' nor parameters.binary_data_size")
+            try:
+                raw = np.asarray(t["data"])
+            except (TypeError, ValueError) as e:
+                raise ProtocolError(400, f"{where}: data is not a (nested) list of numbers ({e})") from None
+            # numbers only, and no silent float -> int truncation
+            if raw.size and (raw.dtype.kind not in "biuf" or raw.dtype.kind == "f" and dt.kind in "biu"):
+                raise ProtocolError(400, f"{where}: data holds {raw.dtype.name} values, datatype is "
+                                         f"{t['datatype']}")
+            arr = raw.astype(dt, copy=False)
+            if arr.size != count:
+                raise ProtocolError(400, f"{where}: shape {shape} needs {count} values, data has {arr.size}")
+            arr = arr.reshape(shape)
+        out[t["name"]] = arr
+    if offset != len(binary):
+        raise ProtocolError(400, f"body has {len(binary) - offset} bytes of binary data that no {kind[:-1]} claims")
+    return out
+
+
+# ---- requests ----------------------------------------------------------------------------------------------
+
+def encode_request(inputs: dict, outputs=None, binary: bool = True, binary_outputs: bool | None = None,
+                   request_id: str | None = None) -> tuple:
+    """{name: array} -> (body bytes, header length or None). outputs: names to return (None = all).
+
+    binary: send inputs as binary tensors; binary_outputs: ask for binary outputs (default = binary).
+    """
+    binary_outputs = binary if binary_outputs is None else binary_outputs
+    req: dict = {}
+    if request_id:
+        req["id"] = request_id
+    tensors, blobs = [], []
+    for name, arr in inputs.items():
+        arr = _le(np.asarray(arr))
+        t = {"name": name, "shape": list(arr.shape), "datatype": datatype_of(arr.dtype)}
+        if binary:
+            raw = arr.tobytes()
+            t["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            t["data"] = arr.ravel().tolist()
+        tensors.append(t)
+    req["inputs"] = tensors
+    if outputs is None:
+        if binary_outputs:
+            req["parameters"] = {"binary_data_output": True}
+    else:
+        req["outputs"] = [{"name": n, "parameters": {"binary_data": bool(binary_outputs)}} for n in outputs]
+    header = _json_dumps(req)
+    if not blobs:
+        return header, None
+    return b"".join([header] + blobs), len(header)
+
+
+class InferRequest:
+    """A decoded request: id, inputs {name: array}, outputs [(name, binary)] or None for all, binary default."""
+
+    __slots__ = ("id", "inputs", "outputs", "binary_output", "parameters")
+
+    def __init__(self, id, inputs, outputs, binary_output, parameters):
+        self.id, self.inputs, self.outputs = id, inputs, outputs
+        self.binary_output, self.parameters = binary_output, parameters
+
+    def wanted(self, available: list) -> list:
+        """[(name, binary)] to return, given the model's output names; unknown names -> 400."""
+        if self.outputs is None:
+            return [(n, self.binary_output) for n in available]
+        for name, _ in self.outputs:
+            if name not in available:
+                raise ProtocolError(400, f"unknown output {name!r}; this model has {', '.join(available)}")
+        return list(self.outputs)
+
+
+def decode_request(body: bytes, header_length=None) -> InferRequest:
+    """Body (+ Inference-Header-Content-Length) -> InferRequest; ProtocolError(400) on anything malformed."""
+    header, binary = _split(body, header_length)
+    params = header.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ProtocolError(400, "parameters must be an object")
+    if "inputs" not in header:
+        raise ProtocolError(400, "request has no 'inputs'")
+    inputs = _tensors(header["inputs"], binary, "inputs")
+    outputs = None
+    if header.get("outputs") is not None:
+        if not isinstance(header["outputs"], list):
+            raise ProtocolError(400, "'outputs' must be a list")
+        outputs = []
+        for i, o in enumerate(header["outputs"]):
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise ProtocolError(400, f"outputs[{i}] must be an object with a string 'name'")
+            op = o.get("parameters") or {}
+            if not isinstance(op, dict):
+                raise ProtocolError(400, f"output {o['name']!r}: parameters must be an object")
+            if op.get("classification"):
+                raise ProtocolError(400, f"output {o['name']!r}: the classification extension is not supported")
+            outputs.append((o["name"], bool(op.get("binary_data", params.get("binary_data_output", False)))))
+    rid = header.get("id")
+    return InferRequest(rid if isinstance(rid, str) else None, inputs, outputs,
+                        bool(params.get("binary_data_output", False)), params)
+
+
+# ---- responses ---------------------------------------------------------------------------------------------
+
+def encode_response(model_name: str, outputs: dict, binary, model_version: str = "1",
+                    request_id: str | None = None) -> tuple:
+    """{name: array} -> (body, header length or None). binary: bool for all, or {name: bool}."""
+    res: dict = {"model_name": model_name, "model_version": model_version}
+    if request_id:
+        res["id"] = request_id
+    tensors, blobs = [], []
+    for name, arr in outputs.items():
+        arr = _le(np.asarray(arr))
+        t = {"name": name, "datatype": datatype_of(arr.dtype), "shape": list(arr.shape)}
+        if binary.get(name, False) if isinstance(binary, dict) else binary:
+            raw = arr.tobytes()
+            t["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            t["data"] = arr.ravel().tolist()
+        tensors.append(t)
+    res["outputs"] = tensors
+    header = _json_dumps(res)
+    if not blobs:
+        return header, None
+    return b"".join([header] + blobs), len(header)
+
+
+def decode_response(body: bytes, header_length=None) -> dict:
+    """Response body -> {output name: array} (arrays may be read-only views of body)."""
+    header, binary = _split(body, header_length)
+    if "error" in header:
+        raise ProtocolError(400, str(header["error"]))
+    return _tensors(header.get("outputs", []), binary, "outputs")
+
+
+def error_body(message: str) -> bytes:
+    return _json_dumps({"error": message})
+
+
+# ---- client ------------------------------------------------------------------------------------------------
+
+class _NoDelayConnection(http.client.HTTPConnection):
+    """HTTPConnection with Nagle off: without it a small request waits ~40 ms for delayed ACKs."""
+
+    def connect(self):
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+_DROPPED = (http.client.RemoteDisconnected, http.client.BadStatusLine, BrokenPipeError, ConnectionResetError,
+            ConnectionAbortedError)
+
+
+class OipClient:
+    """Keep-alive HTTP/1.1 client for one OIP v2 server. Not thread-safe: one per thread (or per board).
+
+    A request on a reused connection that the server had closed is retried once on a fresh one.
+    """
+
+    def __init__(self, host: str, port: int, token: str | None = None, timeout: float = 10.0):
+        self.host, self.port, self.timeout = host, int(port), timeout
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._conn = None
+        self._used = False
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn, self._used = None, False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple:
+        """(status, headers as a case-insensitive message, body bytes). Transport failures -> ProtocolError(0)."""
+        hdrs = dict(self._auth)
+        hdrs.update(headers or {})
+        for attempt in (0, 1):
+            if self._conn is None:
+                self._conn = _NoDelayConnection(self.host, self.port, timeout=self.timeout)
+                self._used = False
+            reused = self._used
+            try:
+                self._conn.request(method, path, body=body, headers=hdrs)
+                resp = self._conn.getresponse()
+                data = resp.read()
+            except _DROPPED as e:
+                self.close()
+                if reused and attempt == 0:
+                    continue  # the server dropped an idle keep-alive connection: retry once, fresh
+                raise ProtocolError(0, f"{self.host}:{self.port}: connection dropped ({e!r})") from None
+            except (OSError, http.client.HTTPException) as e:
+                self.close()
+                raise ProtocolError(0, f"{self.host}:{self.port}: {method} {path} failed ({e!r})") from None
+            self._used = True
+            if resp.will_close:
+                self.close()
+            return resp.status, resp.headers, data
+        raise AssertionError("unreachable")
+
+    def _json(self, method: str, path: str, ok=(200,)) -> dict:
+        status, _, data = self.request(method, path)
+        if status not in ok:
+            raise ProtocolError(status, _error_message(data))
+        try:
+            return json.loads(data) if data else {}
+        except ValueError:
+            raise ProtocolError(400, f"{path}: server answered invalid JSON") from None
+
+    def live(self) -> bool:
+        return self.request("GET", "/v2/health/live")[0] == 200
+
+    def ready(self) -> bool:
+        return self.request("GET", "/v2/health/ready")[0] == 200
+
+    def model_ready(self, model: str) -> bool:
+        return self.request("GET", f"/v2/models/{model}/ready")[0] == 200
+
+    def server_metadata(self) -> dict:
+        return self._json("GET", "/v2")
+
+    def metadata(self, model: str) -> dict:
+        return self._json("GET", f"/v2/models/{model}")
+
+    def stats(self, model: str) -> dict:
+        return self._json("GET", f"/v2/models/{model}/stats")
+
+    def infer(self, model: str, inputs: dict, outputs=None, binary: bool = True) -> dict:
+        """{input name: array} -> {output name: array}. outputs: names to return (None = all)."""
+        body, hlen = encode_request(inputs, outputs, binary=binary)
+        headers = {"Content-Type": BINARY_TYPE if hlen is not None else JSON_TYPE}
+        if hlen is not None:
+            headers[HEADER_LENGTH] = str(hlen)
+        status, rh, data = self.request("POST", f"/v2/models/{model}/infer", body, headers)
+        if status != 200:
+            raise ProtocolError(status, _error_message(data))
+        return decode_response(data, rh.get(HEADER_LENGTH))
+
+
+def _error_message(data: bytes) -> str:
+    try:
+        return str(json.loads(data)["error"])
+    except (ValueError, KeyError, TypeError):
+        return data[:200].decode("utf-8", "replace") or "(empty body)"

@@ -1,0 +1,390 @@
+"""Real SSH "boards" on loopback for end-to-end tests (DESIGN §8).
+
+Each board is a real OpenSSH sshd on 127.0.0.1:<free port>, in a private mount namespace (so it can have its
+own /run/sshd without touching the host), logging in as its own user (pi, pi1, pi2, ...) so every board has a
+separate home and thus a separate ~/.edvit cache. Optionally a cgroup-v1 CPU quota makes one board slower; children
+(the bench, workers) inherit it. The boards' Python is the slim venv made by scripts/make-board-venv.sh (numpy +
+ai-edge-litert + onnxruntime, no torch).
+
+Needs root (useradd, sshd, cgroups), as CI runs. Used through the `boards` fixture in tests/conftest.py:
+
+    def test_x(boards):
+        b0, b1 = boards(2, cpu_quota=[None, 0.25])
+        SshSession(b0.target, identity=b0.identity, known_hosts=b0.known_hosts)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SSHD = "/usr/sbin/sshd"
+CGROUP_CPU = "/sys/fs/cgroup/cpu"
+BOARD_VENV = os.environ.get("EDVIT_BOARD_VENV", os.path.join(REPO, ".venv-board"))
+MAKE_VENV = os.path.join(REPO, "scripts", "make-board-venv.sh")
+_LOCK = "/tmp/edvit-boards.lock"  # serialises useradd between concurrent test processes
+_users_in_use: set[str] = set()  # across farms alive in this process: two live boards never share a home
+
+
+class BoardSetupError(RuntimeError):
+    """The machine cannot host loopback boards; the message says what to install or change."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_board_venv() -> str:
+    """Path of the board venv's python, creating the venv (scripts/make-board-venv.sh) when missing."""
+    py = os.path.join(BOARD_VENV, "bin", "python")
+    if not os.path.isfile(os.path.join(BOARD_VENV, ".edvit-board-venv")):
+        r = subprocess.run(["bash", MAKE_VENV, BOARD_VENV], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BoardSetupError(f"{MAKE_VENV} failed ({r.returncode}): {r.stderr.strip()[-800:]}")
+    return py
+
+
+def ensure_user(name: str) -> pwd.struct_passwd:
+    """Create board user `name` if missing. usermod -p '*': a locked ('!') account cannot log in even with a
+    key when PAM is off; '*' means "no password" but key logins work."""
+    with open(_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            pass
+        for cmd in (["useradd", "-m", "-s", "/bin/bash", name], ["usermod", "-p", "*", name]):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise BoardSetupError(f"`{' '.join(cmd)}` failed: {r.stderr.strip()}")
+        return pwd.getpwnam(name)
+
+
+def cgroup_v1_cpu_available() -> bool:
+    return os.path.isfile(os.path.join(CGROUP_CPU, "cpu.cfs_quota_us")) and os.access(CGROUP_CPU, os.W_OK)
+
+
+def quota_settings(ratio: float) -> tuple[int, int]:
+    """(cfs_period_us, cfs_quota_us) for `ratio` of one CPU with a short period.
+
+    A short period matters: with the default 100 ms a sub-millisecond inference almost always runs at full
+    speed and the median does not move. The kernel rejects periods and quotas under 1000 us, so 25 % is
+    period 4000 / quota 1000 (not 1000 / 250).
+    """
+    if not ratio > 0:
+        raise ValueError(f"cpu quota must be > 0, got {ratio}")
+    if ratio >= 1:
+        return 1000, int(round(ratio * 1000))
+    return int(round(1000 / ratio)), 1000
+
+
+def _children_of(pid: int) -> list[int]:
+    """All live descendants of pid (from /proc)."""
+    parents = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # exited while we looked
+    out, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        out += kids
+        frontier += kids
+    return out
+
+
+def _pids_of_uid(uid: int) -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.stat(f"/proc/{d}").st_uid == uid:
+                    pids.append(int(d))
+            except OSError:
+                continue
+    return pids
+
+
+def _kill_all(pids, grace: float = 2.0) -> None:
+    """SIGTERM, wait up to `grace`, then SIGKILL what is left. Only pids we own (board processes)."""
+    pids = [p for p in set(pids) if p != os.getpid()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            pids = [p for p in pids if _alive(p)]
+            if not pids:
+                return
+            time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class Board:
+    """One running sshd board. `target` is what the tool is pointed at."""
+
+    name: str
+    user: str
+    port: int
+    identity: str             # client private key (its .pub is in authorized_keys)
+    known_hosts: str          # a known_hosts file with this board's key (pre-filled) or empty (accept-new)
+    python: str               # board-side interpreter: the slim venv
+    home: str
+    dir: str                  # board config dir: host key, sshd_config, log
+    cpu_quota: float | None = None
+    cgroup: str | None = None
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+
+    @property
+    def target(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+    @property
+    def host_key_pub(self) -> str:
+        with open(os.path.join(self.dir, "ssh_host_ed25519_key.pub")) as f:
+            return f.read().strip()
+
+    def known_hosts_line(self) -> str:
+        kind, b64 = self.host_key_pub.split()[:2]
+        return f"[{self.host}]:{self.port} {kind} {b64}"
+
+    @property
+    def log(self) -> str:
+        with open(os.path.join(self.dir, "sshd.log"), errors="replace") as f:
+            return f.read()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def write_config(self) -> None:
+        d = self.dir
+        os.makedirs(os.path.join(d, "run", "sshd"), exist_ok=True)
+        conf = f"""\
+ListenAddress {self.host}
+Port {self.port}
+HostKey {d}/ssh_host_ed25519_key
+PidFile {d}/sshd.pid
+AuthorizedKeysFile {d}/authorized_keys
+AllowUsers {self.user}
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin no
+StrictModes no
+UseDNS no
+PrintMotd no
+X11Forwarding no
+MaxStartups 64:30:128
+MaxSessions 64
+Subsystem sftp internal-sftp
+"""
+        with open(os.path.join(d, "sshd_config"), "w") as f:
+            f.write(conf)
+
+    def new_host_key(self) -> None:
+        key = os.path.join(self.dir, "ssh_host_ed25519_key")
+        for p in (key, key + ".pub"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(p)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", self.name, "-f", key],
+                       check=True, capture_output=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        d = shlex.quote(self.dir)
+        # sshd as root insists on /run/sshd; a private mount namespace gives it one without touching the host.
+        script = f"mount --bind {d}/run /run && exec {SSHD} -D -e -f {d}/sshd_config"
+        log = open(os.path.join(self.dir, "sshd.log"), "ab")
+        self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        if self.cgroup:  # before any child exists: every session, bench and worker inherits the quota
+            with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(self.proc.pid))
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise BoardSetupError(f"sshd for board {self.name} exited with {self.proc.returncode}: "
+                                      f"{self.log.strip()[-800:]}")
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=1) as s:
+                s.settimeout(2)
+                if s.recv(8).startswith(b"SSH-"):
+                    return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BoardSetupError(f"sshd for board {self.name} did not accept on port {self.port} within "
+                                      f"{timeout:g}s: {self.log.strip()[-800:]}")
+            time.sleep(0.01)
+
+    def kill_user_processes(self) -> None:
+        """Everything the board user runs (sessions, bench, detached workers): stopping sshd stops none."""
+        _kill_all(_pids_of_uid(pwd.getpwnam(self.user).pw_uid))
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        kids = _children_of(self.proc.pid)  # per-connection sshd processes outlive the listener
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        _kill_all(kids)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def set_cpu_quota(self, ratio: float | None) -> None:
+        """Change (or lift, with None) the CPU quota of a running board."""
+        if self.cgroup is None:
+            raise BoardSetupError(f"board {self.name} was started without a cgroup; pass cpu_quota to boards()")
+        period, quota = quota_settings(ratio) if ratio else (100000, -1)
+        _write(os.path.join(self.cgroup, "cpu.cfs_quota_us"), "-1")  # lift first: quota must fit the period
+        _write(os.path.join(self.cgroup, "cpu.cfs_period_us"), str(period))
+        _write(os.path.join(self.cgroup, "cpu.cfs_quota_us"), str(quota))
+        self.cpu_quota = ratio
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+class BoardFarm:
+    """Starts boards, owns their temp dirs, users' processes and cgroups; `close()` undoes everything."""
+
+    def __init__(self, root: str | None = None):
+        if os.geteuid() != 0:
+            raise BoardSetupError("loopback boards need root (useradd, sshd, cgroups); run the tests as root, "
+                                  "as CI does")
+        if not os.path.isfile(SSHD):
+            raise BoardSetupError(f"{SSHD} not found; install it: apt-get install -y openssh-server")
+        self.root = root or tempfile.mkdtemp(prefix="edvit-boards-")
+        os.chmod(self.root, 0o755)  # board users must traverse it to read their authorized_keys
+        self.python = ensure_board_venv()
+        self.identity = os.path.join(self.root, "client_ed25519")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edvit-tests", "-f", self.identity],
+                       check=True, capture_output=True)
+        self.boards: list[Board] = []
+
+    @staticmethod
+    def _user_name() -> str:
+        i = 0
+        while (name := "pi" if i == 0 else f"pi{i}") in _users_in_use:
+            i += 1
+        _users_in_use.add(name)
+        return name
+
+    def start(self, n: int, cpu_quota=None, known_hosts: str = "prefilled", fresh_home: bool = True) -> list[Board]:
+        """Start n boards. cpu_quota: None or a list (per board: None or a fraction of one CPU, e.g. 0.25).
+
+        known_hosts: "prefilled" (a file holding these boards' keys) or "empty" (a fresh file: accept-new).
+        fresh_home: wipe the user's ~/.edvit first so no cache is left from an earlier test.
+        """
+        quotas = list(cpu_quota) if cpu_quota is not None else [None] * n
+        if len(quotas) != n:
+            raise ValueError(f"cpu_quota has {len(quotas)} entries for {n} boards")
+        if any(q is not None for q in quotas) and not cgroup_v1_cpu_available():
+            import pytest
+
+            pytest.skip(f"cgroup v1 cpu controller not writable at {CGROUP_CPU}: cannot slow a board down")
+        kh = os.path.join(self.root, f"known_hosts-{len(self.boards)}")
+        open(kh, "w").close()
+        started = []
+        for i in range(n):
+            user = self._user_name()
+            pw = ensure_user(user)
+            name = f"board{len(self.boards)}"
+            d = os.path.join(self.root, name)
+            os.makedirs(d)
+            os.chmod(d, 0o755)
+            shutil.copy(self.identity + ".pub", os.path.join(d, "authorized_keys"))
+            os.chmod(os.path.join(d, "authorized_keys"), 0o644)
+            b = Board(name=name, user=user, port=0, identity=self.identity, known_hosts=kh, python=self.python,
+                      home=pw.pw_dir, dir=d, cpu_quota=quotas[i])
+            self.boards.append(b)
+            b.kill_user_processes()  # leftovers of an earlier, crashed run would skew timings
+            if fresh_home:
+                shutil.rmtree(os.path.join(pw.pw_dir, ".edvit"), ignore_errors=True)
+            b.new_host_key()
+            if quotas[i] is not None:
+                b.cgroup = os.path.join(CGROUP_CPU, f"edvit-{os.getpid()}-{name}")
+                os.makedirs(b.cgroup, exist_ok=True)
+                b.set_cpu_quota(quotas[i])
+            self._start_on_free_port(b)
+            started.append(b)
+        if known_hosts == "prefilled":
+            with open(kh, "w") as f:
+                f.writelines(b.known_hosts_line() + "\n" for b in started)
+        elif known_hosts != "empty":
+            raise ValueError(f"known_hosts must be 'prefilled' or 'empty', got {known_hosts!r}")
+        return started
+
+    def _start_on_free_port(self, b: Board, tries: int = 5) -> None:
+        for attempt in range(tries):
+            b.port = free_port()
+            b.write_config()
+            try:
+                b.start()
+                return
+            except BoardSetupError:
+                # another process took the port between free_port() and sshd's bind: pick another
+                if attempt == tries - 1 or "Address already in use" not in b.log:
+                    raise
+
+    def close(self) -> None:
+        for b in self.boards:
+            b.kill_user_processes()
+            b.stop()
+            b.kill_user_processes()
+            if b.cgroup and os.path.isdir(b.cgroup):
+                _remove_cgroup(b.cgroup)
+            _users_in_use.discard(b.user)
+        self.boards = []
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _remove_cgroup(path: str) -> None:
+    """rmdir a cgroup once its (just killed) processes have left it."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with open(os.path.join(path, "cgroup.procs")) as f:
+                left = [int(x) for x in f.read().split()]
+            _kill_all(left)
+            os.rmdir(path)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

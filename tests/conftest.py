@@ -1,0 +1,30 @@
+"""Fixtures shared by the test suites. Keep this to reusable fixtures; helpers live in tests/boards.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import boards` from any test directory
+
+import boards as _boards  # noqa: E402
+
+
+@pytest.fixture
+def boards():
+    """Factory: `boards(n, cpu_quota=[None, 0.25], known_hosts="prefilled"|"empty")` -> list[Board].
+
+    Real sshd processes on 127.0.0.1 (DESIGN §8), one user per board (pi, pi1, ...) so homes and caches are
+    separate; all torn down after the test (user processes killed, sshd waited, cgroups removed).
+    Each Board has .target ("pi@127.0.0.1:PORT"), .user, .port, .identity, .known_hosts, .python, .home, .name.
+    """
+    try:
+        farm = _boards.BoardFarm()
+    except _boards.BoardSetupError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield farm.start
+    finally:
+        farm.close()
