@@ -207,7 +207,8 @@ def solve_greedy(submodels, boards, t, m, M, c=None, replicas: int = 1) -> Plan:
 # ---------------------------------------------------------------------------------------------------------
 # exact
 
-def solve_exact(submodels, boards, t, m, M, c=None, replicas: int = 1, time_limit_s: float = 20.0) -> Plan:
+def solve_exact(submodels, boards, t, m, M, c=None, replicas: int = 1, time_limit_s: float = 20.0,
+                mip_rel_gap: float = 0.0) -> Plan:
     """Minimum-makespan placement, proven optimal by HiGHS.
 
     Why a MILP on scipy's HiGHS: scipy is already a dependency (no OR-Tools wheel to ship), HiGHS proves
@@ -260,7 +261,7 @@ def solve_exact(submodels, boards, t, m, M, c=None, replicas: int = 1, time_limi
     ub[n - 1] = np.inf
     integrality = np.ones(n)
     integrality[n - 1] = 0
-    options = {"mip_rel_gap": 0.0, "time_limit": time_limit_s, "presolve": True}
+    options = {"mip_rel_gap": mip_rel_gap, "time_limit": time_limit_s, "presolve": True}
 
     obj = np.zeros(n)
     obj[n - 1] = 1

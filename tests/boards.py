@@ -388,3 +388,128 @@ def _remove_cgroup(path: str) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+# -- a tiny build for board tests ----------------------------------------------------------------------------
+
+TINY_CLASSES = ["zero", "one", "two", "three"]
+TINY_GROUPS = [[0, 1], [2, 3]]
+TINY_SHAPE = [3, 32, 32]
+
+
+def make_tiny_build(dest: str, width: int = 32, depth: int = 3, samples: int = 8) -> str:
+    """Write a small but real build dir: two conv sub-models (pixel_values -> features, logits) and a fusion
+    head, exported to ONNX, with reference inputs/outputs from PyTorch and a manifest per the schema.
+
+    The convs run at full resolution so compute dominates a bench run (a few ms per image on one core at
+    width 32, depth 3): CPU quotas then show in the latency. Needs torch (host venv).
+    """
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from edvit_tool.artifacts import staged_dir, write_manifest
+
+    feat = 16
+
+    class Sub(nn.Module):
+        def __init__(self, n_out):
+            super().__init__()
+            layers, c = [], 3
+            for _ in range(depth):
+                layers += [nn.Conv2d(c, width, 3, padding=1), nn.GELU()]
+                c = width
+            self.body = nn.Sequential(*layers)
+            self.proj = nn.Linear(width, feat)
+            self.norm = nn.LayerNorm(feat)
+            self.head = nn.Linear(feat, n_out)
+
+        def forward(self, pixel_values):
+            f = self.norm(self.proj(self.body(pixel_values).mean(dim=(2, 3))))
+            return f, self.head(f)
+
+    class Fusion(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(feat * len(TINY_GROUPS), len(TINY_CLASSES))
+
+        def forward(self, features):
+            return self.fc(features)
+
+    def export(model, example, path, in_name, out_names):
+        model.eval()
+        torch.onnx.export(model, (example,), path, input_names=[in_name], output_names=out_names,
+                          dynamic_axes={in_name: {0: "batch"}, **{o: {0: "batch"} for o in out_names}},
+                          opset_version=17, dynamo=False)
+
+    def spec(name, shape):
+        return {"name": name, "shape": [-1] + list(shape), "dtype": "float32"}
+
+    torch.manual_seed(0)
+    x = torch.randn(samples, *TINY_SHAPE)
+    with staged_dir(dest) as d:
+        for sub in ("submodels", "fusion", "reference"):
+            os.makedirs(os.path.join(d, sub))
+        arts, subs, feats = [], [], []
+        for g, classes in enumerate(TINY_GROUPS):
+            m = Sub(len(classes) + 1)
+            rel = f"submodels/g{g}.fp32.onnx"
+            export(m, x[:1], os.path.join(d, rel), "pixel_values", ["features", "logits"])
+            with torch.no_grad():
+                f, lg = m(x)
+            feats.append(f)
+            ref = f"reference/outputs-g{g}.fp32.onnx.npz"
+            np.savez(os.path.join(d, ref), features=f.numpy(), logits=lg.numpy())
+            subs.append({"name": f"g{g}", "group": g, "classes": classes, "arch": {"width": width, "depth": depth},
+                         "params": sum(p.numel() for p in m.parameters()), "bytes": 0, "flops": 0,
+                         "feature_dim": feat, "num_outputs": len(classes) + 1})
+            arts.append((f"g{g}", rel, ref, [spec("pixel_values", TINY_SHAPE)],
+                         [spec("features", [feat]), spec("logits", [len(classes) + 1])]))
+        fusion = Fusion()
+        fx = torch.cat(feats, dim=1)
+        export(fusion, fx[:1], os.path.join(d, "fusion/fusion.onnx"), "features", ["logits"])
+        with torch.no_grad():
+            np.savez(os.path.join(d, "reference/outputs-fusion.fp32.onnx.npz"), logits=fusion(fx).numpy())
+        arts.append(("fusion", "fusion/fusion.onnx", "reference/outputs-fusion.fp32.onnx.npz",
+                     [spec("features", [feat * len(TINY_GROUPS)])], [spec("logits", [len(TINY_CLASSES)])]))
+        np.savez(os.path.join(d, "reference/inputs.npz"), pixel_values=x.numpy(), features=fx.numpy())
+        from edvit_tool.runtime.manifest import sha256_file
+
+        manifest = {
+            "schema_version": 1, "tool_version": "0.1.0", "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "model": {"name": "tiny-conv", "kwargs": {}, "params": 0, "bytes": 0, "flops": 0},
+            "input": {"name": "pixel_values", "shape": TINY_SHAPE, "layout": "NCHW", "dtype": "float32",
+                      "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"},
+            "classes": TINY_CLASSES, "groups": TINY_GROUPS, "submodels": subs,
+            "fusion": {"kind": "mlp", "source": "features", "input_dims": [feat] * len(TINY_GROUPS),
+                       "num_classes": len(TINY_CLASSES), "checkpoint": None},
+            "artifacts": [{"name": n, "file": rel, "format": "onnx", "quant": "fp32",
+                           "bytes": os.path.getsize(os.path.join(d, rel)), "sha256": sha256_file(os.path.join(d, rel)),
+                           "inputs": ins, "outputs": outs, "reference": ref, "tolerance": 1e-3,
+                           "max_abs_diff": 0.0, "top1_agreement": 1.0, "float_layers": [], "status": "ok",
+                           "reason": ""} for n, rel, ref, ins, outs in arts],
+            "accuracy": {},
+        }
+        write_manifest(d, manifest)
+    return dest
+
+
+def tamper_reference(build: str, artifact_name: str = "g0", delta: float = 0.5) -> str:
+    """Shift one artifact's reference `logits` in place (and refresh the manifest's file table): any honest
+    board now disagrees with the reference, as if its interpreter computed wrong outputs."""
+    import json
+
+    import numpy as np
+
+    from edvit_tool.artifacts import write_manifest
+
+    with open(os.path.join(build, "manifest.json")) as f:
+        manifest = json.load(f)
+    art = next(a for a in manifest["artifacts"] if a["name"] == artifact_name)
+    path = os.path.join(build, art["reference"])
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["logits"] = arrays["logits"] + np.float32(delta)
+    np.savez(path, **arrays)
+    write_manifest(build, manifest)
+    return path

@@ -28,3 +28,16 @@ def boards():
         yield farm.start
     finally:
         farm.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory):
+    """A small real build dir (two conv sub-models + fusion head, ONNX fp32, reference data, manifest).
+    Built once per session (~5 s: torch export). Treat it as read-only; copy it to modify it."""
+    return _boards.make_tiny_build(str(tmp_path_factory.mktemp("builds") / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def heavy_build(tmp_path_factory):
+    """Like tiny_build but with enough compute per image (a few ms) that a CPU quota shows in the latency."""
+    return _boards.make_tiny_build(str(tmp_path_factory.mktemp("builds") / "heavy"), width=64, depth=4)

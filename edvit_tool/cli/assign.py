@@ -120,8 +120,8 @@ Example:
 \b
 boards.yaml:
   boards:
-    - {name: pi-1, host: 10.0.0.21, user: pi, identity: ~/.ssh/id_ed25519, device_profile: pi4b}
-    - {name: pi-2, host: 10.0.0.22, port: 2222, user: pi, device_profile: pi5, worker_port: 8501}
+    - {name: pi-1, host: 10.0.0.21, user: pi, identity: ~/.ssh/id_ed25519, device_profile: rpi4b}
+    - {name: pi-2, host: 10.0.0.22, port: 2222, user: pi, device_profile: rpi5, worker_port: 8501}
 """)
 @click.option("--build", "build_dir", required=True, metavar="DIR", help="Build dir from `edvit-tool compile`.")
 @click.option("--profiles", "profiles_path", required=True, metavar="FILE",

@@ -163,7 +163,7 @@ def write_measured_profile(probe: dict, path: str, name: str | None = None) -> s
 
     name = name or probe.get("board") or probe.get("hostname") or "board"
     prof = measured_profile(probe, name)
-    if os.path.isdir(path) or path.endswith(os.sep):
+    if os.path.isdir(path) or not path.endswith((".yaml", ".yml")):  # a directory, existing or to be made
         path = os.path.join(path, f"{prof.name}.yaml")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"

@@ -158,3 +158,42 @@ def board_env(board_dir: str, shim_dir: str) -> dict:
     env["PYTHONNOUSERSITE"] = "1"
     env.pop("PYTHONSTARTUP", None)
     return env
+
+
+def _cache_key() -> str:
+    """Changes whenever the builder, the manifest code or the exporters change."""
+    import hashlib
+    from importlib import metadata
+
+    h = hashlib.sha256()
+    for rel in ("tests/e2e/tiny_build.py", "edvit_tool/runtime/manifest.py", "edvit_tool/artifacts.py"):
+        with open(os.path.join(REPO, rel), "rb") as f:
+            h.update(f.read())
+    for dist in ("torch", "litert-torch", "onnx"):
+        h.update(metadata.version(dist).encode())
+    return h.hexdigest()[:16]
+
+
+def shared_tiny_build(tmp_path_factory, cache_dir: str | None = None) -> str:
+    """The tiny build, made once per pytest session however many test files ask (keyed by basetemp path).
+
+    cache_dir (e.g. pytest's `config.cache.mkdir(...)`): keep the exported files across sessions, keyed by
+    `_cache_key()`, so only the first run pays for importing torch + litert-torch and converting (~20 s here).
+    """
+    root = tmp_path_factory.getbasetemp() / "tiny_build"
+    if (root / ".complete").exists():
+        return str(root)
+    if root.exists():
+        shutil.rmtree(root)
+    cached = os.path.join(cache_dir, _cache_key()) if cache_dir else None
+    if cached and os.path.isfile(os.path.join(cached, ".complete")):
+        shutil.copytree(cached, root)
+        return str(root)
+    make_tiny_build(str(root))
+    (root / ".complete").write_text("ok\n")
+    if cached:
+        tmp = f"{cached}.tmp-{os.getpid()}"
+        shutil.copytree(root, tmp)
+        shutil.rmtree(cached, ignore_errors=True)
+        os.replace(tmp, cached)
+    return str(root)

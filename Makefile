@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` and `make test` (each installs first when .venv is missing).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install board-venv demo test test-fast bench clean
+
+$(BIN)/edvit-tool: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/edvit-tool
+
+install: $(BIN)/edvit-tool
+
+board-venv:
+	bash scripts/make-board-venv.sh
+
+demo: install
+	$(BIN)/edvit-tool demo
+
+test: install board-venv
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install board-venv
+	$(BIN)/python bench/compile.py
+	$(BIN)/python bench/export.py
+	$(BIN)/python bench/profile.py
+
+clean:
+	rm -rf build runs/digits-build .pytest_cache

@@ -1,0 +1,274 @@
+"""The board worker, run as a real subprocess from a board-like copy of the runtime (torch/timm/click/yaml
+blocked), against a stock tritonclient.http client. ~6 s; the first run on a machine also exports the tiny
+build (~20 s: importing torch + litert-torch), cached after in .pytest_cache."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tiny_build import board_env, make_board_runtime, make_import_shim, shared_tiny_build
+
+tritonhttp = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+pytestmark = pytest.mark.slow
+TOKEN = "s3cret-token-for-tests"
+MAX_BODY_MB = 0.25
+
+
+def _start_worker(build, board, shim, tmp, extra=(), models="g0,g1,fusion", token_file=None):
+    token_file = token_file or os.path.join(tmp, "token")
+    if not os.path.exists(token_file):
+        with open(token_file, "w") as f:
+            f.write(TOKEN + "\n")
+        os.chmod(token_file, 0o600)
+    pidfile = os.path.join(tmp, "worker.pid")
+    cmd = [sys.executable, "-m", "edvit_tool.runtime.worker", "--manifest", os.path.join(build, "manifest.json"),
+           "--models", models, "--host", "127.0.0.1", "--port", "0", "--token-file", token_file,
+           "--pidfile", pidfile, "--max-body-mb", str(MAX_BODY_MB), "--log-level", "debug", *extra]
+    proc = subprocess.Popen(cmd, cwd=board, env=board_env(board, shim), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    return proc, pidfile
+
+
+def _read_event(proc, timeout=20.0) -> dict:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"worker printed nothing in {timeout} s"
+    line = proc.stdout.readline()
+    assert line, f"worker exited early (rc={proc.wait()}): {proc.stderr.read()}"
+    return json.loads(line)
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, pytestconfig):
+    tmp = tmp_path_factory.mktemp("worker")
+    build = shared_tiny_build(tmp_path_factory, str(pytestconfig.cache.mkdir("edvit-tiny-build")))
+    board = make_board_runtime(str(tmp / "board"))
+    shim = make_import_shim(str(tmp / "shim"))
+    return {"build": build, "board": board, "shim": shim, "tmp": str(tmp)}
+
+
+@pytest.fixture(scope="module")
+def worker(env):
+    # g0 from TFLite (LiteRT), g1 and fusion from ONNX (onnxruntime)
+    proc, pidfile = _start_worker(env["build"], env["board"], env["shim"], env["tmp"],
+                                  extra=["--variant", "g0=tflite/fp32,onnx/fp32"])
+    try:
+        event = _read_event(proc)
+        assert event["event"] == "ready", event
+        yield {"proc": proc, "port": event["port"], "event": event, "pidfile": pidfile}
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def client(worker):
+    c = tritonhttp.InferenceServerClient(f"127.0.0.1:{worker['port']}")
+    yield c
+    c.close()
+
+
+# a fresh dict per call: tritonclient adds Inference-Header-Content-Length to the dict it is given
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _local(build, rel, feeds):
+    """Run an artifact with its interpreter directly (not through our backends module)."""
+    path = os.path.join(build, rel)
+    if path.endswith(".onnx"):
+        import onnxruntime as ort
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        return dict(zip(names, sess.run(names, feeds)))
+    from ai_edge_litert.interpreter import Interpreter
+    it = Interpreter(model_path=path)
+    runner = it.get_signature_runner()
+    outs = [runner(args_0=x[None]) for x in feeds["pixel_values"]]   # batch-1 export: one sample at a time
+    return {"features": np.concatenate([o["output_0"] for o in outs]),
+            "logits": np.concatenate([o["output_1"] for o in outs])}
+
+
+def _infer(client, model, arrays, binary_in=True, binary_out=True, outputs=None):
+    inputs = []
+    for name, a in arrays.items():
+        i = tritonhttp.InferInput(name, list(a.shape), {"float32": "FP32", "float64": "FP64"}[a.dtype.name])
+        i.set_data_from_numpy(a, binary_data=binary_in)
+        inputs.append(i)
+    req_out = [tritonhttp.InferRequestedOutput(n, binary_data=binary_out) for n in outputs] if outputs else None
+    return client.infer(model, inputs, outputs=req_out, headers=dict(AUTH))
+
+
+def _pixels(n=3, seed=1):
+    return np.random.default_rng(seed).standard_normal((n, 1, 16, 16)).astype(np.float32)
+
+
+def _good_request(client, build):
+    x = _pixels(2, seed=9)
+    res = _infer(client, "g1", {"pixel_values": x})
+    np.testing.assert_allclose(res.as_numpy("logits"), _local(build, "submodels/g1.fp32.onnx",
+                                                              {"pixel_values": x})["logits"], atol=1e-6)
+
+
+def test_health_and_metadata_follow_oip_v2(client, worker):
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    meta = client.get_server_metadata(headers=dict(AUTH))
+    assert meta["name"] == "edvit-worker" and "binary_tensor_data" in meta["extensions"]
+    assert client.is_model_ready("g0", headers=dict(AUTH))
+    g0 = client.get_model_metadata("g0", headers=dict(AUTH))
+    assert g0["name"] == "g0" and g0["versions"] == ["1"]
+    assert g0["platform"] == "tensorflow_lite" and g0["parameters"]["backend"] == "litert"
+    assert g0["inputs"] == [{"name": "pixel_values", "datatype": "FP32", "shape": [-1, 1, 16, 16]}]
+    assert [o["name"] for o in g0["outputs"]] == ["features", "logits"]
+    fusion = client.get_model_metadata("fusion", headers=dict(AUTH))
+    assert fusion["platform"] == "onnxruntime_onnx"
+    assert fusion["inputs"][0]["shape"] == [-1, 32] and fusion["outputs"][0]["shape"] == [-1, 4]
+    assert worker["event"]["models"]["g0"] == {"artifact": "g0:tflite/fp32", "backend": "litert"}
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_infer_matches_the_interpreter_run_locally(client, env, binary):
+    x = _pixels(3)
+    for model, rel in (("g0", "submodels/g0.fp32.tflite"), ("g1", "submodels/g1.fp32.onnx")):
+        res = _infer(client, model, {"pixel_values": x}, binary_in=binary, binary_out=binary,
+                     outputs=["features", "logits"])
+        want = _local(env["build"], rel, {"pixel_values": x})
+        for name in ("features", "logits"):
+            got = res.as_numpy(name)
+            assert got.shape == want[name].shape and got.dtype == np.float32
+            np.testing.assert_allclose(got, want[name], rtol=0, atol=1e-6)
+        out = res.get_response()["outputs"]
+        assert all(("binary_data_size" in o.get("parameters", {})) == binary for o in out)
+    feats = np.random.default_rng(2).standard_normal((3, 32)).astype(np.float32)
+    res = _infer(client, "fusion", {"features": feats}, binary_in=binary, binary_out=binary, outputs=["logits"])
+    np.testing.assert_allclose(res.as_numpy("logits"),
+                               _local(env["build"], "fusion/fusion.onnx", {"features": feats})["logits"], atol=1e-6)
+
+
+def test_infer_without_requested_outputs_returns_all_in_binary(client, env):
+    res = _infer(client, "g1", {"pixel_values": _pixels(1)})
+    assert {o["name"] for o in res.get_response()["outputs"]} == {"features", "logits"}
+    assert res.as_numpy("features").shape == (1, 16)
+
+
+def _raw(port, method, path, body=b"", headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
+
+
+def test_bad_requests_get_4xx_with_a_message_and_the_worker_keeps_serving(client, worker, env):
+    port = worker["port"]
+    cases = []
+    # malformed JSON
+    status, _, body = _raw(port, "POST", "/v2/models/g1/infer", b'{"inputs": [', {**AUTH, "Content-Type":
+                                                                                   "application/json"})
+    cases.append(("malformed json", status, 400, json.loads(body)["error"], "not valid JSON"))
+    # wrong shape / wrong dtype / unknown model / oversized body, through the stock client
+    for label, call, want_status, want_msg in (
+        ("wrong shape", lambda: _infer(client, "g1", {"pixel_values": np.zeros((1, 1, 8, 8), np.float32)}), 400,
+         "input 'pixel_values': shape [1, 1, 8, 8], expected [-1, 1, 16, 16]"),
+        ("wrong dtype", lambda: _infer(client, "g1", {"pixel_values": np.zeros((1, 1, 16, 16), np.float64)}), 400,
+         "input 'pixel_values': datatype FP64, expected FP32"),
+        ("unknown input", lambda: _infer(client, "fusion", {"pixel_values": _pixels(1)}), 400,
+         "unknown input 'pixel_values'; model fusion takes features FP32 [-1, 32]"),
+        ("unknown model", lambda: _infer(client, "g7", {"pixel_values": _pixels(1)}), 404, "unknown model 'g7'"),
+        ("oversized body", lambda: _infer(client, "g1", {"pixel_values": _pixels(300)}), 413, "limit is 262144"),
+    ):
+        with pytest.raises(InferenceServerException) as e:
+            call()
+        cases.append((label, int(e.value.status()), want_status, e.value.message(), want_msg))
+        _good_request(client, env["build"])
+    # token: missing, wrong (stock client), and the challenge header (raw)
+    for label, headers in (("missing token", None), ("wrong token", {"Authorization": "Bearer nope"})):
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("g1", [tritonhttp.InferInput("pixel_values", [1, 1, 16, 16], "FP32")
+                                .set_data_from_numpy(_pixels(1))], headers=headers)
+        cases.append((label, int(e.value.status()), 401, e.value.message(), "bearer token"))
+        _good_request(client, env["build"])
+    status, hdrs, _ = _raw(port, "GET", "/v2/models/g0")
+    assert status == 401 and hdrs["WWW-Authenticate"].startswith("Bearer")
+    assert _raw(port, "GET", "/v2/health/live")[0] == 200  # health stays open without a token
+    for label, got, want, msg, want_msg in cases:
+        assert got == want, f"{label}: status {got}, expected {want} ({msg})"
+        assert want_msg in msg, f"{label}: message {msg!r} lacks {want_msg!r}"
+    _good_request(client, env["build"])
+
+
+def test_stats_count_requests_per_model(worker):
+    from edvit_tool.runtime.protocol import OipClient
+
+    with OipClient("127.0.0.1", worker["port"], token=TOKEN) as c:
+        before = c.stats("fusion")["count"]
+        for _ in range(5):
+            c.infer("fusion", {"features": np.zeros((2, 32), np.float32)})
+        s = c.stats("fusion")
+    assert s["count"] == before + 5 and s["errors"] == 0
+    assert s["p50_ms"] > 0 and s["infer_p50_ms"] > 0 and s["p50_ms"] >= s["infer_p50_ms"]
+
+
+def test_sigterm_stops_within_2s_and_removes_the_pidfile(env, tmp_path):
+    proc, pidfile = _start_worker(env["build"], env["board"], env["shim"], str(tmp_path), models="g1")
+    try:
+        event = _read_event(proc)
+        assert event["event"] == "ready"
+        with open(pidfile) as f:
+            assert int(f.read()) == proc.pid
+        from edvit_tool.runtime.protocol import OipClient
+        with OipClient("127.0.0.1", event["port"], token=TOKEN) as c:  # an idle keep-alive connection stays open
+            c.infer("g1", {"pixel_values": _pixels(1)})
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=5)
+            elapsed = time.monotonic() - t0
+        assert rc == 0 and elapsed < 2.0, (rc, elapsed, proc.stderr.read())
+        assert not os.path.exists(pidfile)
+        assert "GET" not in proc.stdout.read()  # stdout holds only the ready line
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.parametrize("problem", ["unknown model", "tampered artifact", "empty token"])
+def test_startup_problems_exit_2_with_one_error_event(env, tmp_path, problem):
+    build, models, token_file = env["build"], "g0", None
+    if problem == "unknown model":
+        models = "g9"
+    elif problem == "tampered artifact":
+        import shutil
+        build = str(tmp_path / "build")
+        shutil.copytree(env["build"], build)
+        with open(os.path.join(build, "submodels", "g1.fp32.onnx"), "ab") as f:
+            f.write(b"\0")
+        models = "g1"
+    else:
+        token_file = str(tmp_path / "empty-token")
+        open(token_file, "w").close()
+    proc, _ = _start_worker(build, env["board"], env["shim"], str(tmp_path), models=models, token_file=token_file)
+    try:
+        event = _read_event(proc)
+        assert proc.wait(timeout=5) == 2
+        assert event["event"] == "error"
+        assert {"unknown model": "no artifact for model 'g9'", "tampered artifact": "sha256 differs",
+                "empty token": "--token-file"}[problem] in event["message"]
+    finally:
+        _stop(proc)
