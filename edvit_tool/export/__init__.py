@@ -1,0 +1,388 @@
+"""Export a build's sub-models and fusion head to ONNX / TFLite in every requested quantisation, prove each
+artifact against PyTorch in its real interpreter, measure the fused accuracy through the artifacts and gate it.
+
+    failures = export_build(root, manifest, models, export_cfg, gate, fused_torch_accuracy)
+
+Importing this package is cheap and torch-free (`check` imports export.validate); the heavy modules load inside
+export_build. See DESIGN.md §5 and the manifest schema in runtime/manifest.py.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from ..errors import ExportError
+
+EXT = {"onnx": "onnx", "tflite": "tflite"}
+
+
+def artifact_path(name: str, quant: str, fmt: str) -> str:
+    """Build-relative file of an artifact: submodels/g0.int8-static.onnx, fusion/fusion.fp32.tflite."""
+    folder = "fusion" if name == "fusion" else "submodels"
+    return f"{folder}/{name}.{quant}.{EXT[fmt]}"
+
+
+def reference_path(rel: str) -> str:
+    return f"reference/outputs-{os.path.basename(rel)}.npz"
+
+
+def export_build(root: str, manifest: dict, models: dict, export_cfg: dict, gate: dict,
+                 fused_torch_accuracy: float, progress=None) -> list[str]:
+    """Write every artifact into `root`, fill manifest['artifacts'], ['accuracy']['exported'] and ['export'].
+
+    models: {"g0": module, ..., "fusion": module} in eval mode. Returns the gate/parity failures (empty = every
+    artifact passed); failed artifacts stay in the build marked `status: failed` with the reason.
+    Raises ExportError for unusable input (unknown mode, missing model or data, calibration set too small).
+    """
+    return _Exporter(root, manifest, models, export_cfg, gate, fused_torch_accuracy, progress).run()
+
+
+class _Progress:
+    """Adapter for the lead's progress.Bars (task/log) or a plain callable(message), or nothing."""
+
+    def __init__(self, progress, total: int):
+        self._p = progress
+        self._advance = progress.task("export", total) if hasattr(progress, "task") else None
+
+    def log(self, msg: str):
+        if hasattr(self._p, "log"):
+            self._p.log(msg)
+        elif callable(self._p):
+            self._p(msg)
+
+    def step(self, **info):
+        if self._advance:
+            self._advance(1, **info)
+
+
+class _Built:
+    """One artifact built and validated."""
+
+    def __init__(self, entry: dict, runner, problems: list[str], rel_err: float):
+        self.entry, self.runner, self.problems, self.rel_err = entry, runner, problems, rel_err
+
+
+class _Exporter:
+    def __init__(self, root, manifest, models, cfg, gate, torch_acc, progress):
+        from .quantize import QUANT_MODES, check_modes
+
+        self.root, self.manifest, self.models = root, manifest, models
+        self.formats = list(dict.fromkeys(cfg.get("formats") or []))
+        quants = list(dict.fromkeys(cfg.get("quant") or ["fp32"]))
+        check_modes(self.formats, quants)
+        self.quants = sorted(quants, key=QUANT_MODES.index)  # fp32 first: quant drop is measured against it
+        self.opset = int(cfg.get("opset", 17))
+        self.simplify = cfg.get("simplify", "onnxslim")
+        self.n_calib = int(cfg.get("calibration_samples", 64))
+        self.n_ref = int(cfg.get("reference_samples", 16))
+        self.gate = {"max_accuracy_drop_pp": float(gate.get("max_accuracy_drop_pp", 1.0)),
+                     "max_quant_drop_pp": float(gate.get("max_quant_drop_pp", 1.0))}
+        self.torch_acc = float(fused_torch_accuracy)
+        self.subs = [sm["name"] for sm in manifest["submodels"]]
+        self.names = self.subs + ["fusion"]
+        missing = [n for n in self.names if n not in models]
+        if missing:
+            raise ExportError(f"export: no model for {missing}; export_build needs one module per sub-model "
+                              "and 'fusion'")
+        self.source = manifest["fusion"].get("source", "features")
+        self.input_shape = list(manifest["input"]["shape"])
+        self.threads = os.cpu_count() or 1
+        n_variants = len(self.quants) + ("fp32" not in self.quants)
+        self.progress = _Progress(progress, len(self.formats) * n_variants * len(self.names))
+
+    # -- inputs ------------------------------------------------------------------------------------------
+    def _path(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+    def _load_eval(self):
+        from .validate import load_npz
+
+        path = self._path("reference/eval.npz")
+        if not os.path.isfile(path):
+            raise ExportError(f"{path}: not found; compile writes the held-out set there (x [M,C,H,W], y [M])")
+        try:
+            data = load_npz(path, ("x", "y"))
+        except ValueError as e:
+            raise ExportError(f"{e}; rewrite it with x float32 [M,C,H,W] and y int64 [M]") from None
+        x, y = data["x"].astype(np.float32), data["y"].astype(np.int64)
+        if list(x.shape[1:]) != self.input_shape or len(x) != len(y) or len(x) == 0:
+            raise ExportError(f"{path}: x {list(x.shape)}, y {list(y.shape)}; expected x [M, "
+                              f"{', '.join(map(str, self.input_shape))}] and y [M] with M > 0")
+        return x, y
+
+    def _load_calibration(self) -> dict:
+        from .quantize import MIN_CALIBRATION
+        from .validate import load_npz
+
+        if "int8-static" not in self.quants or not self.formats:
+            return {}
+        fusion_dim = sum(self.manifest["fusion"]["input_dims"])
+        calib, problems = {}, []
+        for name in self.names:
+            rel = f"reference/calib-{name}.npz"
+            path = self._path(rel)
+            want = [fusion_dim] if name == "fusion" else self.input_shape
+            if not os.path.isfile(path):
+                problems.append(f"{rel}: not found; int8-static needs the {name} calibration images "
+                                "(x [M, ...]) there, or drop int8-static from export.quant")
+                continue
+            try:
+                x = load_npz(path, ("x",))["x"].astype(np.float32)
+            except ValueError as e:
+                problems.append(str(e))
+                continue
+            if list(x.shape[1:]) != want:
+                problems.append(f"{rel}: x has shape {list(x.shape)}, expected [M, {', '.join(map(str, want))}]")
+            elif len(x) < min(MIN_CALIBRATION, self.n_calib):
+                problems.append(f"{rel}: {len(x)} calibration samples is too few for int8-static (need at least "
+                                f"{min(MIN_CALIBRATION, self.n_calib)}); give the group more images or use "
+                                "int8-dynamic")
+            else:
+                if len(x) < self.n_calib:
+                    self.progress.log(f"export: {rel} has {len(x)} samples, fewer than "
+                                      f"export.calibration_samples={self.n_calib}; calibrating on all of them")
+                calib[name] = x[:self.n_calib]
+        if problems:
+            raise ExportError("; ".join(problems))
+        return calib
+
+    def _reference(self, x, y) -> tuple[dict, dict]:
+        """(reference inputs {pixel_values, features}, torch outputs per model name)."""
+        import torch
+
+        groups = self.manifest["groups"]
+        per = max(1, math.ceil(self.n_ref / max(1, len(groups))))
+        idx = [i for g in groups for i in np.flatnonzero(np.isin(y, g))[:per]]
+        if not idx:
+            idx = list(range(min(self.n_ref, len(x))))
+        ref_x = x[np.sort(np.asarray(idx))]
+        outs = {}
+        with torch.no_grad():
+            t = torch.from_numpy(ref_x)
+            for n in self.subs:
+                f, lo = self.models[n](t)
+                outs[n] = {"features": f.float().numpy(), "logits": lo.float().numpy()}
+            feats = np.concatenate([outs[n][self.source] for n in self.subs], axis=1)
+            outs["fusion"] = {"logits": self.models["fusion"](torch.from_numpy(feats)).float().numpy()}
+        return {"pixel_values": ref_x, "features": feats}, outs
+
+    # -- main ------------------------------------------------------------------------------------------
+    def run(self) -> list[str]:
+        if not self.formats:
+            return []
+        t0 = time.perf_counter()
+        x, y = self._load_eval()
+        self.calib = self._load_calibration()
+        self.ref_inputs, self.ref_outputs = self._reference(x, y)
+        os.makedirs(self._path("reference"), exist_ok=True)
+        np.savez(self._path("reference/inputs.npz"), **self.ref_inputs)
+        for d in ("submodels", "fusion"):
+            os.makedirs(self._path(d), exist_ok=True)
+        self.scratch = tempfile.mkdtemp(prefix="edvit-export-")
+        artifacts, exported, failures = [], {}, []
+        info = {"reference_samples": len(self.ref_inputs["pixel_values"]),
+                "calibration_samples": {n: int(len(v)) for n, v in self.calib.items()},
+                "gate": dict(self.gate), "fused_torch_accuracy": self.torch_acc}
+        try:
+            for fmt in self.formats:
+                info[fmt] = self._export_fp32(fmt)
+                self.fp32_acc = None
+                # fp32 always runs (it is what the quantisers start from and what quant drop is measured
+                # against); it is shipped only when asked for
+                for quant in ["fp32"] + [q for q in self.quants if q != "fp32"]:
+                    built, acc, fails = self._variant(fmt, quant, x, y)
+                    if quant == "fp32":
+                        self.fp32_acc = acc
+                    if self._ships(quant):
+                        exported[f"{fmt}/{quant}"] = acc
+                        artifacts.extend(b.entry for b in built.values())
+                        failures.extend(fails)
+                    elif fails:  # an unshipped fp32 that fails is still why the quantised ones cannot be trusted
+                        failures.extend(f"{f} (the unshipped fp32 reference)" for f in fails)
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        self.manifest["artifacts"] = artifacts
+        self.manifest.setdefault("accuracy", {})["exported"] = exported
+        info["seconds"] = round(time.perf_counter() - t0, 1)
+        self.manifest["export"] = info
+        return failures
+
+    def _ships(self, quant: str) -> bool:
+        return quant != "fp32" or "fp32" in self.quants
+
+    # -- fp32 --------------------------------------------------------------------------------------------
+    def _fp32_file(self, fmt: str, name: str) -> str:
+        """fp32 artifacts live in the build when asked for, else in scratch (they are the quantisers' input)."""
+        rel = artifact_path(name, "fp32", fmt)
+        return self._path(rel) if "fp32" in self.quants else os.path.join(self.scratch, rel.replace("/", "_"))
+
+    def _export_fp32(self, fmt: str) -> dict:
+        import torch
+
+        from .onnx import export_onnx, random_example
+
+        info = {"nodes": {}} if fmt == "onnx" else {}
+        for name in self.names:
+            kind = "fusion" if name == "fusion" else "submodel"
+            shape = [sum(self.manifest["fusion"]["input_dims"])] if name == "fusion" else self.input_shape
+            example = random_example(shape, batch=2)
+            dst = self._fp32_file(fmt, name)
+            self.progress.log(f"export: {name} → {fmt} fp32")
+            if fmt == "onnx":
+                r = export_onnx(self.models[name], kind, example, dst, self.opset, self.simplify)
+                info["nodes"][name] = {"before": r["nodes_before"], "after": r["nodes_after"]}
+                info.update(exporter=f"torch.onnx (torch.export) {torch.__version__}", opset=self.opset,
+                            simplifier=r["simplifier"])
+                from onnxruntime import __version__ as ort_version
+
+                info["quantizer"] = f"onnxruntime.quantization {ort_version}"
+                self._preprocessed(name)  # int8 modes start from the pre-processed graph
+            else:
+                from importlib.metadata import version
+
+                from .tflite import convert_tflite
+
+                info.update(convert_tflite(self.models[name], kind, example, dst))
+                info["quantizer"] = f"ai-edge-quantizer {version('ai-edge-quantizer')}"
+        return info
+
+    def _preprocessed(self, name: str) -> str:
+        path = os.path.join(self.scratch, f"{name}.pre.onnx")
+        if not os.path.exists(path) and any(q.startswith("int8") for q in self.quants):
+            from .quantize import onnx_preprocess
+
+            onnx_preprocess(self._fp32_file("onnx", name), path)
+        return path
+
+    # -- one variant (format x quant) with the float fallback ---------------------------------------------
+    def _groups(self, fmt: str, quant: str, name: str) -> dict:
+        if quant == "fp32":
+            return {}
+        if fmt == "onnx":
+            from .quantize import onnx_fallback_groups
+
+            src = self._preprocessed(name) if quant.startswith("int8") else self._fp32_file(fmt, name)
+            return onnx_fallback_groups(src, quant)
+        from .tflite import node_groups
+
+        return node_groups(self._fp32_file(fmt, name))
+
+    def _variant(self, fmt: str, quant: str, x, y):
+        from .validate import fused_accuracy
+
+        groups = {n: self._groups(fmt, quant, n) for n in self.names}
+        level = {n: 0 for n in self.names}
+        built: dict[str, _Built] = {}
+        while True:
+            for n in self.names:
+                if n not in built:
+                    built[n] = self._build(fmt, quant, n, list(groups[n])[:level[n]], groups[n])
+            bad = [n for n in self.names if built[n].problems]
+            escalate = [n for n in bad if level[n] < len(groups[n])]
+            if escalate:
+                for n in escalate:
+                    level[n] += 1
+                    del built[n]
+                continue
+            acc = fused_accuracy([built[n].runner for n in self.subs], built["fusion"].runner, self.source, x, y)
+            gate_problems = self._gate(fmt, quant, acc)
+            if gate_problems and not bad:
+                cands = [n for n in self.names if level[n] < len(groups[n])]
+                if cands:  # keep the worst-matching artifact's next layer group float, then measure again
+                    worst = max(cands, key=lambda n: (1 - built[n].entry["top1_agreement"], built[n].rel_err))
+                    level[worst] += 1
+                    self.progress.log(f"export: {fmt}/{quant} fused accuracy {acc:.4f} fails the gate; keeping "
+                                      f"{list(groups[worst])[level[worst] - 1]} of {worst} in float")
+                    del built[worst]
+                    continue
+            break
+        failures = []
+        for n in self.names:
+            e = built[n].entry
+            reasons = built[n].problems + gate_problems
+            if reasons:
+                e["status"], e["reason"] = "failed", "; ".join(reasons)
+            for p in built[n].problems:
+                failures.append(f"{n}:{fmt}/{quant}: {p}")
+        failures.extend(f"{fmt}/{quant}: {p}" for p in gate_problems)
+        self.progress.log(f"export: {fmt}/{quant} fused accuracy {acc:.4f}"
+                          + (" FAILED" if failures else ""))
+        for b in built.values():
+            b.runner = None  # release interpreters
+        return built, acc, failures
+
+    def _gate(self, fmt: str, quant: str, acc: float) -> list[str]:
+        p = []
+        drop = (self.torch_acc - acc) * 100
+        if drop > self.gate["max_accuracy_drop_pp"] + 1e-9:
+            p.append(f"fused accuracy {acc * 100:.2f} % is {drop:.2f} pp below PyTorch's {self.torch_acc * 100:.2f} % "
+                     f"(gate.max_accuracy_drop_pp {self.gate['max_accuracy_drop_pp']:g})")
+        if quant != "fp32" and self.fp32_acc is not None:
+            qdrop = (self.fp32_acc - acc) * 100
+            if qdrop > self.gate["max_quant_drop_pp"] + 1e-9:
+                p.append(f"fused accuracy {acc * 100:.2f} % is {qdrop:.2f} pp below {fmt}/fp32's "
+                         f"{self.fp32_acc * 100:.2f} % (gate.max_quant_drop_pp {self.gate['max_quant_drop_pp']:g})")
+        return p
+
+    def _build(self, fmt: str, quant: str, name: str, labels: list, groups: dict) -> _Built:
+        from ..runtime.manifest import sha256_file
+        from .validate import Runner, compare, parity_problems, tolerance_for
+
+        rel = artifact_path(name, quant, fmt)
+        dst = self._fp32_file(fmt, name) if quant == "fp32" else self._path(rel)
+        input_name = "features" if name == "fusion" else "pixel_values"
+        if quant != "fp32":
+            exclude = [item for lb in labels for item in groups[lb]]
+            if fmt == "onnx":
+                from .quantize import quantize_onnx
+
+                quantize_onnx(self._fp32_file(fmt, name), self._preprocessed(name), dst, quant, input_name,
+                              self.calib.get(name), exclude)
+            else:
+                from .quantize import quantize_tflite
+
+                quantize_tflite(self._fp32_file(fmt, name), dst, quant, input_name, self.calib.get(name), exclude)
+        self.progress.step(artifact=f"{name}:{fmt}/{quant}")
+        runner = Runner(dst, fmt, threads=self.threads)
+        ref = self.ref_outputs[name]
+        stats = compare(runner.run({input_name: self.ref_inputs[input_name]}), ref)
+        tol = tolerance_for(quant, stats["scale"], stats["max_abs_diff"])
+        problems = parity_problems(quant, stats, tol) + self._io_problems(name, runner)
+        ref_rel = reference_path(rel)
+        if self._ships(quant):
+            np.savez(self._path(ref_rel), **ref)
+        entry = {"name": name, "file": rel, "format": fmt, "quant": quant,
+                 "bytes": os.path.getsize(dst), "sha256": sha256_file(dst),
+                 "inputs": runner.inputs, "outputs": runner.outputs, "reference": ref_rel,
+                 "tolerance": float(tol), "max_abs_diff": float(stats["max_abs_diff"]),
+                 "top1_agreement": float(stats["top1_agreement"]), "float_layers": list(labels),
+                 "status": "ok", "reason": ""}
+        return _Built(entry, runner, problems, stats["max_abs_diff"] / max(1.0, stats["scale"]))
+
+    def _io_problems(self, name: str, runner) -> list[str]:
+        """The interpreter's tensors must be the schema's: names, float32, non-batch dims."""
+        if name == "fusion":
+            fu = self.manifest["fusion"]
+            want_in = {"features": [sum(fu["input_dims"])]}
+            want_out = {"logits": [fu["num_classes"]]}
+        else:
+            sm = next(s for s in self.manifest["submodels"] if s["name"] == name)
+            want_in = {"pixel_values": self.input_shape}
+            want_out = {"features": [sm["feature_dim"]], "logits": [sm["num_outputs"]]}
+        p = []
+        for kind, want, got in (("input", want_in, runner.inputs), ("output", want_out, runner.outputs)):
+            have = {t["name"]: t for t in got}
+            if sorted(have) != sorted(want):
+                p.append(f"{kind}s are {sorted(have)}, expected {sorted(want)}")
+                continue
+            for n, dims in want.items():
+                if have[n]["shape"][1:] != list(dims) or have[n]["dtype"] != "float32":
+                    p.append(f"{kind} {n} is {have[n]['dtype']} {have[n]['shape']}, expected float32 [B, "
+                             f"{', '.join(map(str, dims))}]")
+        return p

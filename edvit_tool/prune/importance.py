@@ -64,13 +64,12 @@ def compute_importance(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
     needs_grad = getattr(fn, "needs_grad", False)
     model.to(device)
     blocks = list(model.blocks)
-    # site key -> (module, units, hook kind); acts[key] holds the current batch's activation
+    # site ("heads" | "mlp" | "embed", block) -> this batch's activation / running score / units in it.
+    # Keep the very tensor the graph uses (a reshaped view would get no gradient); reshape when scoring.
     acts: dict[tuple[str, int], Tensor] = {}
     totals: dict[tuple[str, int], Tensor] = {}
-    handles = []
-
-    # keep the very tensor the graph uses (a reshaped view would get no gradient); reshape when scoring
     units: dict[tuple[str, int], int] = {}
+    handles = []
 
     def pre_hook(key):
         def hook(_mod, args):
@@ -92,8 +91,9 @@ def compute_importance(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
         units[("embed", i)] = model.patch_embed.proj.out_channels
         handles.append(blk.register_forward_hook(out_hook(("embed", i))))
 
-    was_training, n = model.training, 0
+    was_training, was_ckpt, n = model.training, model.grad_checkpointing, 0
     model.eval()  # no dropout / drop-path noise in the scores
+    model.grad_checkpointing = False  # recomputed blocks would detach the hooked activations
     try:
         for x, y in batches:
             x, y = x.to(device), y.to(device)
@@ -123,6 +123,7 @@ def compute_importance(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
         for h in handles:
             h.remove()
         model.train(was_training)
+        model.grad_checkpointing = was_ckpt
     if n == 0:
         raise DataError("no images to measure importance on (the group's data loader is empty)")
 

@@ -15,6 +15,8 @@ the forced heads do not fit, the embedding shrinks (x0.9 steps down to 8 channel
 """
 from __future__ import annotations
 
+import numbers
+
 from torch import Tensor, nn
 
 from edvit_tool.errors import ModelError, RecipeError
@@ -148,8 +150,9 @@ def plan_keep(model: nn.Module, importance: Importance, *, params_target: int | 
 
     spec = arch_spec(model)
     total = params_of_arch(arch, spec)
-    if not isinstance(params_target, int) or params_target <= 0:
+    if isinstance(params_target, bool) or not isinstance(params_target, numbers.Real) or params_target < 1:
         raise RecipeError(f"prune target must be a positive parameter count, got {params_target!r}")
+    params_target = int(params_target)  # a float (ratio x count) is floored
     if params_target >= total:
         return _plan_from(heads_rank + mlp_rank, depth, None)
     joint = sorted(heads_rank + mlp_rank)

@@ -148,15 +148,19 @@ def _param(old: nn.Parameter, new: Tensor) -> nn.Parameter:
     return nn.Parameter(new.clone(), requires_grad=old.requires_grad)
 
 
+def _sel(t: Tensor, idx: Tensor, dim: int = 0) -> Tensor:
+    return t.index_select(dim, idx.to(t.device))  # indices live on the CPU, weights may not
+
+
 def _slice_linear(lin: nn.Linear, out: Tensor | None = None, inp: Tensor | None = None) -> None:
     w = lin.weight
     if out is not None:
-        w = w[out]
+        w = _sel(w, out)
         if lin.bias is not None:
-            lin.bias = _param(lin.bias, lin.bias[out])
+            lin.bias = _param(lin.bias, _sel(lin.bias, out))
         lin.out_features = len(out)
     if inp is not None:
-        w = w[:, inp]
+        w = _sel(w, inp, 1)
         lin.in_features = len(inp)
     lin.weight = _param(lin.weight, w)
 
@@ -167,13 +171,13 @@ def _slice_norm(norm: nn.Module | None, idx: Tensor) -> None:
     for n in ("weight", "bias"):
         p = getattr(norm, n, None)
         if p is not None:
-            setattr(norm, n, _param(p, p[idx]))
+            setattr(norm, n, _param(p, _sel(p, idx)))
     norm.normalized_shape = (len(idx),)
 
 
 def _slice_ls(ls: nn.Module | None, idx: Tensor) -> None:
     if isinstance(ls, LayerScale):
-        ls.gamma = _param(ls.gamma, ls.gamma[idx])
+        ls.gamma = _param(ls.gamma, _sel(ls.gamma, idx))
 
 
 def _index(keep, size: int, what: str) -> Tensor:
@@ -235,15 +239,15 @@ def _keep_embed(m: nn.Module, keep) -> None:
     if len(e) == 0:
         raise ModelError("keep plan: cannot drop every embedding channel")
     pe = m.patch_embed.proj
-    pe.weight = _param(pe.weight, pe.weight[e])
+    pe.weight = _param(pe.weight, _sel(pe.weight, e))
     if pe.bias is not None:
-        pe.bias = _param(pe.bias, pe.bias[e])
+        pe.bias = _param(pe.bias, _sel(pe.bias, e))
     pe.out_channels = len(e)
     _slice_norm(m.patch_embed.norm, e)
     for n in ("cls_token", "reg_token", "pos_embed"):
         p = getattr(m, n)
         if p is not None:
-            setattr(m, n, _param(p, p[..., e]))
+            setattr(m, n, _param(p, _sel(p, e, -1)))
     for n in ("norm_pre", "norm", "fc_norm"):
         _slice_norm(getattr(m, n), e)
     for blk in m.blocks:

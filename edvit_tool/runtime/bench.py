@@ -162,6 +162,13 @@ def run_bench(artifact: str, runs: int = 50, warmup: int = 5, threads: int = 1, 
             model.bind(None, [{"name": k, "shape": [-1] + list(v.shape[1:])} for k, v in reference_npz.items()])
         except backends.BackendError:
             pass  # unmatched reference outputs are reported by parity as missing (ok: false)
+    if declared is None and inputs_npz is not None and len(model.inputs) == 1:
+        spec = model.inputs[0]
+        try:  # name the input after its array in inputs.npz (litert-torch calls it args_0)
+            key = next(k for k, v in inputs_npz.items() if _pick_input(spec, {k: v}, "") is v)
+            model.bind([{"name": key, "shape": spec["shape"]}], None)
+        except (StopIteration, BenchError, backends.BackendError):
+            pass  # no match: _pick_input below says which input has no array
 
     rng = np.random.default_rng(0)
     feed = {}

@@ -78,8 +78,9 @@ class ServedModel:
         with self._stats_lock:
             self.count += 1
             self.errors += not ok
-            self.request_ms.append(request_ms)
-            if infer_ms is not None:
+            if ok:  # latencies of answered requests only; fast 4xx would drag the p50 down
+                self.request_ms.append(request_ms)
+            if ok and infer_ms is not None:
                 self.infer_ms.append(infer_ms)
 
     def stats(self) -> dict:

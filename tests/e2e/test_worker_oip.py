@@ -216,14 +216,17 @@ def test_bad_requests_get_4xx_with_a_message_and_the_worker_keeps_serving(client
 
 
 def test_stats_count_requests_per_model(worker):
-    from edvit_tool.runtime.protocol import OipClient
+    from edvit_tool.runtime.protocol import OipClient, ProtocolError
 
     with OipClient("127.0.0.1", worker["port"], token=TOKEN) as c:
-        before = c.stats("fusion")["count"]
+        before = c.stats("fusion")
         for _ in range(5):
             c.infer("fusion", {"features": np.zeros((2, 32), np.float32)})
+        with pytest.raises(ProtocolError) as e:
+            c.infer("fusion", {"features": np.zeros((2, 31), np.float32)})
         s = c.stats("fusion")
-    assert s["count"] == before + 5 and s["errors"] == 0
+    assert e.value.status == 400 and "expected [-1, 32]" in e.value.message
+    assert s["count"] == before["count"] + 6 and s["errors"] == before["errors"] + 1
     assert s["p50_ms"] > 0 and s["infer_p50_ms"] > 0 and s["p50_ms"] >= s["infer_p50_ms"]
 
 

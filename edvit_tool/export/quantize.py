@@ -1,0 +1,169 @@
+"""Quantisation of fp32 artifacts: fp16, int8-dynamic, int8-static, for ONNX and TFLite.
+
+ONNX (onnxruntime.quantization): `quant_pre_process` first (shape inference + graph cleanup), then
+  int8-dynamic = quantize_dynamic (int8 weights, activations quantised at run time),
+  int8-static  = quantize_static, QDQ format, int8 weights per channel + int8 activations, MinMax calibration on
+                 the group's own images (a CalibrationDataReader over calib-<name>.npz),
+  fp16         = onnxruntime.transformers.float16 (onnxconverter-common's converter, shipped inside onnxruntime;
+                 float32 inputs/outputs kept so callers never see half floats).
+TFLite (ai-edge-quantizer, on the fp32 .tflite): chosen over litert-torch's PT2E path because it quantises the
+  already-converted model (no second torch.export / conversion per attempt, so the layer-by-layer float fallback
+  costs a re-quantise, not a re-convert), can keep any op float by regex, and does fp16 weights too:
+  int8-dynamic = dynamic_wi8_afp32, int8-static = static_wi8_ai8 calibrated on the group's images,
+  fp16 = weight-only float16 (FLOAT_CASTING). Model inputs/outputs stay float32 in every mode.
+
+Float fallback: `exclude` names the node groups (validate.FALLBACK_ORDER labels) kept float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+
+import numpy as np
+
+from ..errors import ExportError
+
+QUANT_MODES = ("fp32", "fp16", "int8-dynamic", "int8-static")
+FORMATS = ("onnx", "tflite")
+# (format, quant) pairs we can produce; anything else is refused naming what is possible
+SUPPORTED = {(f, q) for f in FORMATS for q in QUANT_MODES}
+NEEDS_CALIBRATION = ("int8-static",)
+MIN_CALIBRATION = 8
+# ops quantize_dynamic touches: a fallback step that keeps none of them float changes nothing
+_ONNX_DYNAMIC_OPS = {"MatMul", "Gemm", "Conv", "Attention", "Gather", "LSTM", "EmbedLayerNormalization"}
+
+
+def check_modes(formats, quants) -> None:
+    """ExportError naming every unknown format / mode and every impossible pair, with the alternatives."""
+    problems = []
+    for f in formats:
+        if f not in FORMATS:
+            problems.append(f"export.formats: unknown format {f!r}; choose from {', '.join(FORMATS)}")
+    for q in quants:
+        if q not in QUANT_MODES:
+            problems.append(f"export.quant: unknown mode {q!r}; choose from {', '.join(QUANT_MODES)}")
+    for f in formats:
+        for q in quants:
+            if f in FORMATS and q in QUANT_MODES and (f, q) not in SUPPORTED:
+                alt = [x for (ff, x) in sorted(SUPPORTED) if ff == f]
+                other = [ff for (ff, x) in sorted(SUPPORTED) if x == q]
+                problems.append(f"export: {f} cannot do {q}; {f} does {', '.join(alt)}"
+                                + (f"; {q} is available for {', '.join(other)}" if other else ""))
+    if problems:
+        raise ExportError("; ".join(problems))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The quantisers log per-tensor warnings (e.g. per-channel axis on LayerNorm weights) and tqdm bars."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
+
+
+# -- ONNX --------------------------------------------------------------------------------------------------
+def onnx_preprocess(src: str, dst: str) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with _quiet():
+        quant_pre_process(src, dst, skip_symbolic_shape=False)
+
+
+def onnx_fallback_groups(preprocessed: str, quant: str) -> dict[str, list[str]]:
+    """Node groups (see onnx.node_groups) of the preprocessed model, dropping groups that change nothing in
+    this mode (int8-dynamic only quantises weight ops such as MatMul)."""
+    import onnx
+
+    from .onnx import node_groups
+
+    model = onnx.load(preprocessed)
+    groups = node_groups(model)
+    if quant == "int8-dynamic":
+        ops = {n.name: n.op_type for n in model.graph.node}
+        groups = {k: [n for n in v if ops[n] in _ONNX_DYNAMIC_OPS] for k, v in groups.items()}
+    return {k: v for k, v in groups.items() if v}
+
+
+def quantize_onnx(fp32: str, preprocessed: str, dst: str, quant: str, input_name: str,
+                  calib: np.ndarray | None = None, exclude: list[str] | None = None) -> None:
+    exclude = list(exclude or [])
+    if quant == "fp16":
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        with _quiet():
+            model = convert_float_to_float16(onnx.load(fp32), keep_io_types=True, node_block_list=exclude or None)
+        onnx.save(model, dst)
+        return
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
+
+    if quant == "int8-dynamic":
+        with _quiet():
+            quantize_dynamic(preprocessed, dst, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+        return
+    if quant == "int8-static":
+        class Reader(CalibrationDataReader):
+            def __init__(self, x: np.ndarray, batch: int = 16):
+                self._it = iter([{input_name: x[i:i + batch]} for i in range(0, len(x), batch)])
+
+            def get_next(self):
+                return next(self._it, None)
+
+        reader = Reader(calib.astype(np.float32))
+        with _quiet():
+            quantize_static(preprocessed, dst, reader, quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
+        return
+    raise ExportError(f"onnx cannot quantise to {quant!r}; choose from {', '.join(QUANT_MODES[1:])}")
+
+
+# -- TFLite ------------------------------------------------------------------------------------------------
+def quantize_tflite(fp32: str, dst: str, quant: str, input_name: str, calib: np.ndarray | None = None,
+                    exclude: list[tuple[str, str]] | None = None) -> None:
+    """exclude: [(regex on op output tensor names, TFLite op name or '*')] kept float."""
+    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.qtyping import TFLOperationName
+
+    qt = quantizer.Quantizer(fp32)
+    if quant == "int8-dynamic":
+        qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    elif quant == "int8-static":
+        qt.load_quantization_recipe(recipe.static_wi8_ai8())
+    elif quant == "fp16":
+        qt.add_weight_only_config(".*", TFLOperationName.ALL_SUPPORTED, 16,
+                                  algorithm_key=AlgorithmName.FLOAT_CASTING)
+    else:
+        raise ExportError(f"tflite cannot quantise to {quant!r}; choose from {', '.join(QUANT_MODES[1:])}")
+    # float32 in and out, so boards and the coordinator never handle int8 tensors
+    for io in (TFLOperationName.INPUT, TFLOperationName.OUTPUT):
+        qt.update_quantization_recipe(regex=".*", operation_name=io, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    for regex, op in exclude or []:
+        qt.update_quantization_recipe(regex=regex, operation_name=TFLOperationName(op),
+                                      algorithm_key=AlgorithmName.NO_QUANTIZE)
+    with _quiet():
+        result = None
+        if qt.need_calibration:
+            sig = "serving_default"
+            samples = [{input_name: calib[i:i + 1].astype(np.float32)} for i in range(len(calib))]
+            result = qt.calibrate({sig: samples}, num_threads=1)
+        out = qt.quantize(result, enable_progress_bar=False, enable_progress_report=False)
+    with open(dst, "wb") as f:
+        f.write(bytes(out.quantized_model))
