@@ -182,7 +182,8 @@ def _stuck_message(e: _Stuck, subs, Mem, budget, R) -> str:
     # lower bound: each sub-model's R smallest footprints
     need_all = sum(sum(sorted(Mem[i])[:R]) for i in range(len(subs)))
     total = sum(budget)
-    after = f" once {', '.join(e.placed)} are placed" if e.placed else ""
+    placed = ", ".join(e.placed) if len(e.placed) <= 4 else f"{len(e.placed)} other sub-models"
+    after = f" once {placed} are placed" if e.placed else ""
     msg = (f"the sub-models do not all fit together: {e.submodel} needs {_fmt(e.need)} MB but the largest budget "
            f"left is {_fmt(e.left)} MB on {e.board} (short by {_fmt(e.need - e.left)} MB){after}")
     if need_all > total:
@@ -212,9 +213,12 @@ def solve_exact(submodels, boards, t, m, M, c=None, replicas: int = 1, time_limi
     """Minimum-makespan placement, proven optimal by HiGHS.
 
     Why a MILP on scipy's HiGHS: scipy is already a dependency (no OR-Tools wheel to ship), HiGHS proves
-    optimality, and K×D is tiny (K sub-models × D boards ≤ a few hundred binaries), so it solves in
-    milliseconds. Two passes: the least makespan T*, then among placements with T ≤ T* the least total work
-    (Σ t·x + Σ c·y), which keeps non-critical boards lightly loaded and makes the answer deterministic.
+    optimality, and K×D is small (K sub-models × D boards, a few hundred binaries at most): milliseconds for a
+    handful of boards, about a second at K=D=10. Two passes: the least makespan T*, then among placements
+    with T ≤ T* the least total work (Σ t·x + Σ c·y), which keeps non-critical boards lightly loaded and
+    makes the answer deterministic.
+    Measured here (2 busy cores): K=D=10 ~1 s; K=D=10 with R=2 ~1000 nodes, ~5 s. Past `time_limit_s` the
+    better of HiGHS's best placement and the greedy one is returned with optimal=False, and the label says so.
     """
     import numpy as np
     from scipy.optimize import Bounds, LinearConstraint, milp
@@ -247,8 +251,10 @@ def solve_exact(submodels, boards, t, m, M, c=None, replicas: int = 1, time_limi
         r[nx + j] = cost[j]
         r[n - 1] = -1
         rows.append(r), lo.append(-np.inf), hi.append(0.0)
-    for i in range(K):                               # x ≤ y (board used)
+    for i in range(K):                               # x ≤ y (board used; only matters where c > 0)
         for j in range(D):
+            if cost[j] == 0:
+                continue
             r = np.zeros(n)
             r[xi(i, j)], r[nx + j] = 1, -1
             rows.append(r), lo.append(-np.inf), hi.append(0.0)
@@ -273,10 +279,17 @@ def solve_exact(submodels, boards, t, m, M, c=None, replicas: int = 1, time_limi
         except _Stuck as e:
             raise EdvitError(_stuck_message(e, subs, Mem, budget, replicas)) from None
         raise AssertionError("HiGHS says infeasible but greedy found a placement")
-    if res.x is None:
-        raise EdvitError(f"the MILP solver found no placement within {time_limit_s:g} s ({res.message})")
     optimal = res.status == 0
     best = res.x
+    if best is None:  # stopped before any incumbent: the greedy placement (if any) is all we have
+        try:
+            x = _greedy(subs, names, T, Mem, budget, cost, replicas)
+        except _Stuck:
+            raise EdvitError(f"the MILP solver found no placement within {time_limit_s:g} s ({res.message}) "
+                             "and the greedy one got stuck; allow more time") from None
+        tt, mm = _as_tables(subs, names, T, Mem)
+        return _plan(subs, names, x, tt, mm, dict(zip(names, cost)),
+                     f"greedy (HiGHS found nothing within the {time_limit_s:g} s limit)", optimal=False)
     if optimal:
         t_star = float(res.x[n - 1])
         obj2 = np.zeros(n)
@@ -293,8 +306,18 @@ def solve_exact(submodels, boards, t, m, M, c=None, replicas: int = 1, time_limi
             best = res2.x
     x = [[best[xi(i, j)] > 0.5 for j in range(D)] for i in range(K)]
     tt, mm = _as_tables(subs, names, T, Mem)
-    return _plan(subs, names, x, tt, mm, dict(zip(names, cost)),
-                 "milp-highs" if optimal else "milp-highs (time limit: best found, not proven optimal)", optimal)
+    plan = _plan(subs, names, x, tt, mm, dict(zip(names, cost)), "milp-highs", optimal)
+    if not optimal:
+        plan.solver = f"milp-highs (stopped at the {time_limit_s:g} s limit: best found, not proven optimal)"
+        try:
+            greedy = _plan(subs, names, _greedy(subs, names, T, Mem, budget, cost, replicas), tt, mm,
+                           dict(zip(names, cost)), "greedy", optimal=False)
+        except _Stuck:
+            greedy = None
+        if greedy is not None and greedy.makespan_ms < plan.makespan_ms:
+            greedy.solver = f"greedy (better than HiGHS's best within the {time_limit_s:g} s limit)"
+            return greedy
+    return plan
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -401,9 +424,9 @@ def costs_from_profiles(manifest: dict, profiles: dict, boards, prefer=None, sou
     Pairs with no measurement of any such variant: a FLOPs-based estimate (`estimated=True`) for the variant
     that ran fastest (FLOPs per ms) on that board for other sub-models (else the board's preferred format,
     fp32): latency = FLOPs ÷ that rate (else the board's median rate, else the measured boards' per-core rate
-    — or a default — × its cores); memory = artifact size + the board's measured RSS overhead (or a default). Pairs where every variant failed parity on the board are
-    excluded. `prefer`: 'onnx', 'tflite/int8-static' or a list of such; only matching variants are considered.
-    `source` names the profiles file in error messages.
+    — or a default — × its cores); memory = artifact size + the board's measured RSS overhead (or a default).
+    Pairs where every variant failed parity on the board are excluded. `prefer`: 'onnx', 'tflite/int8-static'
+    or a list of such; only matching variants are considered. `source` names the profiles file in error messages.
     """
     problems = validate_profiles(profiles)
     if problems:
@@ -517,6 +540,14 @@ def costs_from_profiles(manifest: dict, profiles: dict, boards, prefer=None, sou
                 statistics.median(all_over) if all_over else DEFAULT_RSS_OVERHEAD_MB)
         choices[(s, d)] = Choice(s, d, art, w / rate, art["bytes"] / MB + over, True,
                                  f"not profiled on {d}; estimated from FLOPs ({basis})")
+    flagged = {n for n, info in (profiles.get("boards") or {}).items()
+               if isinstance(info, dict) and info.get("reachable") is False}
+    for d in board_names:
+        if d not in rate_board and d not in flagged and not any(k[1] == d for k in excluded):
+            notes.append(f"{d} has no measurements in the profiles; its costs are FLOPs-based estimates — run "
+                         f"`edvit-tool profile` on it")
+    for (s, d), why in excluded.items():
+        notes.append(f"{s} will not be placed on {d}: {why}")
     budgets = {b.name: float(b.memory_budget_mb) for b in boards}
     return Costs(subs, board_names, budgets, choices, excluded, notes)
 
@@ -525,7 +556,7 @@ def _cores(board, profiles) -> int | None:
     if getattr(board, "cores", None):
         return int(board.cores)
     probe = ((profiles.get("boards") or {}).get(board.name) or {}).get("probe") or {}
-    cores = probe.get("cores")
+    cores = probe.get("cores_usable") or probe.get("cores")   # affinity/cgroup-limited count first
     return int(cores) if isinstance(cores, int) and not isinstance(cores, bool) and cores > 0 else None
 
 

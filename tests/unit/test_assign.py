@@ -110,6 +110,17 @@ def test_greedy_can_be_beaten_and_transfer_is_paid_once_per_used_board():
     assert exact.memory_mb == {"a": 200.0, "b": 100.0}
 
 
+def test_time_limit_returns_a_valid_placement_no_worse_than_greedy_and_says_so():
+    subs, boards = [f"g{i}" for i in range(16)], [f"b{j}" for j in range(8)]
+    t = {s: {d: 5.0 + 3 * i for d in boards} for i, s in enumerate(subs)}   # identical boards: many ties
+    m = {s: {d: 10.0 for d in boards} for s in subs}
+    M = {d: 100.0 for d in boards}
+    plan = A.solve_exact(subs, boards, t, m, M, None, 1, time_limit_s=0.001)
+    check_plan(plan, subs, boards, t, m, M, {}, 1)
+    assert not plan.optimal and "limit" in plan.solver
+    assert plan.makespan_ms <= A.solve_greedy(subs, boards, t, m, M).makespan_ms + 1e-9
+
+
 def test_unused_board_pays_no_transfer_and_inf_latency_forbids_a_board():
     t = {"g0": {"a": 1.0, "b": INF}}
     plan = A.solve_exact(["g0"], ["a", "b"], t, {"g0": {"a": 1, "b": 1}}, {"a": 10, "b": 10}, {"a": 0, "b": 50})
@@ -245,6 +256,7 @@ def test_costs_pick_the_fastest_usable_variant_and_label_estimates(build_and_pro
     g1_pi3 = costs.choices[("g1", "pi-3")]   # only a stale measurement: estimated from per-core rates
     assert g1_pi3.estimated and "per core" in g1_pi3.note
     assert any("not in this build" in n for n in costs.notes)
+    assert any(n.startswith("g0 will not be placed on pi-3: every variant failed parity") for n in costs.notes)
 
     assert all(ch.artifact["status"] != "failed" for ch in costs.choices.values())
     assert costs.budgets_mb == {"pi-1": 512.0, "pi-2": 512.0, "pi-3": 512.0}
@@ -270,6 +282,7 @@ def test_costs_without_any_measurement_fall_back_to_cores(build_and_profiles):
     assert b.latency_ms == pytest.approx(4 * a.latency_ms)
     assert a.variant == "onnx/fp32"  # without measurements the safest variant
     assert a.memory_mb == pytest.approx(4.0 + A.DEFAULT_RSS_OVERHEAD_MB)
+    assert sum("has no measurements in the profiles" in n for n in costs.notes) == 2
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -116,12 +116,12 @@ def test_every_bad_key_is_reported_in_one_error(cluster):
     ("- name: a\n", "must be a mapping with a `boards:` list"),
     ("boards:\n  - just-a-string\n", "boards[0] must be a mapping"),
     ("boards: [\n", "not valid YAML"),
-    ("boards:\n  - {name: 'a b', host: 'h;rm', user: 'p i', device_profile: profiles/tiny.yaml, port: true}\n",
+    ("boards:\n  - {name: 'a b', host: h, user: pi, device_profile: profiles/tiny.yaml}\n",
      "boards[0].name must be letters"),
 ])
 def test_malformed_files_name_the_problem(cluster, body, expect):
     path = _write(cluster, body)
-    with pytest.raises(RecipeError, match=None) as err:
+    with pytest.raises(RecipeError) as err:
         boards_from_yaml(path)
     assert expect in str(err.value)
 
