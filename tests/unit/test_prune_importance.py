@@ -135,3 +135,29 @@ def test_registered_criterion_is_used():
         assert torch.allclose(imp.heads[0], torch.full((3,), 17.0))  # 16 patches + cls per sample, per sample
     finally:
         del CRITERIA["count_tokens"]
+
+
+def test_taylor_equals_the_derivative_of_the_loss_wrt_a_unit_gate():
+    """taylor(unit) = |dL/dg| for a gate g scaling that head's / neuron's output (finite differences, float64)."""
+    model = make_vit().double()
+    x, y = template_data(1, seed=5)
+    x = x.double()
+    imp = compute_importance(model, [(x, y)], F.cross_entropy, "taylor", "cpu")
+
+    def loss_with_gate(lin, cols, g):
+        with torch.no_grad():
+            saved = lin.weight[:, cols].clone()
+            lin.weight[:, cols] *= g
+            loss = F.cross_entropy(model(x), y).item()
+            lin.weight[:, cols] = saved
+        return loss
+
+    eps = 1e-5
+    for blk_i, head in [(0, 0), (1, 2), (2, 1)]:
+        lin, cols = model.blocks[blk_i].attn.proj, slice(16 * head, 16 * head + 16)
+        d = (loss_with_gate(lin, cols, 1 + eps) - loss_with_gate(lin, cols, 1 - eps)) / (2 * eps)
+        assert imp.heads[blk_i][head].item() == pytest.approx(abs(d), rel=1e-4, abs=1e-9)
+    for blk_i, j in [(0, 7), (2, 100)]:
+        lin = model.blocks[blk_i].mlp.fc2
+        d = (loss_with_gate(lin, [j], 1 + eps) - loss_with_gate(lin, [j], 1 - eps)) / (2 * eps)
+        assert imp.mlp[blk_i][j].item() == pytest.approx(abs(d), rel=1e-4, abs=1e-9)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from edvit_tool.errors import ModelError
+from edvit_tool.errors import CheckpointError, ModelError
 from edvit_tool.prune.plan import params_of_arch
 from edvit_tool.prune.surgery import (
     KeepPlan, PrunedBlock, SubModelWrapper, apply_keep, build_pruned, check_supported, count_params,
@@ -174,7 +174,7 @@ def test_build_pruned_loads_the_pruned_state_dict_strictly():
 def test_build_pruned_rejects_an_arch_larger_than_the_model():
     arch = vit_arch(make_vit())
     arch["heads"][0] = 5
-    with pytest.raises(Exception, match="more heads"):
+    with pytest.raises(CheckpointError, match="more heads"):
         build_pruned(NAME, BASE, arch)
 
 
