@@ -36,6 +36,7 @@ sys.path.insert(0, REPO)
 from tiny_build import board_env, make_board_runtime, make_import_shim, make_tiny_build  # noqa: E402
 
 from edvit_tool.runtime import backends  # noqa: E402
+from edvit_tool.runtime import manifest as mf  # noqa: E402
 from edvit_tool.runtime.protocol import OipClient  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
@@ -83,8 +84,15 @@ def _builds() -> dict:
     return {"tiny": tiny, "empty224": empty}
 
 
+def _pin(cpu):
+    """Pin this thread (and what it spawns) to one CPU; None = leave it. On a 2-core box a client and worker
+    sharing a core measure the scheduler (wake-up preemption), not the worker."""
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
 class Worker:
-    def __init__(self, board, shim, build, models, variant=None):
+    def __init__(self, board, shim, build, models, variant=None, cpu=None):
         self.tmp = tempfile.mkdtemp(prefix="edvit-bench-")
         tok = os.path.join(self.tmp, "token")
         with open(tok, "w") as f:
@@ -95,7 +103,9 @@ class Worker:
         if variant:
             cmd += ["--variant", variant]
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=board, env=board_env(board, shim), stdout=subprocess.PIPE, text=True)
+        pre = (lambda: _pin(cpu)) if cpu is not None else None
+        self.proc = subprocess.Popen(cmd, cwd=board, env=board_env(board, shim), stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=pre)
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline() if ready else ""
         self.cold_s = time.perf_counter() - t0
@@ -135,19 +145,24 @@ def _median_ms(fn, n: int, warmup: int = 50) -> tuple:
     return statistics.median(ts), ts[int(0.9 * (len(ts) - 1))]
 
 
-def _overhead_case(label, board, shim, build, model, rel, x, n, variant=None):
+def _overhead_case(label, board, shim, build, model, rel, x, n, variant=None, cpus=(None, None)):
     import tritonclient.http as th
 
-    direct = backends.load_model(os.path.join(build, rel), threads=1)
+    client_cpu, worker_cpu = cpus
+    art = next(a for a in mf.load(build)["artifacts"] if a["file"] == rel)
+    direct = backends.load_model(os.path.join(build, rel), threads=1, inputs=art["inputs"], outputs=art["outputs"])
     feeds = {"pixel_values": x}
+    _pin(worker_cpu)  # the direct call runs where the worker will
     d50, d90 = _median_ms(lambda: direct.run(feeds), n)
-    w = Worker(board, shim, build, model, variant)
+    _pin(client_cpu)
+    w = Worker(board, shim, build, model, variant, cpu=worker_cpu)
     try:
         with OipClient("127.0.0.1", w.port, token=TOKEN) as c:
             got = c.infer(model, feeds)
             want = direct.run(feeds)
             assert all(np.allclose(got[k], want[k], atol=1e-6) for k in want), "worker answer differs"
             w50, w90 = _median_ms(lambda: c.infer(model, feeds), n)
+            stats = c.stats(model)
         tc = th.InferenceServerClient(f"127.0.0.1:{w.port}")
         inp = th.InferInput("pixel_values", list(x.shape), "FP32").set_data_from_numpy(x, binary_data=True)
         t50, _ = _median_ms(lambda: tc.infer(model, [inp], headers={"Authorization": f"Bearer {TOKEN}"}), n // 2)
@@ -160,13 +175,14 @@ def _overhead_case(label, board, shim, build, model, rel, x, n, variant=None):
             "direct_p90_ms": d90, "worker_p50_ms": w50, "worker_p90_ms": w90, "overhead_p50_ms": w50 - d50,
             "tritonclient_p50_ms": t50, "worker_rss_mb": rss.get("VmRSS"), "worker_hwm_mb": rss.get("VmHWM"),
             "model_bytes": model_bytes, "rss_minus_model_mb": rss.get("VmRSS", 0) - model_bytes / 2**20,
-            "n": n}
+            "worker_handler_p50_ms": stats["p50_ms"], "worker_infer_p50_ms": stats["infer_p50_ms"], "n": n}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1000, help="timed requests per case (>= 200)")
     ap.add_argument("--cold", type=int, default=5, help="cold starts to time")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin client and worker to different CPUs")
     args = ap.parse_args()
     if args.n < 200:
         ap.error("--n must be >= 200")
@@ -175,16 +191,19 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="edvit-bench-board-")
     board = make_board_runtime(os.path.join(work, "board"))
     shim = make_import_shim(os.path.join(work, "shim"))
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cpus = (allowed[0], allowed[-1]) if ncpu >= 2 and not args.no_pin else (None, None)
     rng = np.random.default_rng(0)
     tiny_x = rng.standard_normal((1, 1, 16, 16)).astype(np.float32)
     big_x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
     cases = [
         _overhead_case("tiny 16x16x1, onnx", board, shim, builds["tiny"], "g1", "submodels/g1.fp32.onnx",
-                       tiny_x, args.n),
+                       tiny_x, args.n, cpus=cpus),
         _overhead_case("tiny 16x16x1, tflite", board, shim, builds["tiny"], "g0", "submodels/g0.fp32.tflite",
-                       tiny_x, args.n, variant="tflite/fp32"),
+                       tiny_x, args.n, variant="tflite/fp32", cpus=cpus),
         _overhead_case("empty 224x224x3, onnx", board, shim, builds["empty224"], "empty224",
-                       "submodels/empty224.fp32.onnx", big_x, args.n),
+                       "submodels/empty224.fp32.onnx", big_x, args.n, cpus=cpus),
     ]
     cold = {}
     for label, variant, model in (("onnx", "onnx/fp32", "g1"), ("tflite", "tflite/fp32", "g0")):
@@ -195,20 +214,23 @@ def main() -> int:
             w.stop()
         cold[label] = {"median_s": statistics.median(times), "max_s": max(times), "runs": len(times)}
 
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result = {"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
+              "pinned": {"client_cpu": cpus[0], "worker_cpu": cpus[1]}, "loadavg_1min": load,
               "python": platform.python_version(), "cases": cases, "cold_start": cold,
               "targets": {"overhead_p50_ms": 1.0, "cold_start_s": 2.0, "rss_minus_model_mb": 80}}
     with open(os.path.join(RESULTS, "worker_overhead.json"), "w") as f:
         json.dump(result, f, indent=2)
 
-    print(f"{'case':24} {'backend':12} {'direct p50':>10} {'worker p50':>10} {'overhead':>9} {'triton p50':>10} "
-          f"{'RSS':>7} {'RSS-model':>9}")
+    print(f"{'case':22} {'backend':11} {'direct':>8} {'worker':>8} {'overhead':>8} {'in-worker':>9} "
+          f"{'triton':>8} {'RSS':>6} {'RSS-model':>9}   (p50 ms; RSS MiB)")
     for c in cases:
-        print(f"{c['case']:24} {c['backend']:12} {c['direct_p50_ms']:9.3f}ms {c['worker_p50_ms']:9.3f}ms "
-              f"{c['overhead_p50_ms']:8.3f}ms {c['tritonclient_p50_ms']:9.3f}ms {c['worker_rss_mb']:6.1f}M "
-              f"{c['rss_minus_model_mb']:8.1f}M")
+        print(f"{c['case']:22} {c['backend']:11} {c['direct_p50_ms']:8.3f} {c['worker_p50_ms']:8.3f} "
+              f"{c['overhead_p50_ms']:8.3f} {c['worker_handler_p50_ms']:9.3f} {c['tritonclient_p50_ms']:8.3f} "
+              f"{c['worker_rss_mb']:6.1f} {c['rss_minus_model_mb']:9.1f}")
     for label, c in cold.items():
         print(f"cold start ({label}): median {c['median_s']:.2f} s, max {c['max_s']:.2f} s over {c['runs']}")
+    print(f"client on cpu {cpus[0]}, worker on cpu {cpus[1]}; 1-min load average {load}")
     print(f"wrote {os.path.relpath(os.path.join(RESULTS, 'worker_overhead.json'), REPO)}")
     return 0
 

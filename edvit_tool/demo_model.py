@@ -16,7 +16,10 @@ def train_demo_model(recipe: dict, out_path: str, steps: int = 1500, bars=None) 
     Returns its test accuracy. The test split is the same one compile later holds out (same seed)."""
     from safetensors.torch import save_file
 
+    from .pipeline import set_threads
+
     torch.manual_seed(recipe["seed"])
+    set_threads(recipe["threads"])
     m = recipe["model"]
     model = checkpoint.create_model(m["name"], m["kwargs"])
     spec = input_spec(model, recipe["data"])

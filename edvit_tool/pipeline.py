@@ -32,6 +32,12 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
+def set_threads(n: int) -> None:
+    """Small ViTs gain little from intra-op threads, and oversubscribed cores make them much slower."""
+    if n > 0:
+        torch.set_num_threads(n)
+
+
 def state_bytes(model) -> int:
     """Size of the model's fp32 state dict as saved (what a board would have to hold)."""
     buf = io.BytesIO()
@@ -115,6 +121,7 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
     t_start = time.perf_counter()
     seed = recipe["seed"]
     seed_everything(seed)
+    set_threads(recipe["threads"])
     device = checkpoint.resolve_device(recipe["device"])
     m = recipe["model"]
     if not m["checkpoint"]:

@@ -285,9 +285,17 @@ def run_bench(session: SshSession, board: str, job: ArtifactJob, remote: dict, r
         argv += ["--inputs", remote["inputs"], "--reference", remote[job.reference_sha256]]
     if job.entry.get("tolerance") is not None:
         argv += ["--tolerance", repr(float(job.entry["tolerance"]))]
-    # cwd = the runtime dir: `python -m` puts cwd first on sys.path, so nothing in $HOME can shadow the runtime
-    rc, out, err = session.exec_shell(f"cd {shlex.quote(runtime_dir)} && exec {quote_argv(argv)}",
-                                      timeout=timeout, check=False)
+    # cwd = the runtime dir: `python -m` puts cwd first on sys.path, so nothing in $HOME can shadow the runtime.
+    # The board's own `timeout` ends a hung bench; closing our channel alone would leave it running there and
+    # skew every later measurement on that board.
+    cmd = quote_argv(argv)
+    limit = f"{max(1, int(timeout))}"
+    script = (f"cd {shlex.quote(runtime_dir)} && if false; "
+              f"then exec timeout -k 5 {limit} {cmd}; else exec {cmd}; fi")
+    rc, out, err = session.exec_shell(script, timeout=timeout + 15, check=False)
+    if rc == 124:
+        res["error"] = f"bench did not finish within {timeout:g}s on the board; raise --bench-timeout or lower --runs"
+        return res
     if rc != 0:
         tail = " | ".join(err.strip().splitlines()[-3:]) or out.strip()[-300:] or "no output"
         res["error"] = f"bench exited with {rc}: {tail}"

@@ -57,6 +57,7 @@ SCHEMA: dict = {
     "name": F(str, "edvit-build"),
     "seed": F(int, 0, NONNEG),
     "device": F(str, "auto", choices=("auto", "cpu", "cuda")),
+    "threads": F(int, 0, NONNEG),  # torch intra-op threads on CPU; 0 = torch's default
     "model": {
         "name": F(str, "vit_tiny_patch16_224"),
         "kwargs": F(dict, {}),

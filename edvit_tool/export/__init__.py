@@ -83,7 +83,7 @@ class _Exporter:
         self.n_ref = int(cfg.get("reference_samples", 16))
         self.gate = {"max_accuracy_drop_pp": float(gate.get("max_accuracy_drop_pp", 1.0)),
                      "max_quant_drop_pp": float(gate.get("max_quant_drop_pp", 1.0))}
-        self.torch_acc = float(fused_torch_accuracy)
+        self.torch_acc = float(torch_acc)
         self.subs = [sm["name"] for sm in manifest["submodels"]]
         self.names = self.subs + ["fusion"]
         missing = [n for n in self.names if n not in models]
@@ -201,7 +201,7 @@ class _Exporter:
                         self.fp32_acc = acc
                     if self._ships(quant):
                         exported[f"{fmt}/{quant}"] = acc
-                        artifacts.extend(b.entry for b in built.values())
+                        artifacts.extend(built[n].entry for n in self.names)
                         failures.extend(fails)
                     elif fails:  # an unshipped fp32 that fails is still why the quantised ones cannot be trusted
                         failures.extend(f"{f} (the unshipped fp32 reference)" for f in fails)

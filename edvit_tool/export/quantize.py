@@ -18,8 +18,8 @@ Float fallback: `exclude` names the node groups (validate.FALLBACK_ORDER labels)
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
-import os
 import warnings
 
 import numpy as np
@@ -58,22 +58,17 @@ def check_modes(formats, quants) -> None:
 
 @contextlib.contextmanager
 def _quiet():
-    """The quantisers log per-tensor warnings (e.g. per-channel axis on LayerNorm weights) and tqdm bars."""
+    """The quantisers log per-tensor warnings (e.g. per-channel axis on LayerNorm weights) and draw tqdm bars
+    (ai-edge-quantizer passes `disable=` explicitly, so TQDM_DISABLE does not reach them): silence both."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
         root.setLevel(level)
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
 
 
 # -- ONNX --------------------------------------------------------------------------------------------------

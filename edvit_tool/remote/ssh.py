@@ -204,7 +204,14 @@ class SshSession:
         if self.identity and not os.path.isfile(self.identity):
             raise SshError(f"{self.where}: identity file {self.identity} not found; pass --identity PATH to a "
                            f"private key whose .pub is in the board's ~/.ssh/authorized_keys")
-        sock = self._open_socket()
+        keys = self._key_candidates()
+        agent = self.allow_agent and not self.identity and bool(os.environ.get("SSH_AUTH_SOCK"))
+        sock = self._open_socket()  # reachability first: "unreachable" is what a user needs to hear first
+        if not keys and not agent:
+            sock.close()
+            raise SshError(f"{self.where}: no SSH key to try (no --identity, no IdentityFile in ~/.ssh/config, "
+                           f"no ~/.ssh/id_ed25519 / id_ecdsa / id_rsa, no ssh-agent); pass --identity KEY or "
+                           f"create one with ssh-keygen -t ed25519")
         client = paramiko.SSHClient()
         if os.path.isfile(self.known_hosts):
             try:
@@ -213,8 +220,6 @@ class SshSession:
                 sock.close()
                 raise SshError(f"{self.known_hosts}: cannot read known_hosts ({e}); fix or move the file") from None
         client.set_missing_host_key_policy(_host_key_policy(self.host_key_policy, self.known_hosts, self.where))
-        keys = self._key_candidates()
-        agent = self.allow_agent and not self.identity and bool(os.environ.get("SSH_AUTH_SOCK"))
         try:
             client.connect(self.host, port=self.port, username=self.user, key_filename=keys or None,
                            sock=sock, timeout=self.connect_timeout, banner_timeout=self.connect_timeout,

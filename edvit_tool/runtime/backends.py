@@ -148,7 +148,9 @@ class Model:
         for t in self._inputs:
             if t["name"] not in feeds:
                 raise BackendError(f"{self.path}: missing input {t['name']!r}; got {sorted(feeds)}")
-            arrays.append(np.ascontiguousarray(feeds[t["name"]], dtype=t["dtype"]))
+            # aligned too: a tensor decoded in place from a request body sits at an arbitrary byte offset, and
+            # interpreters copy unaligned input slowly (+0.23 ms for 224x224x3 fp32 in onnxruntime here)
+            arrays.append(np.require(feeds[t["name"]], dtype=t["dtype"], requirements=("C", "A")))
         batches = {a.shape[0] if a.ndim else 1 for a in arrays}
         if len(batches) != 1:
             raise BackendError(f"{self.path}: inputs disagree on batch size {sorted(batches)}")

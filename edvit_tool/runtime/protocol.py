@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import socket
 import sys
 
@@ -28,7 +29,7 @@ DATATYPES = {
     "INT16": np.dtype("<i2"), "UINT32": np.dtype("<u4"), "INT32": np.dtype("<i4"), "UINT64": np.dtype("<u8"),
     "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }
-_BY_NAME = {dt.name: name for name, dt in DATATYPES.items()}
+_BY_DTYPE = {dt: name for name, dt in DATATYPES.items()}  # np.dtype keys: '<f4' == 'float32' == float32
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"
@@ -45,10 +46,12 @@ class ProtocolError(Exception):
 
 def datatype_of(dtype) -> str:
     """numpy dtype (or its name) -> OIP datatype string."""
-    name = np.dtype(dtype).name
-    if name not in _BY_NAME:
-        raise ProtocolError(400, f"dtype {name} has no OIP datatype; use one of {', '.join(_BY_NAME)}")
-    return _BY_NAME[name]
+    dt = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+    name = _BY_DTYPE.get(dt)
+    if name is None:
+        raise ProtocolError(400, f"dtype {dt.name} has no OIP datatype; use one of "
+                                 f"{', '.join(d.name for d in _BY_DTYPE)}")
+    return name
 
 
 def dtype_of(datatype: str) -> np.dtype:
@@ -93,8 +96,7 @@ def _split(body: bytes, header_length) -> tuple:
 
 def _shape(t: dict, where: str) -> list:
     shape = t.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
+    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):  # bool is not int here
         raise ProtocolError(400, f"{where}: shape must be a list of non-negative integers, got {shape!r}")
     return shape
 
@@ -113,7 +115,7 @@ def _tensors(items, binary: memoryview, kind: str, data_key: bool = True) -> dic
             raise ProtocolError(400, f"{where} appears twice")
         shape = _shape(t, where)
         dt = dtype_of(t.get("datatype"))
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)
         params = t.get("parameters") or {}
         if not isinstance(params, dict):
             raise ProtocolError(400, f"{where}: parameters must be an object")
@@ -158,6 +160,13 @@ def encode_request(inputs: dict, outputs=None, binary: bool = True, binary_outpu
 
     binary: send inputs as binary tensors; binary_outputs: ask for binary outputs (default = binary).
     """
+    parts, hlen = encode_request_parts(inputs, outputs, binary, binary_outputs, request_id)
+    return (parts[0] if len(parts) == 1 else b"".join(parts)), hlen
+
+
+def encode_request_parts(inputs: dict, outputs=None, binary: bool = True, binary_outputs: bool | None = None,
+                         request_id: str | None = None) -> tuple:
+    """Like encode_request, but the body as [JSON header, tensor buffers...] so a sender can skip the copies."""
     binary_outputs = binary if binary_outputs is None else binary_outputs
     req: dict = {}
     if request_id:
@@ -167,8 +176,8 @@ def encode_request(inputs: dict, outputs=None, binary: bool = True, binary_outpu
         arr = _le(np.asarray(arr))
         t = {"name": name, "shape": list(arr.shape), "datatype": datatype_of(arr.dtype)}
         if binary:
-            raw = arr.tobytes()
-            t["parameters"] = {"binary_data_size": len(raw)}
+            raw = memoryview(arr.reshape(-1)).cast("B") if arr.size else b""  # no copy
+            t["parameters"] = {"binary_data_size": arr.nbytes}
             blobs.append(raw)
         else:
             t["data"] = arr.ravel().tolist()
@@ -180,9 +189,7 @@ def encode_request(inputs: dict, outputs=None, binary: bool = True, binary_outpu
     else:
         req["outputs"] = [{"name": n, "parameters": {"binary_data": bool(binary_outputs)}} for n in outputs]
     header = _json_dumps(req)
-    if not blobs:
-        return header, None
-    return b"".join([header] + blobs), len(header)
+    return [header] + blobs, (len(header) if binary and blobs else None)
 
 
 class InferRequest:
@@ -363,8 +370,11 @@ class OipClient:
 
     def infer(self, model: str, inputs: dict, outputs=None, binary: bool = True) -> dict:
         """{input name: array} -> {output name: array}. outputs: names to return (None = all)."""
-        body, hlen = encode_request(inputs, outputs, binary=binary)
-        headers = {"Content-Type": BINARY_TYPE if hlen is not None else JSON_TYPE}
+        parts, hlen = encode_request_parts(inputs, outputs, binary=binary)
+        size = sum(len(p) for p in parts)
+        # small bodies: one buffer, one send; large ones: header + the arrays' own memory, no copy
+        body = b"".join(parts) if size < 65536 else parts
+        headers = {"Content-Type": BINARY_TYPE if hlen is not None else JSON_TYPE, "Content-Length": str(size)}
         if hlen is not None:
             headers[HEADER_LENGTH] = str(hlen)
         status, rh, data = self.request("POST", f"/v2/models/{model}/infer", body, headers)

@@ -5,7 +5,8 @@
 
 Routes: GET /v2/health/live, /v2/health/ready (200 once every model is loaded; no token needed for these two),
 GET /v2 (server metadata), GET /v2/models/<m>[/versions/1] (model metadata), GET /v2/models/<m>/ready,
-GET /v2/models/<m>/stats (ours: request count, errors, p50 of the last latencies),
+GET /v2/models/<m>/stats (ours: request count, errors, p50 of the last 1000 answered requests' time in the
+worker from headers read to answer ready, and of the interpreter call alone),
 POST /v2/models/<m>[/versions/1]/infer (JSON tensors and the binary-tensor extension).
 Everything else needs `Authorization: Bearer <token file contents>`.
 
@@ -114,7 +115,7 @@ class ServedModel:
             if name not in inputs:
                 raise _HttpError(400, f"missing input {name!r}; model {self.name} takes {_describe(self.inputs)}")
             arr, want = inputs[name], t.get("dtype", "float32")
-            if arr.dtype.name != want:
+            if arr.dtype != want:
                 raise _HttpError(400, f"input {name!r}: datatype {oip.datatype_of(arr.dtype)}, expected "
                                       f"{oip.datatype_of(want)}")
             shape = list(t["shape"])
@@ -167,6 +168,16 @@ class WorkerState:
             return self._cond.wait_for(lambda: self._inflight == 0, timeout)
 
 
+class _Headers(dict):
+    """Request headers, names lower-cased; `get` is case-insensitive like http.client's message."""
+
+    def get(self, name, default=None):
+        return dict.get(self, name.lower(), default)
+
+
+_SINGLE = ("content-length", "authorization", "transfer-encoding", oip.HEADER_LENGTH.lower())
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"       # keep-alive
     disable_nagle_algorithm = True      # TCP_NODELAY: ~40 ms per request without it (DESIGN §6)
@@ -182,6 +193,57 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):
         log.debug("%s %s", self.address_string(), format % args)
+
+    def parse_request(self) -> bool:
+        """Lean HTTP/1.x request-line and header parsing.
+
+        The stdlib's version runs every request's headers through the email package (~60 µs here, several
+        times that on a Pi) — a large share of the worker's per-request budget. Same contract: on False an
+        error was sent (or the line was empty) and the connection closes.
+        """
+        self.command, self.request_version, self.close_connection = None, "HTTP/0.9", True
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = self.requestline.split()
+        if not words:
+            return False
+        if len(words) != 3 or not words[2].startswith("HTTP/"):
+            self.send_error(400, f"Bad request line {self.requestline[:80]!r}")
+            return False
+        self.command, self.path, version = words
+        if version not in ("HTTP/1.0", "HTTP/1.1"):
+            self.send_error(505, f"Unsupported HTTP version {version[:20]!r}")
+            return False
+        self.request_version = version
+        headers = _Headers()
+        for _ in range(101):
+            line = self.rfile.readline(65537)
+            if len(line) > 65536:
+                self.send_error(431, "Header line too long")
+                return False
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, sep, value = line.decode("iso-8859-1").partition(":")
+            key = name.lower()
+            # no folded lines, no space before the colon: both are request-smuggling vectors (RFC 9112 §5)
+            if not sep or not key or key != key.strip() or " " in key or "\t" in key:
+                self.send_error(400, "Malformed header line")
+                return False
+            value = value.strip()
+            if key in headers:
+                if key in _SINGLE and headers[key] != value:
+                    self.send_error(400, f"Conflicting {name} headers")
+                    return False
+                value = headers[key] if key in _SINGLE else f"{headers[key]}, {value}"
+            headers[key] = value
+        else:
+            self.send_error(431, "Too many headers")
+            return False
+        self.headers = headers
+        conn = headers.get("connection", "").lower()
+        self.close_connection = conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive")
+        if version == "HTTP/1.1" and headers.get("expect", "").lower() == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for this before large bodies
+        return True
 
     def do_GET(self):
         self._handle("GET")
@@ -199,18 +261,21 @@ class Handler(BaseHTTPRequestHandler):
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         if self.close_connection:
             lines.append("Connection: close")
+        elif self.request_version == "HTTP/1.0":
+            lines.append("Connection: keep-alive")
         # one write: status line, headers and body leave in a single segment where they fit
         self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
     def _handle(self, method: str) -> None:
         t0 = time.perf_counter()
         self.state.enter()
-        status = 500
+        status, ready = 500, None
         try:
             path = urlsplit(self.path).path
             parts = [unquote(p) for p in path.strip("/").split("/")]
             try:
                 status, body, ctype, headers = self._route(method, path, parts)
+                ready = time.perf_counter()  # stats time the worker's own work, not the client's reading
                 self._send(status, body, ctype, headers)
             except _HttpError as e:
                 status = e.status
@@ -228,9 +293,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client went away mid-answer; nothing to tell it
             status = 499
         finally:
-            ms = (time.perf_counter() - t0) * 1000
+            done = time.perf_counter()
+            ms = (done - t0) * 1000
             if self._served is not None:
-                self._served.record(status == 200, ms, self._infer_ms)
+                self._served.record(status == 200, ((ready or done) - t0) * 1000, self._infer_ms)
             self._served = self._infer_ms = None
             self.state.leave()
             log.debug("%s %s %d %.2fms", method, self.path, status, ms)
@@ -254,6 +320,8 @@ class Handler(BaseHTTPRequestHandler):
             raise _HttpError(401, "missing or wrong bearer token; send 'Authorization: Bearer <token>' with the "
                                   "token from deployment.json", close=method == "POST",
                              headers={"WWW-Authenticate": 'Bearer realm="edvit-worker"'})
+        if method != "POST" and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
+            self.close_connection = True  # a GET with a body: we do not read it, so this connection is done
         body = self._read_body() if method == "POST" else b""
         if parts == ["v2"] and method == "GET":
             return 200, oip._json_dumps({"name": "edvit-worker", "version": __version__,

