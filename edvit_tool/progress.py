@@ -32,13 +32,27 @@ class Bars:
     def task(self, description: str, total: int):
         """A callable `advance(n=1, **metrics)`; metrics (e.g. loss) are shown beside the bar."""
         if self._progress is None:
-            return None
+            return self._plain_task(description, total) if self.enabled else None
         tid = self._progress.add_task(description, total=total, info="")
         prog = self._progress
 
         def advance(n: int = 1, **metrics):
             info = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
             prog.update(tid, advance=n, info=info)
+        return advance
+
+    def _plain_task(self, description: str, total: int):
+        """No terminal (CI, pipes): one line per quarter of the work instead of a live bar."""
+        state = {"done": 0, "next": 0.25}
+
+        def advance(n: int = 1, **metrics):
+            state["done"] += n
+            frac = state["done"] / max(1, total)
+            if frac >= state["next"] or state["done"] == total:
+                info = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+                console.print(f"  {description}: {state['done']}/{total} {info}", highlight=False)
+                while state["next"] <= frac:
+                    state["next"] += 0.25
         return advance
 
     def log(self, message: str) -> None:

@@ -101,7 +101,7 @@ def _shape(t: dict, where: str) -> list:
     return shape
 
 
-def _tensors(items, binary: memoryview, kind: str, data_key: bool = True) -> dict:
+def _tensors(items, binary: memoryview, kind: str) -> dict:
     """Decode a list of OIP tensors (inputs of a request or outputs of a response) -> {name: array}."""
     if not isinstance(items, list):
         raise ProtocolError(400, f"'{kind}' must be a list of tensors")

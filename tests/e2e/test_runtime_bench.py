@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tiny_build import board_env, make_board_runtime, make_import_shim, shared_tiny_build
+from tiny_build import cache_dir as _cache_dir
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, pytestconfig):
     tmp = tmp_path_factory.mktemp("bench")
-    build = shared_tiny_build(tmp_path_factory, str(pytestconfig.cache.mkdir("edvit-tiny-build")))
+    build = shared_tiny_build(tmp_path_factory, _cache_dir(pytestconfig))
     return {"build": build, "board": make_board_runtime(str(tmp / "board")),
             "shim": make_import_shim(str(tmp / "shim")), "tmp": tmp}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from tiny_build import board_env, make_board_runtime, make_import_shim, shared_tiny_build
+from tiny_build import cache_dir as _cache_dir
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -36,16 +38,24 @@ def _start_worker(build, board, shim, tmp, extra=(), models="g0,g1,fusion", toke
     cmd = [sys.executable, "-m", "edvit_tool.runtime.worker", "--manifest", os.path.join(build, "manifest.json"),
            "--models", models, "--host", "127.0.0.1", "--port", "0", "--token-file", token_file,
            "--pidfile", pidfile, "--max-body-mb", str(MAX_BODY_MB), "--log-level", "debug", *extra]
-    proc = subprocess.Popen(cmd, cwd=board, env=board_env(board, shim), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    log = open(os.path.join(tmp, "worker.log"), "w")  # a file, not a pipe: debug logs must never block it
+    proc = subprocess.Popen(cmd, cwd=board, env=board_env(board, shim), stdout=subprocess.PIPE, stderr=log,
+                            text=True)
+    log.close()
+    proc.log_path = log.name
     return proc, pidfile
+
+
+def _log(proc) -> str:
+    with open(proc.log_path) as f:
+        return f.read()
 
 
 def _read_event(proc, timeout=20.0) -> dict:
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     assert ready, f"worker printed nothing in {timeout} s"
     line = proc.stdout.readline()
-    assert line, f"worker exited early (rc={proc.wait()}): {proc.stderr.read()}"
+    assert line, f"worker exited early (rc={proc.wait()}): {_log(proc)}"
     return json.loads(line)
 
 
@@ -58,7 +68,7 @@ def _stop(proc):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, pytestconfig):
     tmp = tmp_path_factory.mktemp("worker")
-    build = shared_tiny_build(tmp_path_factory, str(pytestconfig.cache.mkdir("edvit-tiny-build")))
+    build = shared_tiny_build(tmp_path_factory, _cache_dir(pytestconfig))
     board = make_board_runtime(str(tmp / "board"))
     shim = make_import_shim(str(tmp / "shim"))
     return {"build": build, "board": board, "shim": shim, "tmp": str(tmp)}
@@ -281,8 +291,9 @@ def test_sigterm_stops_within_2s_and_removes_the_pidfile(env, tmp_path):
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(timeout=5)
             elapsed = time.monotonic() - t0
-        assert rc == 0 and elapsed < 2.0, (rc, elapsed, proc.stderr.read())
+        assert rc == 0 and elapsed < 2.0, (rc, elapsed, _log(proc))
         assert not os.path.exists(pidfile)
+        assert re.search(r"DEBUG POST /v2/models/g1/infer 200 \d+\.\d+ms", _log(proc))  # one line per request
         assert "GET" not in proc.stdout.read()  # stdout holds only the ready line
     finally:
         _stop(proc)
@@ -307,16 +318,11 @@ def test_sigterm_lets_an_in_flight_request_finish(env, tmp_path):
             time.sleep(0.3)
             assert proc.poll() is None, "worker exited with a request in flight"
             s.sendall(body[100:])
-            reply = b""
-            while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < int(
-                    reply.split(b"Content-Length: ")[1].split(b"\r\n")[0]):
-                chunk = s.recv(65536)
-                assert chunk, reply
-                reply += chunk
-        head_part, payload = reply.split(b"\r\n\r\n", 1)
-        assert head_part.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in head_part
-        rh = int(head_part.split(b"Inference-Header-Content-Length: ")[1].split(b"\r\n")[0])
-        got = decode_response(payload, rh)
+            resp = http.client.HTTPResponse(s)
+            resp.begin()
+            payload = resp.read()
+        assert resp.status == 200 and resp.getheader("Connection") == "close"
+        got = decode_response(payload, resp.getheader("Inference-Header-Content-Length"))
         np.testing.assert_allclose(got["logits"], _local(env["build"], "submodels/g1.fp32.onnx",
                                                          {"pixel_values": x})["logits"], atol=1e-6)
         assert proc.wait(timeout=3) == 0 and not os.path.exists(pidfile)

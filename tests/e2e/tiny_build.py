@@ -174,6 +174,12 @@ def _cache_key() -> str:
     return h.hexdigest()[:16]
 
 
+def cache_dir(pytestconfig) -> str | None:
+    """pytest's cache dir for the exported files (None when the cache plugin is off: -p no:cacheprovider)."""
+    cache = getattr(pytestconfig, "cache", None)
+    return str(cache.mkdir("edvit-tiny-build")) if cache is not None else None
+
+
 def shared_tiny_build(tmp_path_factory, cache_dir: str | None = None) -> str:
     """The tiny build, made once per pytest session however many test files ask (keyed by basetemp path).
 

@@ -92,3 +92,27 @@ def test_runtime_sources_parse_as_python_3_9():
     for name in names:
         with open(os.path.join(RUNTIME, name)) as f:
             ast.parse(f.read(), filename=name, feature_version=(3, 9))
+
+
+# ---- manifest helpers the worker uses to pick artifacts ----------------------------------------------------
+
+def _art(name, fmt, quant, status="ok", sha="0"):
+    return {"name": name, "format": fmt, "quant": quant, "status": status, "sha256": sha, "reason": "gate"}
+
+
+def test_select_artifact_takes_the_variant_or_falls_back_to_onnx_fp32():
+    from edvit_tool.runtime import manifest as mf
+
+    man = {"artifacts": [_art("g0", "tflite", "int8-static", "failed"), _art("g0", "onnx", "fp32"),
+                         _art("g0", "tflite", "fp32"), _art("g1", "onnx", "int8-dynamic")]}
+    assert mf.select_artifact(man, "g0") == (man["artifacts"][1], None)  # first usable
+    assert mf.select_artifact(man, "g0", "tflite/fp32") == (man["artifacts"][2], None)
+    art, note = mf.select_artifact(man, "g0", "tflite/int8-static")
+    assert art is man["artifacts"][1] and "tflite/int8-static failed (gate); using onnx/fp32" in note
+    with pytest.raises(mf.ManifestError, match="no usable onnx/fp32 fallback; usable: g1:onnx/int8-dynamic"):
+        mf.select_artifact(man, "g1", "onnx/fp16")
+    with pytest.raises(mf.ManifestError, match="no artifact for model 'g7'; the manifest has g0, g1"):
+        mf.select_artifact(man, "g7")
+    with pytest.raises(mf.ManifestError, match="FORMAT/QUANT"):
+        mf.select_artifact(man, "g0", "onnx-fp32")
+    assert mf.artifact_by_sha256({"artifacts": [_art("g0", "onnx", "fp32", sha="ab")]}, "ab")["name"] == "g0"

@@ -1,0 +1,111 @@
+"""`edvit-tool deploy`: ship a plan's sub-models to the boards as a new release; write deployment.json."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+class _Progress:
+    """One rich row per board on a terminal (stderr); a plain line per step otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._progress = None
+        self._tasks = {}
+
+    def __enter__(self):
+        if self.enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("{task.fields[board]:<20}"), BarColumn(),
+                                      TextColumn("{task.description}"), TimeElapsedColumn(),
+                                      console=Console(stderr=True), transient=True)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def update(self, board: str, message: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._progress is None:
+            click.echo(f"{board}: {message}", err=True)
+            return
+        if board not in self._tasks:
+            self._tasks[board] = self._progress.add_task(message, total=total, board=board)
+        self._progress.update(self._tasks[board], description=message, completed=done, total=total)
+
+
+def print_boards(doc: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 140, highlight=False)
+    t = Table(title=f"Release {doc['release']}")
+    for col, just in (("board", "left"), ("endpoint", "left"), ("models", "left"), ("variant", "left"),
+                      ("pid", "right"), ("uploaded", "right"), ("cached", "right"), ("seconds", "right")):
+        t.add_column(col, justify=just, no_wrap=True)
+    for b in doc["boards"]:
+        up = b.get("uploads") or {}
+        t.add_row(b["name"], b["endpoint"], ",".join(b["models"]), b["variant"], str(b["pid"]),
+                  f"{up.get('files', 0)} ({up.get('bytes', 0) / 1e6:.2f} MB)", str(up.get("cached", 0)),
+                  f"{b['seconds']:.2f}")
+    console.print(t)
+
+
+@click.command("deploy", epilog="""\b
+Examples:
+  edvit-tool deploy --plan plan.json --boards boards.yaml
+  edvit-tool deploy --plan plan.json --transport local --out run/deployment.json
+  edvit-tool status --deployment deployment.json
+  edvit-tool stop --deployment deployment.json
+\b
+Each board gets ~/.edvit/releases/<id>/ (runtime, its artifacts, manifest, token), the old worker is stopped,
+~/.edvit/current switched and the new worker started and health-checked. If any board fails, every board goes
+back to its previous release and the error says which board failed and why. The bearer token is written to
+<out>.token (mode 0600) and never printed.
+""")
+@click.option("--plan", "plan_path", required=True, metavar="FILE", help="plan.json from `edvit-tool assign`.")
+@click.option("--boards", "boards_file", metavar="FILE",
+              help="boards.yaml [default: the plan's boards_file]; with --transport local: worker ports.")
+@click.option("--transport", type=click.Choice(["ssh", "local"]), default="ssh", show_default=True,
+              help="ssh: the boards in boards.yaml; local: the same workers as processes on this machine.")
+@click.option("--out", default="deployment.json", show_default=True, metavar="FILE",
+              help="Where to write deployment.json (the token goes beside it, as <name>.token).")
+@click.option("--deadline-ms", default=2000, show_default=True, type=click.IntRange(min=1),
+              help="Per-request deadline the coordinator will use (recorded in deployment.json).")
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds each worker may take to load its models and report ready.")
+@click.option("--known-hosts", "known_hosts", type=click.Path(dir_okay=False),
+              help="known_hosts file [default: ~/.ssh/known_hosts or ~/.ssh/config's].")
+@click.option("--host-key-policy", type=click.Choice(["accept-new", "strict"]), default="accept-new",
+              show_default=True, help="Unknown host key: add it (accept-new) or refuse (strict). A changed key "
+                                      "is always refused.")
+@click.option("--connect-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="SSH connect timeout, seconds.")
+@click.option("--python", "python", default=None,
+              help="--transport local: the workers' Python [default: the one running edvit-tool].")
+@click.option("--json", "as_json", is_flag=True, help="Print deployment.json instead of the table.")
+def command(plan_path, boards_file, transport, out, deadline_ms, timeout_s, known_hosts, host_key_policy,
+            connect_timeout, python, as_json):
+    """Deploy a plan's sub-models to the boards as one release, all or nothing."""
+    import json
+
+    from ..deploy import deploy
+
+    with _Progress(enabled=not as_json) as progress:
+        doc = deploy(plan_path, boards_file, transport=transport, out=out, deadline_ms=deadline_ms,
+                     timeout_s=timeout_s, known_hosts=known_hosts, host_key_policy=host_key_policy,
+                     connect_timeout=connect_timeout, python=python, progress=progress.update)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return 0
+    print_boards(doc)
+    click.echo(f"release {doc['release']} serving on {len(doc['boards'])} board(s) after {doc['seconds']:.1f} s; "
+               f"wrote {out} (token in {doc['token_file']}, not shown)")
+    return 0
