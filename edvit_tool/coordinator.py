@@ -321,11 +321,10 @@ class Coordinator:
         parts = list(self._chunks(batch))
         if len(parts) == 1:
             return parts[0]
-        board_ms: dict = {}
-        for p in parts:
-            for b, v in p.board_ms.items():
-                board_ms[b] = None if v is None or b in board_ms and board_ms[b] is None else \
-                    board_ms.get(b, 0.0) + v
+        board_ms = {}  # summed over the parts; None when any part lacked that board
+        for b in parts[0].board_ms:
+            vals = [p.board_ms.get(b) for p in parts]
+            board_ms[b] = None if any(v is None for v in vals) else sum(vals)
         return Result(np.concatenate([p.logits for p in parts]), np.concatenate([p.probabilities for p in parts]),
                       any(p.degraded for p in parts), sorted({m for p in parts for m in p.missing}), board_ms,
                       {m: b for p in parts for m, b in p.served_by.items()}, sum(p.latency_ms for p in parts))

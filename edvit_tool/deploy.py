@@ -327,7 +327,7 @@ class _Local:
         self.target = "local"
 
     def connect(self) -> None:
-        os.makedirs(os.path.join(self.root, "releases"), exist_ok=True)
+        pass  # nothing to open; `assemble` creates the directories
 
     def agent(self, action: str, timeout: float = 60.0, **req) -> dict:
         body = json.dumps({"action": action, "root": self.root, **req})
@@ -418,6 +418,7 @@ class _Board:
     identity: str | None = None
     prev: str | None = None          # release `current` pointed at before this deploy
     prev_running: bool = False
+    prev_info: dict | None = None    # the previous release's release.json (its port, models)
     pid: int | None = None
     uploads: dict | None = None
     activated: bool = False
@@ -588,14 +589,16 @@ def _tail(b: _Board, release: str | None) -> str:
     return f"; worker log {res.get('path')} ends:\n    " + "\n    ".join(lines)
 
 
-def _wait_ready(b: _Board, token: str | None, timeout_s: float, release: str, verify: bool = True) -> None:
+def _wait_ready(b: _Board, token: str | None, timeout_s: float, release: str, verify: bool = True,
+                endpoint: tuple | None = None) -> None:
     """Poll /v2/health/ready until it answers 200; fail early if the worker process died. Then, with the token,
     check each model's metadata names the planned artifact (so we talk to OUR new worker, not a stale one)."""
     from .runtime.protocol import OipClient, ProtocolError
 
+    address, port = endpoint or (b.address, b.port)
     deadline = time.monotonic() + timeout_s
     next_check = time.monotonic() + 0.3
-    client = OipClient(b.address, b.port, token=token, timeout=1.0)
+    client = OipClient(address, port, token=token, timeout=1.0)
     try:
         while True:
             try:
@@ -605,13 +608,13 @@ def _wait_ready(b: _Board, token: str | None, timeout_s: float, release: str, ve
                 pass  # not listening yet (or something else holds the port: the pid check below decides)
             now = time.monotonic()
             if now >= deadline:
-                raise BoardFailed(f"{b.name}: worker on {b.address}:{b.port} not ready within {timeout_s:g}s"
+                raise BoardFailed(f"{b.name}: worker on {address}:{port} not ready within {timeout_s:g}s"
                                   + _tail(b, release))
             if now >= next_check:
                 st = b.tr.agent("state", pid=b.pid, timeout=20)
                 if not st["pid_alive"]:
                     raise BoardFailed(f"{b.name}: worker (pid {b.pid}) exited before it was ready on "
-                                      f"{b.address}:{b.port}" + _tail(b, release))
+                                      f"{address}:{port}" + _tail(b, release))
                 next_check = time.monotonic() + 0.5
             time.sleep(0.05)
         if not verify:
@@ -658,8 +661,10 @@ def _rollback(b: _Board, release: str, timeout_s: float, progress) -> str:
         if not b.prev_running:
             return f"{b.name}: back on release {b.prev} (its worker was not running before; left stopped)"
         b.pid = b.tr.agent("start", timeout=60)["pid"]
-        _wait_ready(b, None, timeout_s, b.prev, verify=False)
-        return f"{b.name}: back on release {b.prev}, serving (pid {b.pid})"
+        info = b.prev_info or {}
+        endpoint = (info.get("address", b.address), int(info.get("port", b.port)))
+        _wait_ready(b, None, timeout_s, b.prev, verify=False, endpoint=endpoint)
+        return f"{b.name}: back on release {b.prev}, serving on {endpoint[0]}:{endpoint[1]} (pid {b.pid})"
     except Exception as e:  # report and carry on with the other boards
         return f"{b.name}: ROLLBACK FAILED ({e}); check the board"
 
@@ -706,7 +711,7 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
         step(b.name, "connecting", 0, STEPS)
         b.tr.connect()
         st = b.tr.agent("state", timeout=30)
-        b.prev, b.prev_running = st["current"], bool(st["workers"])
+        b.prev, b.prev_running, b.prev_info = st["current"], bool(st["workers"]), st.get("current_info")
         if b.prev == release:
             raise BoardFailed(f"{b.name}: release {release} is already current; deploy again")
         step(b.name, "uploading", 1, STEPS)
@@ -753,7 +758,7 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
         if bad:
             for n in bad:
                 step(n, "failed", STEPS, STEPS)
-            _raise_or_bug(bad, "nothing was changed on any board; every board keeps its current release")
+            _raise_or_bug(bad, release, "nothing was changed on any board; each keeps serving what it served", [])
         failed = _each(boards, activate)
         bad = {n: e for n, e in failed.items() if e is not None}
         if bad:
@@ -761,7 +766,7 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
                 step(n, "failed", STEPS, STEPS)
             touched = [b for b in boards if b.activated]
             lines = _rollback_all(touched, release, timeout_s, step)
-            _raise_or_bug(bad, "every board was rolled back:\n  " + "\n  ".join(lines))
+            _raise_or_bug(bad, release, "", lines)
         doc = _deployment_doc(plan_path, plan, manifest, bfile, boards, release, deadline_ms, out, transport,
                               known_hosts, host_key_policy, connect_timeout)
         token_file = doc["token_file"]
@@ -785,15 +790,25 @@ def _rollback_all(boards: list[_Board], release: str, timeout_s: float, step) ->
         return list(pool.map(lambda b: _rollback(b, release, timeout_s, step), boards))
 
 
-def _raise_or_bug(bad: dict, outcome: str) -> None:
-    """One EdvitError for all failed boards; a non-EdvitError (our bug) is re-raised with its traceback after the
-    outcome was logged, since the boards' state matters more than the message."""
+def _raise_or_bug(bad: dict, release: str, outcome: str, rollback: list[str]) -> None:
+    """One EdvitError for all failed boards: first line = what failed and how the boards were left, then each
+    board's reason, then each board's rollback. A non-EdvitError (our bug) is re-raised with its traceback after
+    that text was logged: the boards' state matters more than the message."""
+    if rollback:
+        broken = [ln.split(":", 1)[0] for ln in rollback if "ROLLBACK FAILED" in ln]
+        outcome = (f"rollback FAILED on {', '.join(broken)} (see below); the other boards are back on their "
+                   "previous release" if broken else "every board was rolled back to its previous release")
+    reasons = "\n".join(str(e) if str(e).startswith(f"{n}:") else f"{n}: {type(e).__name__}: {e}"
+                        for n, e in bad.items())
+    text = f"deploy of release {release} failed on {', '.join(bad)}; {outcome}\n{reasons}"
+    if rollback:
+        text += "\nrollback:\n  " + "\n  ".join(rollback)
+    text += "\nFix the cause and run `edvit-tool deploy` again."
     bugs = [e for e in bad.values() if not isinstance(e, EdvitError)]
     if bugs:
-        log.error("deploy failed; %s", outcome)
+        log.error("%s", text)
         raise bugs[0]
-    reasons = "\n".join(str(e) if str(e).startswith(f"{n}:") else f"{n}: {e}" for n, e in bad.items())
-    raise EdvitError(f"deploy failed on {', '.join(bad)}:\n{reasons}\n{outcome}")
+    raise EdvitError(text)
 
 
 def _read_text(path: str) -> str:

@@ -46,8 +46,12 @@ class LogitFusion(nn.Module):
         self.register_buffer("weight", w)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        parts = torch.split(features, self.input_dims, dim=1)
-        logp = torch.cat([F.log_softmax(p, dim=1) for p in parts], dim=1)
+        # fixed slices rather than torch.split: Split-18 has no down-converter to opset 17 in onnx
+        bounds, start = [], 0
+        for d in self.input_dims:
+            bounds.append((start, start + d))
+            start += d
+        logp = torch.cat([F.log_softmax(features[:, a:b], dim=1) for a, b in bounds], dim=1)
         return logp @ self.weight.t()
 
 

@@ -292,6 +292,7 @@ def run_bench(session: SshSession, board: str, job: ArtifactJob, remote: dict, r
     limit = f"{max(1, int(timeout))}"
     script = (f"cd {shlex.quote(runtime_dir)} && if command -v timeout >/dev/null 2>&1; "
               f"then exec timeout -k 5 {limit} {cmd}; else exec {cmd}; fi")
+    log.debug("%s: %s", session.where, script)
     rc, out, err = session.exec_shell(script, timeout=timeout + 15, check=False)
     if rc == 124:
         res["error"] = f"bench did not finish within {timeout:g}s on the board; raise --bench-timeout or lower --runs"
@@ -368,6 +369,7 @@ def profile_board(target: str, build_dir: str | None = None, artifacts=None, run
             if job.reference:
                 remote[job.reference_sha256] = up.file(job.reference, job.reference_sha256)
         out["uploads"] = {"files": up.files, "bytes": up.bytes, "cached": up.cached}
+        log.debug("%s: uploaded %d files (%d bytes), %d cached", name, up.files, up.bytes, up.cached)
         for i, job in enumerate(payload.jobs):
             step(name, f"bench {job.key}", 2 + i, total)
             out["results"].append(run_bench(session, name, job, remote, remote["runtime"], python,

@@ -34,7 +34,7 @@ CGROUP_CPU = "/sys/fs/cgroup/cpu"
 BOARD_VENV = os.environ.get("EDVIT_BOARD_VENV", os.path.join(REPO, ".venv-board"))
 MAKE_VENV = os.path.join(REPO, "scripts", "make-board-venv.sh")
 _LOCK = "/tmp/edvit-boards.lock"  # serialises useradd between concurrent test processes
-_users_in_use: set[str] = set()  # across farms alive in this process: two live boards never share a home
+_USER_LOCK = "/tmp/edvit-boards-user-{}.lock"  # held while a board runs as that user (any process)
 
 
 class BoardSetupError(RuntimeError):
@@ -298,14 +298,22 @@ class BoardFarm:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edvit-tests", "-f", self.identity],
                        check=True, capture_output=True)
         self.boards: list[Board] = []
+        self._leases: dict[str, int] = {}  # user -> fd holding its flock
 
-    @staticmethod
-    def _user_name() -> str:
-        i = 0
-        while (name := "pi" if i == 0 else f"pi{i}") in _users_in_use:
-            i += 1
-        _users_in_use.add(name)
-        return name
+    def _user_name(self) -> str:
+        """The first of pi, pi1, pi2, ... that no live board (in any test process) runs as: two boards never
+        share a home, a cache or each other's teardown (which kills the user's processes)."""
+        for i in range(64):
+            name = "pi" if i == 0 else f"pi{i}"
+            fd = os.open(_USER_LOCK.format(name), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._leases[name] = fd
+            return name
+        raise BoardSetupError("64 board users are in use; stop other test runs")
 
     def start(self, n: int, cpu_quota=None, known_hosts: str = "prefilled", fresh_home: bool = True,
               shell: str = "/bin/bash") -> list[Board]:
@@ -374,8 +382,13 @@ class BoardFarm:
             b.kill_user_processes()
             if b.cgroup and os.path.isdir(b.cgroup):
                 _remove_cgroup(b.cgroup)
-            _users_in_use.discard(b.user)
+            fd = self._leases.pop(b.user, None)
+            if fd is not None:
+                os.close(fd)  # releases the flock
         self.boards = []
+        for fd in self._leases.values():  # users leased for a board that then failed to start
+            os.close(fd)
+        self._leases = {}
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -43,6 +43,17 @@ def export_build(root: str, manifest: dict, models: dict, export_cfg: dict, gate
     return _Exporter(root, manifest, models, export_cfg, gate, fused_torch_accuracy, progress).run()
 
 
+def _check_simplifier(tool: str) -> None:
+    import importlib.util
+
+    if tool not in ("onnxslim", "onnxsim", "none"):
+        raise ExportError(f"export.simplify must be onnxslim, onnxsim or none, got {tool!r}")
+    if tool != "none" and importlib.util.find_spec(tool) is None:
+        other = "onnxsim" if tool == "onnxslim" else "onnxslim"
+        hint = f"use `simplify: {other}` (installed) or `none`" if importlib.util.find_spec(other) else "use `none`"
+        raise ExportError(f"export.simplify: {tool} is not installed; {hint}, or pip install {tool}")
+
+
 class _Progress:
     """Adapter for the lead's progress.Bars (task/log) or a plain callable(message), or nothing."""
 
@@ -79,6 +90,8 @@ class _Exporter:
         self.quants = sorted(quants, key=QUANT_MODES.index)  # fp32 first: quant drop is measured against it
         self.opset = int(cfg.get("opset", 17))
         self.simplify = cfg.get("simplify", "onnxslim")
+        if "onnx" in self.formats:
+            _check_simplifier(self.simplify)
         self.n_calib = int(cfg.get("calibration_samples", 64))
         self.n_ref = int(cfg.get("reference_samples", 16))
         self.gate = {"max_accuracy_drop_pp": float(gate.get("max_accuracy_drop_pp", 1.0)),

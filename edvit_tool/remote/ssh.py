@@ -141,7 +141,7 @@ def _host_key_policy(mode: str, known_hosts: str, where: str):
                     f"{key.fingerprint}. Verify it on the board (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), "
                     f"then add it: ssh-keyscan -p PORT HOST >> {known_hosts}")
             client.get_host_keys().add(hostname, key.get_name(), key)
-            os.makedirs(os.path.dirname(os.path.abspath(known_hosts)), exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.abspath(known_hosts)), mode=0o700, exist_ok=True)
             with open(known_hosts, "a", encoding="utf-8") as f:
                 f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
             log.info("%s: added %s host key %s to %s", where, key.get_name(), key.fingerprint, known_hosts)
@@ -363,9 +363,11 @@ class SshSession:
     @property
     def sftp(self):
         if self._sftp is None:
+            import paramiko
+
             try:
                 self._sftp = self.client.open_sftp()
-            except Exception as e:  # paramiko raises plain SSHException or EOFError; name it for the user
+            except (paramiko.SSHException, OSError, EOFError) as e:
                 raise SshError(f"{self.where}: cannot open SFTP ({type(e).__name__}: {e}); the board's sshd needs "
                                f"'Subsystem sftp internal-sftp' (or sftp-server)") from None
             self._sftp.get_channel().settimeout(max(self.connect_timeout, 30.0))
@@ -379,11 +381,13 @@ class SshSession:
         return self._home
 
     def _sftp_call(self, what: str, fn, *args):
+        import paramiko
+
         try:
             return fn(*args)
         except FileNotFoundError:
             raise
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, paramiko.SSHException) as e:
             raise SshError(f"{self.where}: SFTP {what} failed ({e}); check free space and permissions under "
                            f"~/.edvit on the board") from None
 

@@ -166,7 +166,7 @@ def encode_request(inputs: dict, outputs=None, binary: bool = True, binary_outpu
 
 def encode_request_parts(inputs: dict, outputs=None, binary: bool = True, binary_outputs: bool | None = None,
                          request_id: str | None = None) -> tuple:
-    """Like encode_request, but the body as [JSON header, tensor buffers...] so a sender can skip the copies."""
+    """Like encode_request, but the body as [JSON header, memoryviews of the tensors] (no copy yet)."""
     binary_outputs = binary if binary_outputs is None else binary_outputs
     req: dict = {}
     if request_id:
@@ -211,9 +211,17 @@ class InferRequest:
         return list(self.outputs)
 
 
-def decode_request(body: bytes, header_length=None) -> InferRequest:
-    """Body (+ Inference-Header-Content-Length) -> InferRequest; ProtocolError(400) on anything malformed."""
-    header, binary = _split(body, header_length)
+def decode_request(body: bytes, header_length=None, binary=None) -> InferRequest:
+    """Body (+ Inference-Header-Content-Length) -> InferRequest; ProtocolError(400) on anything malformed.
+
+    binary: the binary part already separated (then `body` is the JSON header alone) — lets a server read
+    tensor bytes straight into an aligned buffer. Decoded arrays are read-only views of the body / buffer.
+    """
+    if binary is None:
+        header, binary = _split(body, header_length)
+    else:
+        header, _ = _split(body, None)
+        binary = memoryview(binary).cast("B")
     params = header.get("parameters") or {}
     if not isinstance(params, dict):
         raise ProtocolError(400, "parameters must be an object")
@@ -370,11 +378,10 @@ class OipClient:
 
     def infer(self, model: str, inputs: dict, outputs=None, binary: bool = True) -> dict:
         """{input name: array} -> {output name: array}. outputs: names to return (None = all)."""
-        parts, hlen = encode_request_parts(inputs, outputs, binary=binary)
-        size = sum(len(p) for p in parts)
-        # small bodies: one buffer, one send; large ones: header + the arrays' own memory, no copy
-        body = b"".join(parts) if size < 65536 else parts
-        headers = {"Content-Type": BINARY_TYPE if hlen is not None else JSON_TYPE, "Content-Length": str(size)}
+        # one buffer (one copy of the tensors): sending the parts separately measured 2-4x slower for a
+        # 224x224x3 input on loopback, although it saves the copy
+        body, hlen = encode_request(inputs, outputs, binary=binary)
+        headers = {"Content-Type": BINARY_TYPE if hlen is not None else JSON_TYPE}
         if hlen is not None:
             headers[HEADER_LENGTH] = str(hlen)
         status, rh, data = self.request("POST", f"/v2/models/{model}/infer", body, headers)

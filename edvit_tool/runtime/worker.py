@@ -34,6 +34,8 @@ import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
+
 from .. import __version__
 from . import backends
 from . import manifest as mf
@@ -348,7 +350,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self._infer(served, body)
         raise _HttpError(404, f"no route {method} {path}; OIP v2 routes live under /v2")
 
-    def _read_body(self) -> bytes:
+    def _read_body(self):
+        """The request body: bytes, or (JSON header bytes, binary part as a uint8 array) for binary tensors."""
         if self.headers.get("Transfer-Encoding"):
             raise _HttpError(411, "chunked request bodies are not supported; send Content-Length", close=True)
         length = self.headers.get("Content-Length")
@@ -364,10 +367,25 @@ class Handler(BaseHTTPRequestHandler):
         if n > cap:
             raise _HttpError(413, f"body is {n} bytes, the limit is {cap} (--max-body-mb); send fewer images "
                                   "per request", close=True)
+        encoding = (self.headers.get("Content-Encoding") or "identity").lower()
+        hlen = self.headers.get(oip.HEADER_LENGTH, "")
+        if encoding == "identity" and hlen.isdigit() and 0 < int(hlen) < n:
+            # binary tensors: JSON header, then the tensor bytes read straight into a fresh (aligned) numpy
+            # buffer, so the interpreter gets aligned input without another copy of the body
+            header = self.rfile.read(int(hlen))
+            binary = np.empty(n - int(hlen), dtype=np.uint8)
+            view, got = memoryview(binary), 0
+            while len(header) == int(hlen) and got < len(view):
+                r = self.rfile.readinto(view[got:])
+                if not r:
+                    break
+                got += r
+            if len(header) + got != n:
+                raise _HttpError(400, f"body ended after {len(header) + got} of {n} bytes", close=True)
+            return header, binary
         body = self.rfile.read(n)
         if len(body) != n:
             raise _HttpError(400, f"body ended after {len(body)} of {n} bytes", close=True)
-        encoding = (self.headers.get("Content-Encoding") or "identity").lower()
         if encoding == "identity":
             return body
         if encoding not in ("gzip", "deflate"):
@@ -381,10 +399,13 @@ class Handler(BaseHTTPRequestHandler):
             raise _HttpError(413, f"decompressed body exceeds the limit of {cap} bytes (--max-body-mb)")
         return out
 
-    def _infer(self, served: ServedModel, body: bytes) -> tuple:
+    def _infer(self, served: ServedModel, body) -> tuple:
         if served.model is None:
             raise _HttpError(503, f"model {served.name!r} is still loading")
-        req = oip.decode_request(body, self.headers.get(oip.HEADER_LENGTH))
+        if isinstance(body, tuple):
+            req = oip.decode_request(body[0], binary=body[1])
+        else:
+            req = oip.decode_request(body, self.headers.get(oip.HEADER_LENGTH))
         served.validate(req.inputs)
         wanted = req.wanted([t["name"] for t in served.outputs])
         t0 = time.perf_counter()

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from workers import CLASSES, LocalWorkers, local_fused, make_coord_build, start_local_workers, \
+from workers import BUILD_CACHE, CLASSES, LocalWorkers, local_fused, make_coord_build, start_local_workers, \
     write_deployment
 
 from edvit_tool.cli.main import main as cli_main
@@ -29,8 +29,8 @@ DEADLINE_MS = 600
 
 
 @pytest.fixture(scope="session")
-def build(tmp_path_factory):
-    return make_coord_build(str(tmp_path_factory.getbasetemp() / "coord-build"))
+def build(pytestconfig):
+    return make_coord_build(str(pytestconfig.cache.mkdir(BUILD_CACHE)))
 
 
 @pytest.fixture(scope="session")
@@ -331,3 +331,16 @@ def test_bad_deployment_files_name_the_problem(cluster, tmp_path, capsys):
     p.write_text(json.dumps(doc))
     with pytest.raises(DeploymentError, match="changed since it was deployed"):
         Coordinator(str(p))
+
+
+def test_a_batch_over_the_body_cap_is_split_into_requests_and_merged(cluster, build, eval_set, monkeypatch):
+    import edvit_tool.coordinator as coordinator
+
+    dep, _ = cluster
+    x, _ = eval_set
+    monkeypatch.setattr(coordinator, "MAX_REQUEST_BYTES", 10 * x[0].nbytes)  # 10 images per request
+    with Coordinator(dep) as coord:
+        res = coord.run(x)
+        assert coord.stats()["requests"] == 7 and coord.stats()["images"] == len(x)
+    np.testing.assert_allclose(res.probabilities, softmax(local_fused(build, x).astype(np.float64)), atol=1e-5)
+    assert not res.degraded and all(v is not None for v in res.board_ms.values())

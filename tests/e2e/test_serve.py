@@ -16,7 +16,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from workers import REPO, make_coord_build, start_local_workers
+from workers import BUILD_CACHE, REPO, make_coord_build, start_local_workers
 
 from edvit_tool.coordinator import Coordinator
 
@@ -29,8 +29,8 @@ SERVE_TOKEN = "serve-test-token"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    build = make_coord_build(str(tmp_path_factory.getbasetemp() / "coord-build"))
+def stack(tmp_path_factory, pytestconfig):
+    build = make_coord_build(str(pytestconfig.cache.mkdir(BUILD_CACHE)))
     tmp = tmp_path_factory.mktemp("serve")
     dep, workers = start_local_workers(build, ASSIGN, "onnx/fp32", str(tmp / "workers"), deadline_ms=1000)
     token_file = tmp / "serve-token"
@@ -60,7 +60,9 @@ def stack(tmp_path_factory):
 AUTH = {"Authorization": f"Bearer {SERVE_TOKEN}"}
 
 
-def _infer(client, x, binary=True, outputs=("logits", "probabilities", "degraded"), headers=AUTH):
+def _infer(client, x, binary=True, outputs=("logits", "probabilities", "degraded"), headers=None):
+    # a fresh dict per call: tritonclient adds Inference-Header-Content-Length to the dict it is given
+    headers = dict(AUTH) if headers is None else headers
     inp = tritonhttp.InferInput("pixel_values", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=binary)
     outs = [tritonhttp.InferRequestedOutput(n, binary_data=binary) for n in outputs]

@@ -30,6 +30,7 @@ CLASSES = ["zero", "one", "two", "three", "four", "five"]
 FEAT = 8
 SHAPE = (1, 16, 16)
 N_EVAL = 64
+BUILD_CACHE = "edvit-coord-build-v1"  # pytest cache dir of the build; bump when make_coord_build changes
 
 
 def _modules(n_out: int, seed: int):
@@ -141,10 +142,11 @@ class LocalWorkers:
     """Running workers by board name; `kill` (SIGKILL), `restart` (same port), `close` (kill all, wait)."""
 
     def __init__(self, build: str, assignment: dict, variant: str | None, workdir: str, token_file: str,
-                 extra_args=(), env=None):
+                 extra_args=(), env=None, prefix: dict | None = None):
         self.build, self.assignment, self.variant = build, assignment, variant
         self.workdir, self.token_file, self.extra_args = workdir, token_file, list(extra_args)
         self.env = env
+        self.prefix = prefix or {}  # board -> argv prefix (e.g. a wrapper that joins a cgroup, or taskset)
         self.procs: dict = {}
         self.ports: dict = {}
 
@@ -154,7 +156,7 @@ class LocalWorkers:
                "--port", str(port), "--token-file", self.token_file, "--log-level", "warning", *self.extra_args]
         if self.variant:
             cmd += ["--variant", self.variant]
-        return cmd
+        return list(self.prefix.get(board, [])) + cmd
 
     def start(self, boards=None, timeout: float = 60.0) -> None:
         """Start `boards` (default all) at once, then wait for every ready line."""
@@ -232,10 +234,12 @@ def write_deployment(path: str, build: str, workers: LocalWorkers, replicas: dic
 
 
 def start_local_workers(build_dir: str, assignment: dict, variant: str | None = "onnx/fp32", workdir: str | None = None,
-                        deadline_ms: int = 2000, replicas: dict | None = None, extra_args=()) -> tuple:
+                        deadline_ms: int = 2000, replicas: dict | None = None, extra_args=(),
+                        prefix: dict | None = None) -> tuple:
     """Start one worker per board of `assignment` ({board: [models]}) -> (deployment.json path, LocalWorkers).
 
-    The caller owns teardown: `workers.close()` (or use it as a context manager)."""
+    extra_args: more worker flags (e.g. --threads 2); prefix: {board: argv prefix}. The caller owns teardown:
+    `workers.close()` (or use it as a context manager)."""
     workdir = workdir or tempfile.mkdtemp(prefix="edvit-workers-")
     os.makedirs(workdir, exist_ok=True)
     token_file = os.path.join(workdir, "token")
@@ -245,7 +249,7 @@ def start_local_workers(build_dir: str, assignment: dict, variant: str | None = 
             f.write(secrets.token_urlsafe(24) + "\n")
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    workers = LocalWorkers(build_dir, assignment, variant, workdir, token_file, extra_args, env)
+    workers = LocalWorkers(build_dir, assignment, variant, workdir, token_file, extra_args, env, prefix)
     workers.start()
     path = write_deployment(os.path.join(workdir, "deployment.json"), build_dir, workers, replicas, deadline_ms)
     return path, workers

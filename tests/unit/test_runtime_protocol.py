@@ -50,6 +50,18 @@ def test_response_roundtrip(a, binary):
     assert (hlen is not None) == binary
 
 
+def test_binary_part_can_arrive_separately_from_the_json_header():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    i8 = np.arange(3, dtype=np.int8)
+    body, hlen = oip.encode_request({"i8": i8, "x": x}, None)
+    binary = np.frombuffer(body[hlen:], dtype=np.uint8).copy()  # what the worker reads into a fresh buffer
+    req = oip.decode_request(body[:hlen], binary=binary)
+    np.testing.assert_array_equal(req.inputs["x"], x)
+    np.testing.assert_array_equal(req.inputs["i8"], i8)
+    with pytest.raises(ProtocolError, match="short of its binary data"):
+        oip.decode_request(body[:hlen], binary=binary[:-1])
+
+
 def test_requests_made_by_tritonclient_decode():
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     m = np.array([[True, False]])

@@ -1,0 +1,287 @@
+"""`edvit-tool deploy / status / stop` on real loopback SSH boards (DESIGN §7, §8) and with --transport local.
+
+profile → assign → deploy on 3 boards, real inference through every worker, a cached redeploy, a redeploy where
+one board's worker cannot bind (all boards roll back and keep serving), stop. ~45 s; needs root +
+openssh-server (tests/boards.py); the boards run the slim board venv (no torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import socket
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from boards import free_port
+from edvit_tool import deploy as dp
+from edvit_tool.errors import EdvitError
+from edvit_tool.runtime import manifest as mf
+from edvit_tool.runtime.protocol import OipClient
+
+EDVIT = os.path.join(os.path.dirname(sys.executable), "edvit-tool")
+NAMES = ["pi-1", "pi-2", "pi-3"]
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([EDVIT, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _write_boards_yaml(path, boards, ports, profile):
+    lines = ["boards:"]
+    for name, b, port in zip(NAMES, boards, ports):
+        lines.append(f"  - {{name: {name}, host: 127.0.0.1, port: {b.port}, user: {b.user}, identity: {b.identity}, "
+                     f"device_profile: {profile}, python: {b.python}, worker_port: {port}}}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _device_profile(tmp_path):
+    path = tmp_path / "loopback.yaml"
+    path.write_text("name: loopback\narch: x86_64\ncores: 2\nmemory_mb: 4096\nmemory_budget_mb: 1024\n"
+                    "preferred_backend: onnxruntime\nthreads: 1\npython: python3\n")
+    return str(path)
+
+
+def _worker_pids(uids) -> list[int]:
+    """Live (not zombie) board worker processes owned by these users."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{d}").st_uid not in uids:
+                continue
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{d}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"edvit_tool.runtime.worker" in cmd and state != "Z":
+            pids.append(int(d))
+    return pids
+
+
+def _infer_matches_reference(build, doc, token=None):
+    """A real OIP infer on every board for every model it serves, checked against the build's reference."""
+    manifest = json.load(open(os.path.join(build, "manifest.json")))
+    with np.load(os.path.join(build, mf.REFERENCE_INPUTS)) as z:
+        x = z["pixel_values"][:2]
+    token = token or open(doc["token_file"]).read().strip()
+    for b in doc["boards"]:
+        with OipClient(b["address"], b["port"], token=token, timeout=10) as c:
+            for m in b["models"]:
+                art = mf.artifact(manifest, m, "onnx", "fp32")
+                out = c.infer(m, {"pixel_values": x})
+                with np.load(os.path.join(build, art["reference"])) as ref:
+                    np.testing.assert_allclose(out["logits"], ref["logits"][:2], atol=1e-3)
+                    np.testing.assert_allclose(out["features"], ref["features"][:2], atol=1e-3)
+
+
+def _current(board) -> str:
+    return os.path.basename(os.readlink(os.path.join(board.home, ".edvit", "current")))
+
+
+@pytest.mark.slow
+def test_deploy_status_rollback_and_stop_on_three_ssh_boards(boards, tiny_build, tmp_path):
+    bs = boards(3)
+    uids = {pwd.getpwnam(b.user).pw_uid for b in bs}
+    kh = bs[0].known_hosts
+    ports = [free_port() for _ in bs]
+    byaml = _write_boards_yaml(tmp_path / "boards.yaml", bs, ports, _device_profile(tmp_path))
+    profiles, plan = str(tmp_path / "profiles.json"), str(tmp_path / "plan.json")
+    out = str(tmp_path / "dep" / "deployment.json")
+
+    r = _cli("profile", "--boards", byaml, "--build", tiny_build, "--known-hosts", kh, "--runs", "3", "--warmup",
+             "1", "--out", profiles)
+    assert r.returncode == 0, r.stderr
+    r = _cli("assign", "--build", tiny_build, "--profiles", profiles, "--boards", byaml, "--replicas", "2",
+             "--out", plan)
+    assert r.returncode == 0, r.stderr
+
+    # -- deploy: every board ready, deployment.json as the coordinator reads it ----------------------------
+    r = _cli("deploy", "--plan", plan, "--known-hosts", kh, "--out", out)
+    assert r.returncode == 0, r.stderr
+    doc = json.load(open(out))
+    token = open(doc["token_file"]).read().strip()
+    assert len(token) >= 32 and token not in r.stdout + r.stderr
+    assert stat.S_IMODE(os.stat(doc["token_file"]).st_mode) == 0o600
+    rel1 = doc["release"]
+    assert doc["schema_version"] == 1 and doc["deadline_ms"] == 2000
+    assert doc["build"]["manifest_sha256"] == mf.sha256_file(os.path.join(tiny_build, "manifest.json"))
+    assert doc["fusion"]["artifact"] == "fusion/fusion.onnx"
+    placements = json.load(open(plan))["placements"]
+    assert sorted(doc["replicas"]) == ["g0", "g1"] and all(len(v) == 2 for v in doc["replicas"].values())
+    for p in placements:
+        assert p["board"] in doc["replicas"][p["submodel"]]
+    assert {b["name"] for b in doc["boards"]} == set(NAMES)  # 4 placements on 3 boards: every board used
+    for b, board in zip(sorted(doc["boards"], key=lambda e: e["name"]), bs):
+        assert b["transport"] == "ssh" and b["target"] == board.target and b["release"] == rel1
+        assert b["endpoint"] == f"http://127.0.0.1:{ports[NAMES.index(b['name'])]}"
+        assert b["variant"] == "onnx/fp32" and b["pid"] in _worker_pids(uids)
+        assert _current(board) == rel1
+        rdir = os.path.join(board.home, ".edvit", "releases", rel1)
+        assert stat.S_IMODE(os.stat(os.path.join(rdir, "token")).st_mode) == 0o600
+        shipped = json.load(open(os.path.join(rdir, "manifest.json")))
+        assert not mf.validate(shipped) and {a["name"] for a in shipped["artifacts"]} == set(b["models"])
+        assert os.path.isfile(os.path.join(rdir, "runtime", "edvit_tool", "runtime", "worker.py"))
+    _infer_matches_reference(tiny_build, doc)
+
+    r = _cli("status", "--deployment", out, "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert set(rows) == set(NAMES)
+    for row in rows.values():
+        assert row["up"] and row["release"] == rel1 and row["error"] is None
+        assert all(row["requests"][m] >= 1 and row["p50_ms"][m] > 0 for m in row["models"])
+
+    # -- redeploy the same plan: a new release, nothing uploaded again --------------------------------------
+    doc2 = dp.deploy(plan, out=out, known_hosts=kh)
+    rel2 = doc2["release"]
+    assert rel2 != rel1
+    for b in doc2["boards"]:
+        assert b["uploads"]["files"] == 0 and b["uploads"]["bytes"] == 0 and b["uploads"]["cached"] > 0
+        assert b["previous_release"] == rel1
+    assert all(_current(board) == rel2 for board in bs)
+    assert len(_worker_pids(uids)) == 3  # the old workers are gone, one new one per board
+    _infer_matches_reference(tiny_build, doc2)
+
+    # -- redeploy where pi-2's worker cannot bind: every board back on rel2, still serving -----------------
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        bad_ports = list(ports)
+        bad_ports[1] = holder.getsockname()[1]
+        bad_yaml = _write_boards_yaml(tmp_path / "boards-bad.yaml", bs, bad_ports, _device_profile(tmp_path))
+        r = _cli("deploy", "--plan", plan, "--boards", bad_yaml, "--known-hosts", kh, "--out", out)
+    finally:
+        holder.close()
+    assert r.returncode == 2, r.stdout
+    err = r.stderr
+    first = next(ln for ln in err.splitlines() if ln.startswith("Error: "))  # after the progress lines
+    assert first.startswith("Error: deploy of release") and "failed on pi-2;" in first
+    assert "every board was rolled back to its previous release" in first
+    assert "Address already in use" in err and "worker.log" in err
+    for name in NAMES:
+        assert f"{name}: back on release {rel2}, serving" in err
+    assert token not in r.stdout + err
+    assert json.load(open(out))["release"] == rel2  # deployment.json (and its token) still describe rel2
+    assert all(_current(board) == rel2 for board in bs)
+    r = _cli("status", "--deployment", out, "--json")
+    assert r.returncode == 0, r.stderr
+    assert all(row["up"] and row["release"] == rel2 for row in json.loads(r.stdout))
+    _infer_matches_reference(tiny_build, json.load(open(out)))
+    assert len(_worker_pids(uids)) == 3
+
+    # -- stop: all down, no worker left; status on the stopped cluster says so, exit 1 ---------------------
+    r = _cli("stop", "--deployment", out)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("stopped pid") == 3
+    assert _worker_pids(uids) == []
+    r = _cli("status", "--deployment", out, "--json")
+    assert r.returncode == 1
+    rows = json.loads(r.stdout)
+    assert [row["up"] for row in rows] == [False] * 3
+    assert all(row["release"] == rel2 and row["pid"] is None for row in rows)
+    r = _cli("status", "--deployment", out)
+    assert r.returncode == 1 and "3 of 3 board(s) down" in r.stderr
+
+
+def _plan_by_hand(build, path, placements, boards_file=None):
+    manifest = json.load(open(os.path.join(build, "manifest.json")))
+    pl = []
+    for sub, board in placements:
+        a = mf.artifact(manifest, sub, "onnx", "fp32")
+        pl.append({"submodel": sub, "board": board, "artifact": a["file"], "format": "onnx", "quant": "fp32",
+                   "sha256": a["sha256"], "bytes": a["bytes"]})
+    plan = {"schema_version": 1, "build": {"path": build,
+                                           "manifest_sha256": mf.sha256_file(os.path.join(build, "manifest.json"))},
+            "boards_file": boards_file, "placements": pl, "boards": {b: {} for _, b in placements}}
+    with open(path, "w") as f:
+        json.dump(plan, f)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_local_transport_deploys_serves_and_stops_without_ssh(tiny_build, tmp_path):
+    plan = _plan_by_hand(tiny_build, tmp_path / "plan.json", [("g0", "a"), ("g1", "b")])
+    out = str(tmp_path / "run" / "deployment.json")
+    r = _cli("deploy", "--plan", plan, "--transport", "local", "--out", out)
+    assert r.returncode == 0, r.stderr
+    doc = json.load(open(out))
+    assert [b["transport"] for b in doc["boards"]] == ["local", "local"]
+    assert [b["models"] for b in doc["boards"]] == [["g0"], ["g1"]]
+    for b in doc["boards"]:
+        assert b["endpoint"].startswith("http://127.0.0.1:") and b["root"].startswith(str(tmp_path / "run"))
+        cur = os.readlink(os.path.join(b["root"], "current"))
+        assert cur == os.path.join("releases", doc["release"])
+    pids = [b["pid"] for b in doc["boards"]]
+    try:
+        _infer_matches_reference(tiny_build, doc)
+        r = _cli("status", "--deployment", out, "--json")
+        assert r.returncode == 0, r.stderr
+        assert all(row["up"] and row["pid"] in pids for row in json.loads(r.stdout))
+        r = _cli("stop", "--deployment", out)
+        assert r.returncode == 0, r.stderr
+        assert not set(pids) & set(_worker_pids({os.getuid()}))  # other tests' workers may run beside ours
+        r = _cli("status", "--deployment", out, "--json")
+        assert r.returncode == 1 and not any(row["up"] for row in json.loads(r.stdout))
+    finally:
+        dp.stop(out)
+
+
+def test_a_plan_naming_a_board_missing_from_boards_yaml_is_refused(tiny_build, tmp_path):
+    byaml = tmp_path / "boards.yaml"
+    byaml.write_text("boards:\n  - {name: pi-1, host: 127.0.0.1, user: pi, device_profile: x86_64-generic}\n")
+    plan = _plan_by_hand(tiny_build, tmp_path / "plan.json", [("g0", "pi-1"), ("g1", "ghost")], str(byaml))
+    r = _cli("deploy", "--plan", plan, "--out", str(tmp_path / "deployment.json"))
+    assert r.returncode == 2
+    assert "ghost" in r.stderr and str(byaml) in r.stderr and r.stderr.startswith("Error: ")
+    assert "Traceback" not in r.stderr and not os.path.exists(tmp_path / "deployment.json")
+
+
+def test_a_stale_plan_and_a_missing_deployment_are_user_errors(tiny_build, tmp_path):
+    plan = _plan_by_hand(tiny_build, tmp_path / "plan.json", [("g0", "a")])
+    doc = json.load(open(plan))
+    doc["build"]["manifest_sha256"] = "0" * 64
+    json.dump(doc, open(plan, "w"))
+    with pytest.raises(EdvitError, match="made for another version"):
+        dp.deploy(plan, transport="local", out=str(tmp_path / "d.json"))
+    r = _cli("status", "--deployment", str(tmp_path / "nope.json"))
+    assert r.returncode == 2 and "not found" in r.stderr and "edvit-tool deploy" in r.stderr
+
+
+def test_status_of_a_local_deployment_whose_workers_are_gone_reports_down(tiny_build, tmp_path):
+    """deployment.json pointing at a cluster that is not running: every board down, exit 1."""
+    root = tmp_path / ".edvit-local" / "a"
+    os.makedirs(root / "releases")
+    doc = {"schema_version": 1, "release": "r1", "token_file": str(tmp_path / "deployment.token"),
+           "boards": [{"name": "a", "transport": "local", "target": "local", "address": "127.0.0.1",
+                       "port": free_port(), "endpoint": "http://127.0.0.1:1", "models": ["g0"], "release": "r1",
+                       "root": str(root), "python": sys.executable}]}
+    path = tmp_path / "deployment.json"
+    path.write_text(json.dumps(doc))
+    r = _cli("status", "--deployment", str(path), "--json")
+    assert r.returncode == 1
+    (row,) = json.loads(r.stdout)
+    assert row["up"] is False and row["pid"] is None and "no answer" in row["error"]
+
+
+def test_an_unreachable_board_fails_the_deploy_before_anything_changes(tiny_build, tmp_path):
+    byaml = tmp_path / "boards.yaml"
+    byaml.write_text(f"boards:\n  - {{name: pi-1, host: 127.0.0.1, port: {free_port()}, user: pi, "
+                     "device_profile: x86_64-generic}\n")
+    plan = _plan_by_hand(tiny_build, tmp_path / "plan.json", [("g0", "pi-1")], str(byaml))
+    with pytest.raises(EdvitError) as e:
+        dp.deploy(plan, out=str(tmp_path / "deployment.json"), connect_timeout=5)
+    first = str(e.value).splitlines()[0]
+    assert "failed on pi-1; nothing was changed on any board" in first
+    assert "connection refused" in str(e.value) and not os.path.exists(tmp_path / "deployment.json")
