@@ -107,7 +107,7 @@ def kd_finetune(model, x: torch.Tensor, y_rel: torch.Tensor, teacher_rel: torch.
         opt.step()
         sched.step()
         if progress is not None:
-            progress(1, loss=float(loss))
+            progress(1, loss=loss.item())
     return model.eval()
 
 
@@ -132,7 +132,7 @@ def train_classifier(model, x: torch.Tensor, y: torch.Tensor, steps: int, batch_
         opt.step()
         sched.step()
         if progress is not None:
-            progress(1, loss=float(loss))
+            progress(1, loss=loss.item())
     return model.eval()
 
 

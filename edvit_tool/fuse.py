@@ -94,7 +94,7 @@ def train_fusion_mlp(features: torch.Tensor, y: torch.Tensor, teacher: torch.Ten
         opt.step()
         sched.step()
         if progress is not None:
-            progress(1, loss=float(loss))
+            progress(1, loss=loss.item())
     return head.eval()
 
 

@@ -78,7 +78,8 @@ def prune_and_finetune(model, group: list[int], x: torch.Tensor, y: torch.Tensor
     p0 = surgery.count_params(sub)
     steps = pr["steps"]
     keep = pr["target"]["keep"]
-    total = steps * (pr["recovery_steps"]) + ft["steps"]
+    recoveries = steps if ft["steps"] == 0 else steps - 1
+    total = recoveries * pr["recovery_steps"] + ft["steps"]
     advance = bars.task(f"{label} prune+fine-tune", total) if bars else None
     for i in range(1, steps + 1):
         batches = _importance_batches(x, y_rel, len(group), ft["batch_size"], pr["importance_batches"], seed + i)
