@@ -1,6 +1,6 @@
 """Distributed inference through the coordinator: latency, coordinator overhead, throughput (issue 5 numbers).
 
-    .venv/bin/python bench/distributed.py [--ks 2,4] [--quota 0.4] [--n 100] [--seconds 6] [--concurrency 4]
+    .venv/bin/python bench/distributed.py [--ks 2,4] [--quota 0.25] [--n 100] [--seconds 6] [--concurrency 4]
 
 Models: ViT-Tiny/16 structure at 224x224x3 with RANDOM weights (latency only, accuracy means nothing here):
 the original (embed 192, 3 heads, depth 12) and, per K, K ED-ViT-like sub-models with the embedding pruned so
@@ -297,7 +297,7 @@ def bench_original(quotas: Quotas, args, workdir: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ks", default="2,4", help="comma-separated K values (2 and/or 4)")
-    ap.add_argument("--quota", type=float, default=0.4, help="CPU quota per board, fraction of one core (0 = none)")
+    ap.add_argument("--quota", type=float, default=0.25, help="CPU quota per board, fraction of one core (0 = none)")
     ap.add_argument("--n", type=int, default=100, help="sequential requests per configuration")
     ap.add_argument("--seconds", type=float, default=6.0, help="throughput run length")
     ap.add_argument("--concurrency", type=int, default=4, help="concurrent callers in the throughput run")

@@ -286,6 +286,8 @@ class Coordinator:
                                 "re-run `edvit-tool export` or fix the deployment")
         if art is not None and mf.sha256_file(path) != art.get("sha256"):
             raise ArtifactError(f"{path}: sha256 differs from the manifest; the build was modified, re-export it")
+        if backend == "onnxruntime" and path.endswith(".tflite"):
+            backend = None  # the default names the .onnx interpreter; a .tflite head takes the best TFLite one
         try:
             self._fusion = backends.load_model(path, backend=backend, threads=1,
                                                inputs=art.get("inputs") if art else None,

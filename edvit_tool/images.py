@@ -93,9 +93,8 @@ def load_image(path: str, spec: dict) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float32) / (65535.0 if mode.startswith("I;16") else 1.0)
-                arr = arr[..., None]
+            if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit PNGs (Pillow opens some as "I")
+                arr = (np.asarray(img, dtype=np.float32) / 65535.0)[..., None]
             elif mode == "F":
                 arr = np.asarray(img, dtype=np.float32)[..., None]
             else:
