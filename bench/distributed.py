@@ -18,9 +18,12 @@ Per configuration:
   * coordinator overhead = e2e p50 - slowest compute p50 (target <= 2 ms; includes both HTTP hops, the
     224x224x3 fp32 transfer, fusion and gather), and the coordinator-only part = p50 of (e2e - slowest board's
     round trip) per request;
-  * throughput with --concurrency callers for --seconds, vs 1 / slowest compute (target >= 0.9);
+  * throughput with --concurrency callers for --seconds, vs 1 / the slowest board's round-trip p50 (target
+    >= 0.9: a board's CPU quota also pays for its HTTP handling, so that is its real service time), and vs
+    1 / slowest compute (stricter);
+  * the coordinator process's CPU time per request (mostly the kernel copying 588 KiB per board on loopback);
   * the original model on one such board, called directly (no coordinator): p50 / p99, and its ratio to ED-ViT.
-Prints a table and writes bench/results/distributed.json. ~2-3 min (+ ~1 min the first time: exports, cached
+Prints a table and writes bench/results/distributed.json. ~1-2 min (+ ~1 min the first time: exports, cached
 in bench/results/.cache).
 """
 

@@ -42,3 +42,10 @@ def heavy_build(tmp_path_factory):
     """Like tiny_build but with ~7 ms of compute per image (1.8 MB sub-models), so that a CPU quota shows in the
     latency despite the kernel's coarse throttling granularity."""
     return _boards.make_tiny_build(str(tmp_path_factory.mktemp("builds") / "heavy"), width=128, depth=4)
+
+
+def pytest_configure(config):
+    # Tiny models on 2 shared cores: intra-op threads only add contention (measured 25x slower under load).
+    import torch
+
+    torch.set_num_threads(1)
