@@ -18,7 +18,10 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+# bench/profile.py would shadow the stdlib `profile` module (torch imports cProfile): drop bench/ from the path.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
 
 from edvit_tool.config import recipe as recipe_mod  # noqa: E402
 from edvit_tool.demo_model import train_demo_model  # noqa: E402

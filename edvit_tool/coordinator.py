@@ -190,6 +190,8 @@ def load_deployment(path: str) -> tuple:
         raise DeploymentError(f"{where}: replicas must map sub-model -> [board names]")
     for m in sub_names:
         reps = replicas.get(m) or hosting[m]
+        if not isinstance(reps, list) or not all(isinstance(r, str) for r in reps):
+            raise DeploymentError(f"{where}: replicas.{m} must be a list of board names, got {reps!r}")
         if not reps:
             raise DeploymentError(f"{where}: sub-model {m} is on no board; re-run `edvit-tool assign` and "
                                   "`edvit-tool deploy`")
