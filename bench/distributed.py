@@ -310,6 +310,7 @@ def main() -> int:
         ap.error(f"--ks takes values from {sorted(k for k in SUB_ARCH if k > 1)}")
     os.makedirs(CACHE, exist_ok=True)
     quotas = Quotas(args.quota or None)
+    load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory(prefix="edvit-bench-dist-") as workdir:
         try:
@@ -324,6 +325,8 @@ def main() -> int:
     note = ("RANDOM-weight ViT-Tiny/16-structured models at 224x224x3 (latency only); "
             + (f"each board = one local worker process in a cgroup-v1 CPU quota of {args.quota:g} core"
                if quotas.enabled else "workers NOT throttled (no writable cgroup v1 cpu controller)"))
+    load = (load_before, os.getloadavg()[0])
+    note += f"; 1-min load average {load[0]:.1f} before, {load[1]:.1f} after on {os.cpu_count()} CPUs"
     print(note)
     head = (f"{'config':<18} {'compute':>7} {'board':>6} {'e2e p50':>7} {'e2e p99':>7} {'overhd':>6} {'coord':>5} "
             f"{'cpu':>5} {'rps':>5} {'ratio':>5} {'r/cmp':>5} {'speedup':>7}")
@@ -346,6 +349,7 @@ def main() -> int:
           f"Throughput with {args.concurrency} concurrent callers for {args.seconds:g} s.")
     doc = {"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
            "python": platform.python_version(), "note": note, "quota": args.quota if quotas.enabled else None,
+           "loadavg_before_after": load,
            "rows": rows}
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "distributed.json"), "w") as f:

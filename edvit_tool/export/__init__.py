@@ -197,7 +197,8 @@ class _Exporter:
         np.savez(self._path("reference/inputs.npz"), **self.ref_inputs)
         for d in ("submodels", "fusion"):
             os.makedirs(self._path(d), exist_ok=True)
-        self.scratch = tempfile.mkdtemp(prefix="edvit-export-")
+        # beside the build, not in /tmp (often a small tmpfs): working copies of big models are big
+        self.scratch = tempfile.mkdtemp(prefix=".edvit-export-", dir=os.path.dirname(os.path.abspath(self.root)))
         artifacts, exported, failures = [], {}, []
         info = {"reference_samples": len(self.ref_inputs["pixel_values"]),
                 "calibration_samples": {n: int(len(v)) for n, v in self.calib.items()},
@@ -231,9 +232,9 @@ class _Exporter:
 
     # -- fp32 --------------------------------------------------------------------------------------------
     def _fp32_file(self, fmt: str, name: str) -> str:
-        """fp32 artifacts live in the build when asked for, else in scratch (they are the quantisers' input)."""
-        rel = artifact_path(name, "fp32", fmt)
-        return self._path(rel) if "fp32" in self.quants else os.path.join(self.scratch, rel.replace("/", "_"))
+        """The fp32 working copy (scratch) with the exporter's full names, which the float fallback's layer groups
+        are read from and every quantisation starts from; shipped artifacts are compacted copies."""
+        return os.path.join(self.scratch, artifact_path(name, "fp32", fmt).replace("/", "_"))
 
     def _export_fp32(self, fmt: str) -> dict:
         import torch
@@ -348,9 +349,12 @@ class _Exporter:
         from .validate import Runner, compare, parity_problems, tolerance_for
 
         rel = artifact_path(name, quant, fmt)
-        dst = self._fp32_file(fmt, name) if quant == "fp32" else self._path(rel)
+        named = self._fp32_file(fmt, name)
+        dst = self._path(rel) if self._ships(quant) else named
         input_name = "features" if name == "fusion" else "pixel_values"
-        if quant != "fp32":
+        if quant == "fp32" and dst != named:
+            shutil.copyfile(named, dst)
+        elif quant != "fp32":
             exclude = [item for lb in labels for item in groups[lb]]
             if fmt == "onnx":
                 from .quantize import quantize_onnx
@@ -361,6 +365,8 @@ class _Exporter:
                 from .quantize import quantize_tflite
 
                 quantize_tflite(self._fp32_file(fmt, name), dst, quant, input_name, self.calib.get(name), exclude)
+        if dst != named:
+            self._compact(fmt, quant, dst)
         self.progress.step(artifact=f"{name}:{fmt}/{quant}")
         runner = Runner(dst, fmt, threads=self.threads)
         ref = self.ref_outputs[name]
@@ -377,6 +383,18 @@ class _Exporter:
                  "top1_agreement": float(stats["top1_agreement"]), "float_layers": list(labels),
                  "status": "ok", "reason": ""}
         return _Built(entry, runner, problems, stats["max_abs_diff"] / max(1.0, stats["scale"]))
+
+    @staticmethod
+    def _compact(fmt: str, quant: str, path: str) -> None:
+        """Shorten generated tensor names in a shipped artifact (they are a third of a small int8 model)."""
+        if fmt == "onnx":
+            from .onnx import compact_names
+
+            compact_names(path, node_names=quant != "fp32")
+        else:
+            from .tflite import compact_tensor_names
+
+            compact_tensor_names(path)
 
     def _io_problems(self, name: str, runner) -> list[str]:
         """The interpreter's tensors must be the schema's: names, float32, non-batch dims."""
