@@ -373,9 +373,9 @@ class _Ssh:
 
     def stage(self, files: list[tuple[str, str, str | None]], runtime: dict | None = None,
               runtime_digest: str | None = None) -> tuple[list, dict]:
-        from .profile import _Uploads
+        from .profile import Uploads
 
-        up = _Uploads(self.session)
+        up = Uploads(self.session)
         links = []
         if runtime is not None:
             remote = up.tree(runtime, runtime_digest)

@@ -99,16 +99,26 @@ def train_fusion_mlp(features: torch.Tensor, y: torch.Tensor, teacher: torch.Ten
 
 
 def cross_val_mlp_accuracy(features, y, teacher, input_dims, num_classes, cfg, seed, folds: int = 4) -> float:
-    """Held-out accuracy of the MLP fusion estimated by k-fold CV on the fusion split (picks mlp vs logits)."""
+    """Held-out accuracy of the MLP fusion estimated by k-fold CV on the fusion split (picks mlp vs logits).
+
+    features/teacher: [copies, M, ...] — copy 0 is the plain image, the rest augmented views. Folds split by
+    image, so no view of a validation image is trained on; validation uses the plain view only.
+    """
     gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(y), generator=gen)
+    m = features.shape[1]
+    perm = torch.randperm(m, generator=gen)
     correct = 0
     quick = dict(cfg, steps=max(1, cfg["steps"] // 2))
     for f in range(folds):
         val = perm[f::folds]
         train = torch.cat([perm[g::folds] for g in range(folds) if g != f])
-        head = train_fusion_mlp(features[train], y[train], None if teacher is None else teacher[train],
+        head = train_fusion_mlp(_flat(features[:, train]), y[train].repeat(features.shape[0]),
+                                None if teacher is None else _flat(teacher[:, train]),
                                 input_dims, num_classes, quick, seed + f)
         with torch.no_grad():
-            correct += int((head(features[val]).argmax(1) == y[val]).sum())
-    return correct / len(y)
+            correct += int((head(features[0, val]).argmax(1) == y[val]).sum())
+    return correct / m
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])

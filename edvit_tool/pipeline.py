@@ -164,16 +164,22 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
         log(f"g{gi}: {surgery.count_params(sub):,} params ({surgery.count_params(sub) / orig_params:.1%})")
 
     wrapped = [surgery.SubModelWrapper(s) for s in subs]
-    fu_out = [finetune.predict(w, data.fusion.x, device) for w in wrapped]
     te_out = [finetune.predict(w, data.test.x, device) for w in wrapped]
+    # The fusion split is small: add shifted views of it (features through the frozen sub-models, teacher logits
+    # from the original) so the fusion head sees more than a few hundred points.
+    fcfg = recipe["fusion"]
+    gen = torch.Generator().manual_seed(seed + 5)
+    views = [data.fusion.x] + [finetune.augment(data.fusion.x, gen, pad=2) for _ in range(fcfg["augment_views"])]
+    fu_views = [[finetune.predict(w, v, device) for w in wrapped] for v in views]   # [view][sub] -> (feat, logit)
+    feats_fu = torch.stack([torch.cat([o[0] for o in vo], 1) for vo in fu_views])    # [V, M, F]
+    logits_fu = torch.stack([torch.cat([o[1] for o in vo], 1) for vo in fu_views])   # [V, M, L]
+    t_fu = torch.stack([t_fu] + [finetune.predict(model, v, device) for v in views[1:]])
+    dims = [o[0].shape[1] for o in fu_views[0]]
 
     logit_fusion = fuse.LogitFusion(groups, n_cls)
     with torch.no_grad():
-        acc_logits_fu = finetune.accuracy(logit_fusion(torch.cat([o[1] for o in fu_out], 1)), data.fusion.y)
+        acc_logits_fu = finetune.accuracy(logit_fusion(logits_fu[0]), data.fusion.y)
         acc_logits_te = finetune.accuracy(logit_fusion(torch.cat([o[1] for o in te_out], 1)), data.test.y)
-    fcfg = recipe["fusion"]
-    dims = [o[0].shape[1] for o in fu_out]
-    feats_fu = torch.cat([o[0] for o in fu_out], 1)
     kind, cv_acc = fcfg["kind"], None
     if kind == "auto":
         cv_acc = fuse.cross_val_mlp_accuracy(feats_fu, data.fusion.y, t_fu, dims, n_cls, fcfg, seed)
@@ -181,15 +187,17 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
         log(f"fusion: mlp cross-val {cv_acc:.4f} vs logits {acc_logits_fu:.4f} on the fusion split → {kind}")
     if kind == "mlp":
         advance = bars.task("fusion head", fcfg["steps"]) if bars else None
-        head = fuse.train_fusion_mlp(feats_fu, data.fusion.y, t_fu, dims, n_cls, fcfg, seed, advance)
+        v = feats_fu.shape[0]
+        head = fuse.train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v),
+                                     t_fu.reshape(-1, t_fu.shape[-1]), dims, n_cls, fcfg, seed, advance)
         source = "features"
         fused_te = torch.cat([o[0] for o in te_out], 1)
-        calib_fusion = feats_fu
+        calib_fusion = feats_fu[0]
     else:
         head = logit_fusion
         source = "logits"
         fused_te = torch.cat([o[1] for o in te_out], 1)
-        calib_fusion = torch.cat([o[1] for o in fu_out], 1)
+        calib_fusion = logits_fu[0]
     with torch.no_grad():
         fused_acc = finetune.accuracy(head(fused_te), data.test.y)
     log(f"fused ({kind}) test accuracy {fused_acc:.4f} vs original {orig_acc:.4f}")

@@ -14,6 +14,13 @@ not disturb each other's timings):
    pickle). Parity is checked ON THE BOARD against the build's reference outputs: parity.ok false (or the board's
    copy having another sha256) makes the result `usable: false`.
 An unreachable board is recorded (`reachable: false`, `error`) and the other boards finish.
+
+Local transport (no SSH; the demo, or trying the flow on one machine):
+
+    doc = profile_local_many(4, "build/")        # boards local-1..local-4, ALL this machine, measured in turn
+
+runs the same probe script and the same `python -m edvit_tool.runtime.bench` as local subprocesses on the build's
+own files; the results have the same format (target "local", no uploads).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import json
 import logging
 import os
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -239,7 +247,9 @@ def _check_probe(probe: dict, where: str, python: str) -> None:
     # an artifact whose interpreter is missing fails alone, with the bench's own "pip install X" message
 
 
-class _Uploads:
+class Uploads:
+    """Counts what an SSH session uploaded into the board's sha256 cache (and what was already there)."""
+
     def __init__(self, session: SshSession):
         self.s = session
         self.files = 0
@@ -294,8 +304,15 @@ def run_bench(session: SshSession, board: str, job: ArtifactJob, remote: dict, r
               f"then exec timeout -k 5 {limit} {cmd}; else exec {cmd}; fi")
     log.debug("%s: %s", session.where, script)
     rc, out, err = session.exec_shell(script, timeout=timeout + 15, check=False)
+    return _parse_bench(res, job, rc, out, err, timeout, "on the board", "remove ~/.edvit/cache on the board and "
+                        "profile again")
+
+
+def _parse_bench(res: dict, job: ArtifactJob, rc: int, out: str, err: str, timeout: float, where: str,
+                 stale_fix: str) -> dict:
+    """Fill a results[] entry from one bench run's exit code and output (shared by the SSH and local paths)."""
     if rc == 124:
-        res["error"] = f"bench did not finish within {timeout:g}s on the board; raise --bench-timeout or lower --runs"
+        res["error"] = f"bench did not finish within {timeout:g}s {where}; raise --bench-timeout or lower --runs"
         return res
     if rc != 0:
         tail = " | ".join(err.strip().splitlines()[-3:]) or out.strip()[-300:] or "no output"
@@ -311,8 +328,8 @@ def run_bench(session: SshSession, board: str, job: ArtifactJob, remote: dict, r
         if k in b:
             res[k] = b[k]
     if b.get("sha256") != job.sha256:
-        res["error"] = (f"the board's copy has sha256 {str(b.get('sha256'))[:12]}…, expected {job.sha256[:12]}…; "
-                        f"remove ~/.edvit/cache on the board and profile again")
+        res["error"] = (f"the copy {where} has sha256 {str(b.get('sha256'))[:12]}…, expected {job.sha256[:12]}…; "
+                        f"{stale_fix}")
         return res
     lat = res["latency_ms"]
     if not isinstance(lat, dict) or not isinstance(lat.get("p50"), (int, float)):
@@ -321,7 +338,7 @@ def run_bench(session: SshSession, board: str, job: ArtifactJob, remote: dict, r
     par = res["parity"]
     if job.reference and not (isinstance(par, dict) and par.get("ok") is True):
         if isinstance(par, dict):
-            res["error"] = (f"PARITY FAILED on the board: max |diff| {par.get('max_abs_diff')} > tolerance "
+            res["error"] = (f"PARITY FAILED {where}: max |diff| {par.get('max_abs_diff')} > tolerance "
                             f"{par.get('tolerance')}, top-1 agreement {par.get('top1_agreement')}")
         else:
             res["error"] = "bench did not report parity although a reference was given"
@@ -359,7 +376,7 @@ def profile_board(target: str, build_dir: str | None = None, artifacts=None, run
         out["probe"] = probe
         _check_probe(probe, session.where, python)
         step(name, "uploading", 1, total)
-        up = _Uploads(session)
+        up = Uploads(session)
         remote = {"runtime": up.tree(payload.runtime, payload.runtime_digest),
                   "manifest": up.file(payload.manifest_path, payload.manifest_sha256)}
         if payload.inputs:
@@ -412,6 +429,125 @@ def profile_many(targets, build_dir: str, artifacts=None, runs: int = 50, warmup
     for b in boards:
         doc["boards"][b["name"]] = {"target": b["target"], "reachable": b["reachable"], "error": b["error"],
                                     "probe": b["probe"], "uploads": b["uploads"], "seconds": b["seconds"]}
+        doc["results"] += b["results"]
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------------------
+# local transport: "boards" that are this machine (the demo, trying the flow without SSH)
+
+LOCAL_TARGET = "local"
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(RUNTIME_DIR))   # the dir that holds edvit_tool/
+
+
+def _local_env() -> dict:
+    # PYTHONPATH = this checkout's package: another interpreter (a board-like venv) runs the very same runtime
+    env = dict(os.environ, PYTHONPATH=PACKAGE_PARENT, PYTHONNOUSERSITE="1")
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+def probe_local(python: str = sys.executable, timeout: float = 60.0) -> dict:
+    """The same probe as over SSH (same script, same JSON keys, so assign and --write-profile read it alike),
+    run by a local interpreter."""
+    import subprocess
+
+    where = f"local ({python})"
+    try:
+        r = subprocess.run([python, "-c", PROBE_SCRIPT], capture_output=True, text=True, timeout=timeout,
+                           env=_local_env(), cwd=PACKAGE_PARENT)
+    except FileNotFoundError:
+        raise EdvitError(f"{where}: interpreter not found; pass --python /path/to/python3") from None
+    except subprocess.TimeoutExpired:
+        raise EdvitError(f"{where}: probe did not finish within {timeout:g}s") from None
+    if r.returncode != 0:
+        tail = " | ".join(r.stderr.strip().splitlines()[-3:]) or "no output"
+        raise EdvitError(f"{where}: probe failed (exit {r.returncode}): {tail}")
+    try:
+        probe = json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise EdvitError(f"{where}: probe printed no JSON (got {r.stdout[:200]!r})") from None
+    probe["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    probe["target"] = LOCAL_TARGET
+    return probe
+
+
+def run_bench_local(board: str, job: ArtifactJob, payload: Payload, python: str, runs: int, warmup: int,
+                    threads: int, timeout: float) -> dict:
+    """One artifact on this machine: `python -m edvit_tool.runtime.bench` on the build's own files (nothing is
+    copied), parity against the build's reference outputs -> a results[] entry like the SSH path's."""
+    import subprocess
+
+    res = _bench_result(board, job, runs, warmup, threads)
+    argv = [python, "-m", "edvit_tool.runtime.bench", job.path, "--runs", str(runs), "--warmup", str(warmup),
+            "--threads", str(threads), "--manifest", payload.manifest_path]
+    if job.reference:
+        argv += ["--inputs", payload.inputs, "--reference", job.reference]
+    if job.entry.get("tolerance") is not None:
+        argv += ["--tolerance", repr(float(job.entry["tolerance"]))]
+    try:
+        # cwd = the package's parent: `python -m` puts cwd first on sys.path, so nothing else can shadow it
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_local_env(),
+                           cwd=PACKAGE_PARENT)
+        rc, out, err = r.returncode, r.stdout, r.stderr
+    except subprocess.TimeoutExpired:  # subprocess.run kills the bench before raising
+        rc, out, err = 124, "", ""
+    except FileNotFoundError:
+        rc, out, err = 127, "", f"{python}: interpreter not found"
+    return _parse_bench(res, job, rc, out, err, timeout, "locally", "the build changed while profiling; rerun")
+
+
+def profile_local(build_dir: str | None = None, artifacts=None, runs: int = 50, warmup: int = 5, threads: int = 1,
+                  name: str = "local-1", python: str = sys.executable, *, payload: Payload | None = None,
+                  bench_timeout: float = 900.0, probe: dict | None = None, progress=None) -> dict:
+    """Profile THIS machine as one board named `name`, without SSH: same bench, same parity check, same result
+    format as `profile_board` (target "local", uploads None). `probe`: reuse one probe for several names."""
+    payload = payload or prepare(build_dir, artifacts)
+    total = len(payload.jobs) + 2
+    step = progress or (lambda *a: None)
+    out = {"name": name, "target": LOCAL_TARGET, "reachable": True, "error": None, "probe": None, "results": [],
+           "uploads": None, "seconds": None}
+    t0 = time.monotonic()
+    try:
+        step(name, "probing", 0, total)
+        p = dict(probe) if probe else probe_local(python)
+        p["board"] = name
+        out["probe"] = p
+        _check_probe(p, f"local ({python})", python)
+        for i, job in enumerate(payload.jobs):
+            step(name, f"bench {job.key}", 2 + i, total)
+            out["results"].append(run_bench_local(name, job, payload, python, runs, warmup, threads,
+                                                  bench_timeout))
+        step(name, "done", total, total)
+    except EdvitError as e:
+        out["error"] = str(e)
+        step(name, "failed", total, total)
+    finally:
+        out["seconds"] = round(time.monotonic() - t0, 3)
+    return out
+
+
+def local_names(n: int) -> list[str]:
+    return [f"local-{i}" for i in range(1, n + 1)]
+
+
+def profile_local_many(n: int, build_dir: str, artifacts=None, runs: int = 50, warmup: int = 5, threads: int = 1,
+                       python: str = sys.executable, names=None, progress=None, bench_timeout: float = 900.0) -> dict:
+    """N local "boards" (local-1..N), ALL this machine, each measured in turn (never at once: they would share
+    the CPU and skew each other). A profiles document like `profile_many`'s; `write_profiles` merges it."""
+    if n < 1:
+        raise EdvitError(f"--local must be >= 1, got {n}")
+    names = list(names or local_names(n))
+    if len(names) != n or len(set(names)) != n:
+        raise EdvitError(f"need {n} distinct local board names, got {names}")
+    payload = prepare(build_dir, artifacts)
+    probe = probe_local(python)
+    doc = new_document(payload)
+    for name in names:
+        b = profile_local(runs=runs, warmup=warmup, threads=threads, name=name, python=python, payload=payload,
+                          bench_timeout=bench_timeout, probe=probe, progress=progress)
+        doc["boards"][name] = {"target": b["target"], "reachable": b["reachable"], "error": b["error"],
+                               "probe": b["probe"], "uploads": b["uploads"], "seconds": b["seconds"]}
         doc["results"] += b["results"]
     return doc
 

@@ -20,7 +20,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Interpreter threads.")
-@click.option("--verbose-checks", "-a", "show_all", is_flag=True, help="List passing checks too.")
+@click.option("--all", "-a", "show_all", is_flag=True, help="List passing and skipped checks too.")
 def command(build_dir, profiles, eval_path, junit, as_json, threads, show_all):
     """Verify a build's artifacts: manifest schema, sha256 + size of every file, each artifact loads in its
     interpreter and matches the PyTorch reference outputs within the recorded tolerance, memory fit per device

@@ -73,6 +73,9 @@ def command(build_dir, formats, quant, opset, triton_repo, as_json, quiet):
             cfg["quant"] = _csv(quant)
         if opset is not None:
             cfg["opset"] = opset
+        if not cfg.get("formats"):
+            raise EdvitError(f"{build_dir}: nothing to export (its recipe has export.formats: []); pass "
+                             "--formats onnx,tflite")
         if "fused" not in (manifest.get("accuracy") or {}):
             raise EdvitError(f"{build_dir}/manifest.json: accuracy.fused is missing, so the export gate has no "
                              "PyTorch figure to compare with; rerun `edvit-tool compile`")

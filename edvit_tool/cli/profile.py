@@ -12,12 +12,14 @@ Examples:
   edvit-tool profile --boards boards.yaml --build build/ --artifacts onnx/int8-static,tflite/fp32
   edvit-tool profile --host pi@raspberrypi.local --name pi-1 --build build/ --runs 100 --threads 4 \\
       --identity ~/.ssh/edvit --write-profile device_profiles/
+  edvit-tool profile --local 4 --build build/      # no SSH: boards local-1..local-4, all THIS machine
 
 \b
 Each board gets the runtime, the selected artifacts and the build's reference data in ~/.edvit/cache/<sha256>/
 (files already there are not uploaded again), then `python -m edvit_tool.runtime.bench` runs per artifact and
 checks the outputs against the reference ON THE BOARD. Results are merged into --out keyed by (board, artifact
-sha256). Exit 1 if a board is unreachable or an artifact fails parity (the file is written first), 2 on a usage
+sha256). --local N measures this machine N times, one "board" after another, with the same bench as local
+processes (the demo uses it; the figures describe this machine, not a board). Exit 1 if a board is unreachable or an artifact fails parity (the file is written first), 2 on a usage
 error.
 """
 
@@ -32,6 +34,8 @@ def _split(values) -> list[str]:
 @click.option("--name", "names", multiple=True, help="Board name for each --host, in order (default: the target).")
 @click.option("--boards", "boards_file", type=click.Path(dir_okay=False),
               help="boards.yaml: profile every board in it (names, users, keys, python from the file).")
+@click.option("--local", "local_n", type=click.IntRange(1), default=None, metavar="N",
+              help="No SSH: N local boards named local-1..N, all this machine (--python is their interpreter).")
 @click.option("--build", "build_dir", required=True, type=click.Path(file_okay=False),
               help="Build directory (made by `edvit-tool compile` / `export`).")
 @click.option("--artifacts", "artifacts", multiple=True, metavar="SEL[,SEL]",
@@ -53,20 +57,35 @@ def _split(values) -> list[str]:
               help="Also write a measured device profile YAML per reachable board into this directory.")
 @click.option("--connect-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1), help="Seconds.")
 @click.option("--bench-timeout", default=900.0, show_default=True, type=click.FloatRange(1), help="Seconds per artifact.")
-def command(hosts, names, boards_file, build_dir, artifacts, runs, warmup, threads, identity, known_hosts,
+def command(hosts, names, boards_file, local_n, build_dir, artifacts, runs, warmup, threads, identity, known_hosts,
             host_key_policy, python, out, as_json, profile_dir, connect_timeout, bench_timeout):
     """Measure latency, load time, memory and on-board parity of each artifact on each board over SSH."""
     from .. import profile as prof
     from ..errors import EdvitError
 
-    targets = _targets(hosts, names, boards_file, identity, python, threads)
     show = not as_json
-    with _Progress(enabled=show) as progress:
-        doc = prof.profile_many(targets, build_dir, artifacts=_split(artifacts), runs=runs, warmup=warmup,
-                                threads=threads or 1, identity=identity, known_hosts=known_hosts,
-                                python=python or "python3", progress=progress.update,
-                                host_key_policy=host_key_policy, connect_timeout=connect_timeout,
-                                bench_timeout=bench_timeout)
+    if local_n is not None:
+        if hosts or boards_file:
+            raise EdvitError("--local cannot be combined with --host/--boards; profile SSH boards and local "
+                             "boards in two runs (both merge into --out)")
+        if names:
+            raise EdvitError("--name goes with --host; local boards are named local-1..N")
+        py = python or sys.executable
+        if show:
+            click.echo(f"local-1..local-{local_n} are all THIS machine ({py}), measured one after another: the "
+                       "figures describe this machine, not a board", err=True)
+        with _Progress(enabled=show) as progress:
+            doc = prof.profile_local_many(local_n, build_dir, artifacts=_split(artifacts), runs=runs,
+                                          warmup=warmup, threads=threads or 1, python=py,
+                                          progress=progress.update, bench_timeout=bench_timeout)
+    else:
+        targets = _targets(hosts, names, boards_file, identity, python, threads)
+        with _Progress(enabled=show) as progress:
+            doc = prof.profile_many(targets, build_dir, artifacts=_split(artifacts), runs=runs, warmup=warmup,
+                                    threads=threads or 1, identity=identity, known_hosts=known_hosts,
+                                    python=python or "python3", progress=progress.update,
+                                    host_key_policy=host_key_policy, connect_timeout=connect_timeout,
+                                    bench_timeout=bench_timeout)
     prof.write_profiles(doc, out)
     written = []
     if profile_dir:
@@ -85,6 +104,8 @@ def command(hosts, names, boards_file, build_dir, artifacts, runs, warmup, threa
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
     else:
         _print_table(doc)
+        if local_n is not None:
+            click.echo(f"(local-1..local-{local_n}: this machine, not boards)")
         for path in written:
             click.echo(f"device profile written: {path}")
         click.echo(f"profiles written: {out}")
@@ -97,7 +118,8 @@ def _targets(hosts, names, boards_file, identity, python, threads) -> list[dict]
     from ..errors import EdvitError
 
     if not hosts and not boards_file:
-        raise EdvitError("no boards given; pass --host USER@HOST[:PORT] (repeatable) or --boards boards.yaml")
+        raise EdvitError("no boards given; pass --host USER@HOST[:PORT] (repeatable), --boards boards.yaml or "
+                         "--local N")
     if names and len(names) != len(hosts):
         raise EdvitError(f"{len(names)} --name for {len(hosts)} --host; give one --name per --host, in order, "
                          f"or none")

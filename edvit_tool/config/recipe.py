@@ -109,6 +109,7 @@ SCHEMA: dict = {
         "dropout": F(float, 0.3, _num(0, 1, hi_open=True)),
         "submodel_dropout": F(float, 0.2, _num(0, 1, hi_open=True)),
         "feature_noise": F(float, 0.1, NONNEG),
+        "augment_views": F(int, 4, NONNEG),  # shifted copies of the fusion split added to its training set
         "kd_weight": F(float, 0.5, _num(0, 1)),
         "steps": F(int, 1500, NONNEG),
         "lr": F(float, 3e-3, _num(0, 1, lo_open=True)),

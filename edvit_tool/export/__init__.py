@@ -75,8 +75,10 @@ class _Progress:
 class _Built:
     """One artifact built and validated."""
 
-    def __init__(self, entry: dict, runner, problems: list[str], rel_err: float):
-        self.entry, self.runner, self.problems, self.rel_err = entry, runner, problems, rel_err
+    def __init__(self, entry: dict, runner, parity: list[str], io: list[str], rel_err: float):
+        self.entry, self.runner, self.rel_err = entry, runner, rel_err
+        self.parity = parity  # numeric mismatch: keeping more layers float can fix it
+        self.problems = parity + io  # io: wrong tensor names/shapes, which no fallback fixes
 
 
 class _Exporter:
@@ -106,6 +108,7 @@ class _Exporter:
         self.source = manifest["fusion"].get("source", "features")
         self.input_shape = list(manifest["input"]["shape"])
         self.threads = os.cpu_count() or 1
+        self.qsv_cache: dict = {}  # TFLite calibration ranges, reused by the float fallback's attempts
         n_variants = len(self.quants) + ("fp32" not in self.quants)
         self.progress = _Progress(progress, len(self.formats) * n_variants * len(self.names))
 
@@ -298,7 +301,8 @@ class _Exporter:
                 if n not in built:
                     built[n] = self._build(fmt, quant, n, list(groups[n])[:level[n]], groups[n])
             bad = [n for n in self.names if built[n].problems]
-            escalate = [n for n in bad if level[n] < len(groups[n])]
+            escalate = [n for n in bad if built[n].parity and len(built[n].problems) == len(built[n].parity)
+                        and level[n] < len(groups[n])]
             if escalate:
                 for n in escalate:
                     level[n] += 1
@@ -364,7 +368,8 @@ class _Exporter:
             else:
                 from .quantize import quantize_tflite
 
-                quantize_tflite(self._fp32_file(fmt, name), dst, quant, input_name, self.calib.get(name), exclude)
+                quantize_tflite(self._fp32_file(fmt, name), dst, quant, input_name, self.calib.get(name), exclude,
+                                self.qsv_cache)
         if dst != named:
             self._compact(fmt, quant, dst)
         self.progress.step(artifact=f"{name}:{fmt}/{quant}")
@@ -372,7 +377,8 @@ class _Exporter:
         ref = self.ref_outputs[name]
         stats = compare(runner.run({input_name: self.ref_inputs[input_name]}), ref)
         tol = tolerance_for(quant, stats["scale"], stats["max_abs_diff"])
-        problems = parity_problems(quant, stats, tol) + self._io_problems(name, runner)
+        parity = parity_problems(quant, stats, tol)
+        io = self._io_problems(name, runner)
         ref_rel = reference_path(rel)
         if self._ships(quant):
             np.savez(self._path(ref_rel), **ref)
@@ -382,7 +388,7 @@ class _Exporter:
                  "tolerance": float(tol), "max_abs_diff": float(stats["max_abs_diff"]),
                  "top1_agreement": float(stats["top1_agreement"]), "float_layers": list(labels),
                  "status": "ok", "reason": ""}
-        return _Built(entry, runner, problems, stats["max_abs_diff"] / max(1.0, stats["scale"]))
+        return _Built(entry, runner, parity, io, stats["max_abs_diff"] / max(1.0, stats["scale"]))
 
     @staticmethod
     def _compact(fmt: str, quant: str, path: str) -> None:

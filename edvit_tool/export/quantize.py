@@ -12,7 +12,8 @@ TFLite (ai-edge-quantizer, on the fp32 .tflite): chosen over litert-torch's PT2E
   int8-dynamic = dynamic_wi8_afp32, int8-static = static_wi8_ai8 calibrated on the group's images,
   fp16 = weight-only float16 (FLOAT_CASTING). Model inputs/outputs stay float32 in every mode.
 
-Float fallback: `exclude` names the node groups (validate.FALLBACK_ORDER labels) kept float.
+Float fallback: `exclude` lists what stays float — ONNX node names, or TFLite (regex on op output tensor name, op)
+rules — as produced per layer group (layernorm, softmax, gelu, blocks.<i>) by onnx.node_groups / tflite.node_groups.
 """
 
 from __future__ import annotations
@@ -131,8 +132,10 @@ def quantize_onnx(fp32: str, preprocessed: str, dst: str, quant: str, input_name
 
 # -- TFLite ------------------------------------------------------------------------------------------------
 def quantize_tflite(fp32: str, dst: str, quant: str, input_name: str, calib: np.ndarray | None = None,
-                    exclude: list[tuple[str, str]] | None = None) -> None:
-    """exclude: [(regex on op output tensor names, TFLite op name or '*')] kept float."""
+                    exclude: list[tuple[str, str]] | None = None, qsv_cache: dict | None = None) -> None:
+    """exclude: [(regex on op output tensor names, TFLite op name or '*')] kept float.
+    qsv_cache: reuse calibration ranges across fallback attempts on the same fp32 file (the first attempt
+    quantises the most ops, so its ranges cover every later attempt's)."""
     from ai_edge_quantizer import quantizer, recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
     from ai_edge_quantizer.qtyping import TFLOperationName
@@ -156,9 +159,14 @@ def quantize_tflite(fp32: str, dst: str, quant: str, input_name: str, calib: np.
     with _quiet():
         result = None
         if qt.need_calibration:
-            sig = "serving_default"
-            samples = [{input_name: calib[i:i + 1].astype(np.float32)} for i in range(len(calib))]
-            result = qt.calibrate({sig: samples}, num_threads=1)
+            key = (fp32, quant)
+            if qsv_cache is not None and key in qsv_cache:
+                result = qsv_cache[key]
+            else:
+                samples = [{input_name: calib[i:i + 1].astype(np.float32)} for i in range(len(calib))]
+                result = qt.calibrate({"serving_default": samples}, num_threads=1)
+                if qsv_cache is not None and not exclude:
+                    qsv_cache[key] = result
         out = qt.quantize(result, enable_progress_bar=False, enable_progress_report=False)
     with open(dst, "wb") as f:
         f.write(bytes(out.quantized_model))
