@@ -22,7 +22,8 @@ Per configuration:
     >= 0.9: a board's CPU quota also pays for its HTTP handling, so that is its real service time), and vs
     1 / slowest compute (stricter);
   * the coordinator process's CPU time per request (mostly the kernel copying 588 KiB per board on loopback);
-  * the original model on one such board, called directly (no coordinator): p50 / p99, and its ratio to ED-ViT.
+  * the original model on one such board, called directly (no coordinator): p50 / p99, and its ratio to ED-ViT;
+  * the makespan `assign` predicts for the same boards from the measured compute (exact MILP and greedy).
 Prints a table and writes bench/results/distributed.json. ~1-2 min (+ ~1 min the first time: exports, cached
 in bench/results/.cache).
 """
@@ -250,6 +251,7 @@ def bench_ensemble(k: int, quotas: Quotas, args, workdir: str) -> dict:
         workers.close()
     slowest = max(compute.values())
     slowest_rt = max(_pct(v, 50) for v in board_rt.values())
+    exact_ms, greedy_ms = _predicted_makespans(assignment, compute)
     return {"config": f"ED-ViT K={k}", "k": k, "boards": k, "arch": dict(zip(("embed_dim", "heads"), SUB_ARCH[k])),
             "compute_p50_ms": compute, "slowest_compute_p50_ms": slowest,
             "board_roundtrip_p50_ms": {b: _pct(v, 50) for b, v in board_rt.items()},
@@ -258,7 +260,23 @@ def bench_ensemble(k: int, quotas: Quotas, args, workdir: str) -> dict:
             "slowest_roundtrip_p50_ms": slowest_rt, "coordinator_cpu_ms_per_request": cpu_ms,
             "throughput_rps": tput, "throughput_bound_rps": 1000 / slowest_rt,
             "throughput_ratio": tput * slowest_rt / 1000, "throughput_ratio_vs_compute": tput * slowest / 1000,
-            "degraded": stats["degraded"], "n": args.n, "concurrency": args.concurrency}
+            "degraded": stats["degraded"], "n": args.n, "concurrency": args.concurrency,
+            "exact_makespan_ms": exact_ms, "greedy_makespan_ms": greedy_ms}
+
+
+def _predicted_makespans(assignment: dict, compute: dict) -> tuple:
+    """What `edvit-tool assign` predicts for these boards: each sub-model costs its measured compute p50 on any
+    of them (the boards are identical: same quota), memory is not binding. -> (exact, greedy) makespan ms."""
+    from edvit_tool.assign import solve_exact, solve_greedy
+
+    cost = {m: compute[b] / len(ms) for b, ms in assignment.items() for m in ms}
+    boards = list(assignment)
+    t = {m: {b: c for b in boards} for m, c in cost.items()}
+    mem = {m: {b: 1.0 for b in boards} for m in cost}
+    budget = {b: float(len(cost)) for b in boards}
+    exact = solve_exact(list(cost), boards, t, mem, budget)
+    greedy = solve_greedy(list(cost), boards, t, mem, budget)
+    return exact.makespan_ms, greedy.makespan_ms
 
 
 def bench_original(quotas: Quotas, args, workdir: str) -> dict:
@@ -347,6 +365,10 @@ def main() -> int:
           "of that request). cpu: coordinator CPU ms per request. ratio: rps x board / 1000 (target >= 0.9); "
           "r/cmp: rps x compute / 1000. speedup: original e2e p50 / ED-ViT e2e p50. "
           f"Throughput with {args.concurrency} concurrent callers for {args.seconds:g} s.")
+    for r in rows[1:]:
+        print(f"{r['config']}: predicted makespan (assign on the measured compute) exact {r['exact_makespan_ms']:.2f} "
+              f"ms, greedy {r['greedy_makespan_ms']:.2f} ms (greedy/exact {r['greedy_makespan_ms'] / r['exact_makespan_ms']:.3f})"
+              f"; measured slowest compute {r['slowest_compute_p50_ms']:.2f} ms")
     doc = {"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
            "python": platform.python_version(), "note": note, "quota": args.quota if quotas.enabled else None,
            "loadavg_before_after": load,

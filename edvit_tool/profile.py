@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -485,15 +486,29 @@ def run_bench_local(board: str, job: ArtifactJob, payload: Payload, python: str,
         argv += ["--inputs", payload.inputs, "--reference", job.reference]
     if job.entry.get("tolerance") is not None:
         argv += ["--tolerance", repr(float(job.entry["tolerance"]))]
+    # Through `sh` (which forks the bench instead of exec'ing it): Linux carries a process's peak RSS across
+    # execve, so a bench forked straight from a big host process (the demo holds torch, >1 GB) would report
+    # that as its own ru_maxrss. cwd = the package's parent: `python -m` puts cwd first on sys.path.
     try:
-        # cwd = the package's parent: `python -m` puts cwd first on sys.path, so nothing else can shadow it
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_local_env(),
-                           cwd=PACKAGE_PARENT)
-        rc, out, err = r.returncode, r.stdout, r.stderr
-    except subprocess.TimeoutExpired:  # subprocess.run kills the bench before raising
-        rc, out, err = 124, "", ""
+        p = subprocess.Popen(["sh", "-c", '"$@"; exit $?', "sh", *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=_local_env(), cwd=PACKAGE_PARENT,
+                             start_new_session=True)
     except FileNotFoundError:
-        rc, out, err = 127, "", f"{python}: interpreter not found"
+        rc, out, err = 127, "", "sh: not found"
+    else:
+        try:
+            out, err = p.communicate(timeout=timeout)
+            rc = p.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)  # the whole group: sh and the bench under it
+            p.communicate()
+            rc, out, err = 124, "", ""
+        except BaseException:  # Ctrl-C: its own session does not get the SIGINT, so end it here
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            raise
+    if rc == 127 and "not found" in err:
+        err = f"{python}: interpreter not found (pass --python)"
     return _parse_bench(res, job, rc, out, err, timeout, "locally", "the build changed while profiling; rerun")
 
 

@@ -80,3 +80,13 @@ def write_reports(root: str, manifest: dict, peer: dict | None, seconds: float, 
     with open(os.path.join(root, "report.md"), "w", encoding="utf-8") as f:
         f.write(render_markdown(report))
     return report
+
+
+def refresh_reports(root: str, manifest: dict, gate_failures: list[str]) -> dict:
+    """Rewrite the reports after a re-export, keeping what only compile knew (peer, compile time)."""
+    previous = {}
+    path = os.path.join(root, "report.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+    return write_reports(root, manifest, previous.get("peer"), previous.get("compile_seconds", 0.0), gate_failures)

@@ -56,6 +56,7 @@ def command(build_dir, formats, quant, opset, triton_repo, as_json, quiet):
       edvit-tool export build/digits --triton-repo triton_models/
     """
     from ..artifacts import load_manifest, staged_dir, write_manifest
+    from ..report import refresh_reports
     from ..errors import EdvitError
 
     manifest = load_manifest(build_dir)
@@ -85,6 +86,7 @@ def command(build_dir, formats, quant, opset, triton_repo, as_json, quiet):
             with Bars(enabled=not (quiet or as_json)) as bars:
                 failures = export_build(stage, manifest, models, cfg, gate, manifest["accuracy"]["fused"],
                                         progress=bars)
+            refresh_reports(stage, manifest, failures)
             write_manifest(stage, manifest)
     names = []
     if triton_repo:

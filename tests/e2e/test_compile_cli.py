@@ -74,6 +74,13 @@ def test_compile_writes_a_complete_build_with_budgets_met(tmp_path, tiny_ckpt, c
     model.load_state_dict(torch.load(out / sm["checkpoint"], weights_only=True))
     assert count_params(model) == sm["params"]
 
+    # re-export the finished build (atomic, reports refreshed) and gate it with `check`
+    assert main(["export", str(out), "--formats", "onnx", "--quant", "fp32", "-q"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {a["file"] for a in manifest["artifacts"]} >= {"submodels/g0.fp32.onnx", "fusion/fusion.fp32.onnx"}
+    assert "onnx/fp32" in json.loads((out / "report.json").read_text())["exported_accuracy"]
+    assert main(["check", str(out)]) == 0
+
 
 @pytest.mark.slow
 def test_same_seed_gives_the_same_build(tmp_path, tiny_ckpt):
