@@ -104,15 +104,20 @@ def distort(images: torch.Tensor, seed: int) -> torch.Tensor:
     return out.clamp(0, 1)
 
 
-def _load_digits(distorted: bool, seed: int):
+def _load_digits(distorted: bool, seed: int, copies: int = 1):
+    """digits, or `copies` independently distorted views of each digit (base ids returned so that all views
+    of one digit land in the same split — otherwise the test set would hold near-copies of training images)."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    base = torch.arange(len(y))
     if distorted:
         x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
-        x = distort(x, seed=seed + 12345)
-    return x, torch.tensor(d.target, dtype=torch.long), [str(i) for i in range(10)], None
+        x = torch.cat([distort(x, seed=seed + 12345 + c) for c in range(copies)])
+        y, base = y.repeat(copies), base.repeat(copies)
+    return x, y, [str(i) for i in range(10)], None, base
 
 
 def _read_image(path: str) -> np.ndarray:
@@ -204,21 +209,27 @@ def read_classes_file(path: str) -> list[str]:
     return names
 
 
-def _stratified(y: torch.Tensor, fraction: float, seed: int):
+def _stratified(y: torch.Tensor, fraction: float, seed: int, base: torch.Tensor | None = None):
+    """Stratified split; with `base` ids, all images sharing a base id go to the same side."""
     from sklearn.model_selection import train_test_split
 
-    idx = np.arange(len(y))
-    counts = np.bincount(y.numpy())
-    strat = y.numpy() if counts[counts > 0].min() >= 2 else None
-    a, b = train_test_split(idx, test_size=fraction, random_state=seed, stratify=strat)
-    return np.sort(a), np.sort(b)
+    if base is None:
+        base = torch.arange(len(y))
+    uniq, first = np.unique(base.numpy(), return_index=True)
+    labels = y.numpy()[first]
+    counts = np.bincount(labels)
+    strat = labels if counts[counts > 0].min() >= 2 else None
+    a, b = train_test_split(uniq, test_size=fraction, random_state=seed, stratify=strat)
+    in_b = np.isin(base.numpy(), b)
+    return np.flatnonzero(~in_b), np.flatnonzero(in_b)
 
 
 def load_data(recipe: dict, spec: dict, num_classes: int) -> Data:
     d = recipe["data"]
     seed = recipe["seed"]
+    base = None
     if d["kind"] == "digits":
-        x, y, classes, test = _load_digits(d["distort"], seed)
+        x, y, classes, test, base = _load_digits(d["distort"], seed, d["distort_copies"])
     elif d["kind"] == "imagefolder":
         x, y, classes, test = _load_imagefolder(d["root"])
     else:
@@ -241,12 +252,15 @@ def load_data(recipe: dict, spec: dict, num_classes: int) -> Data:
     cap = d["max_images_per_class"]
     if cap:
         keep = np.concatenate([np.flatnonzero(y.numpy() == c)[:cap] for c in range(num_classes)])
-        x, y = x[np.sort(keep)], y[np.sort(keep)]
+        keep = np.sort(keep)
+        x, y = x[keep], y[keep]
+        base = None if base is None else base[keep]
     if test is None:
-        rest, te = _stratified(y, d["test_fraction"], seed)
+        rest, te = _stratified(y, d["test_fraction"], seed, base)
         test = (x[te], y[te])
         x, y = x[rest], y[rest]
-    ft, fu = _stratified(y, d["fusion_fraction"], seed + 1)
+        base = None if base is None else base[rest]
+    ft, fu = _stratified(y, d["fusion_fraction"], seed + 1, base)
     conv = lambda imgs: to_model_input(imgs, spec)  # noqa: E731
     return Data(classes=classes, finetune=Split(conv(x[ft]), y[ft]), fusion=Split(conv(x[fu]), y[fu]),
                 test=Split(conv(test[0]), test[1]), spec=spec)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import sys
 import time
 
@@ -49,7 +50,12 @@ def write_local_boards(run_dir: str, n: int, probe: dict) -> str:
     from .profile import local_names
 
     prof = write_measured_profile(probe, os.path.join(run_dir, "device_profiles"), name="local")
-    user = getpass.getuser()
+    try:
+        user = getpass.getuser()  # only keeps the file valid: nobody logs in to a local board
+    except (KeyError, OSError):   # no passwd entry (some containers)
+        user = "local"
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$", user):
+        user = "local"
     # worker_port only keeps the file valid: `deploy --transport local` without --boards picks free ports
     doc = {"boards": [{"name": name, "host": "127.0.0.1", "user": user, "device_profile": prof,
                        "python": sys.executable, "worker_port": 8500 + i} for i, name in enumerate(local_names(n))]}

@@ -68,6 +68,7 @@ SCHEMA: dict = {
         "kind": F(str, "digits", choices=("digits", "imagefolder", "npz")),
         "root": F(str, None, nullable=True),
         "distort": F(bool, False),
+        "distort_copies": F(int, 1, _num(1, 20)),  # distorted views per digit (digits + distort only)
         "test_fraction": F(float, 0.2, FRACTION),
         "fusion_fraction": F(float, 0.2, FRACTION),
         "mean": F(list, None, nullable=True),

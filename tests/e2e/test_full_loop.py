@@ -53,6 +53,16 @@ def digits_build(tmp_path_factory):
     return str(recipe), str(build)
 
 
+@pytest.fixture(scope="module")
+def local_profiles(digits_build, tmp_path_factory):
+    """profiles.json of digits_build on local-1..local-K, measured once for the tests that copy it in."""
+    from edvit_tool import profile as prof
+
+    path = str(tmp_path_factory.mktemp("profiles") / "profiles.json")
+    prof.write_profiles(prof.profile_local_many(K, digits_build[1], runs=3, warmup=1), path)
+    return path
+
+
 def _manifest(build):
     with open(os.path.join(build, "manifest.json")) as f:
         return json.load(f)
@@ -208,13 +218,17 @@ def test_demo_runs_the_loop_on_local_workers_and_stops_them(digits_build, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["deploy: local-2: ready", "infer:"])
-def test_an_interrupted_loop_still_stops_every_worker(digits_build, tmp_path, when):
+def test_an_interrupted_loop_still_stops_every_worker(digits_build, local_profiles, tmp_path, when):
     """Ctrl-C while deploy is starting workers (deployment.json not written yet) or while images are in flight:
     KeyboardInterrupt propagates and no worker of the run is left."""
+    import shutil
+
     from edvit_tool.loop import run_loop
 
     _, build = digits_build
     run = str(tmp_path / "run")
+    os.makedirs(run)
+    shutil.copy(local_profiles, run)  # reused by the loop: this test is about stopping, not measuring
     seen = []
 
     def log(message):
@@ -224,7 +238,7 @@ def test_an_interrupted_loop_still_stops_every_worker(digits_build, tmp_path, wh
 
     with pytest.raises(KeyboardInterrupt):
         run_loop(build, run, runs=3, warmup=1, log=log)
-    assert any(m.startswith(when) for m in seen)
+    assert any(m.startswith(when) for m in seen) and any(m.startswith("profile: reusing") for m in seen)
     assert _worker_pids(run) == []
     assert not [n for n in os.listdir(run) if n.startswith(".stop-")]
     if when.startswith("deploy"):
