@@ -78,6 +78,16 @@ def _schedule(opt, steps: int, lr: float, warmup_frac: float = 0.05):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def _step(model, opt, sched, loss, progress) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    if progress is not None:
+        progress(1, loss=loss.item())
+
+
 def kd_finetune(model, x: torch.Tensor, y_rel: torch.Tensor, teacher_rel: torch.Tensor | None, n_group: int,
                 steps: int, cfg: dict, device: torch.device, seed: int, progress=None, lr: float | None = None):
     """Fine-tune `model` (returns logits over n_group (+1 other)) with CE + KD; in place, returns the model."""
@@ -101,13 +111,7 @@ def kd_finetune(model, x: torch.Tensor, y_rel: torch.Tensor, teacher_rel: torch.
             kd = F.kl_div(F.log_softmax(out / temp, 1), F.log_softmax(t / temp, 1), log_target=True,
                           reduction="batchmean") * temp * temp
             loss = (1 - kd_w) * loss + kd_w * kd
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if progress is not None:
-            progress(1, loss=loss.item())
+        _step(model, opt, sched, loss, progress)
     return model.eval()
 
 
@@ -126,13 +130,7 @@ def train_classifier(model, x: torch.Tensor, y: torch.Tensor, steps: int, batch_
         pos += batch_size
         out = model(augment(x[idx], gen).to(device))
         loss = F.cross_entropy(out, y[idx].to(device), label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if progress is not None:
-            progress(1, loss=loss.item())
+        _step(model, opt, sched, loss, progress)
     return model.eval()
 
 
