@@ -854,9 +854,12 @@ def token_path(out: str) -> str:
     return stem + ".token"
 
 
-def _fusion(manifest: dict) -> dict | None:
+def _fusion(manifest: dict, variants: set[str] = frozenset()) -> dict | None:
+    """The fusion head the coordinator runs: the boards' own variant when they all run one (that is the
+    combination export measured), else onnx/fp32."""
     usable = [a for a in manifest.get("artifacts", []) if a.get("name") == "fusion" and a.get("status", "ok") == "ok"]
-    usable.sort(key=lambda a: (a["format"] != "onnx", a["quant"] != "fp32"))  # the host runs it: onnx/fp32 first
+    same = next(iter(variants)) if len(variants) == 1 else None
+    usable.sort(key=lambda a: (f"{a['format']}/{a['quant']}" != same, a["format"] != "onnx", a["quant"] != "fp32"))
     if not usable:
         return None
     a = usable[0]
@@ -891,7 +894,7 @@ def _deployment_doc(plan_path, plan, manifest, bfile, boards, release, deadline_
         "plan": os.path.abspath(plan_path),
         "boards_file": os.path.abspath(bfile) if bfile else None,
         "token_file": token_path(out),
-        "fusion": _fusion(manifest),
+        "fusion": _fusion(manifest, {v for b in boards for v in b.variants.values()}),
         "boards": entries, "replicas": replicas, "deadline_ms": deadline_ms,
         "ssh": {"known_hosts": os.path.abspath(os.path.expanduser(known_hosts)) if known_hosts else None,
                 "host_key_policy": host_key_policy, "connect_timeout": connect_timeout},

@@ -53,6 +53,13 @@ def latency_summary(ms: list) -> dict:
 
 
 def peak_rss_mb() -> float:
+    # VmHWM is this process's own peak; ru_maxrss survives execve, so a bench started from a big parent
+    # (a torch process) would report the parent's memory.
+    if os.path.exists("/proc/self/status"):  # no procfs (macOS): getrusage below
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 2)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(rss / (1 << 20) if sys.platform == "darwin" else rss / 1024, 2)  # bytes on macOS, KiB on Linux
 
