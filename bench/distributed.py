@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, REPO)
 
-from workers import start_local_workers  # noqa: E402
+from workers import export_onnx, io_spec, start_local_workers  # noqa: E402
 
 from edvit_tool.coordinator import Coordinator  # noqa: E402
 from edvit_tool.runtime.protocol import OipClient  # noqa: E402
@@ -87,8 +87,6 @@ def make_build(k: int) -> str:
     root = os.path.join(CACHE, f"vit-k{k}")
     if os.path.isfile(os.path.join(root, "manifest.json")):
         return root
-    import warnings
-
     import torch
 
     from edvit_tool.artifacts import staged_dir, write_manifest
@@ -100,15 +98,6 @@ def make_build(k: int) -> str:
     groups = [list(range(i * per, (i + 1) * per if i < k - 1 else N_CLASSES)) for i in range(k)]
     x = torch.randn(1, *SHAPE)
 
-    def export(module, example, path, inp, outs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), path, opset_version=17, dynamo=False, input_names=[inp],
-                              output_names=outs, dynamic_axes={n: {0: "batch"} for n in [inp] + outs})
-
-    def spec(name, shape):
-        return {"name": name, "shape": [-1, *shape], "dtype": "float32"}
-
     with staged_dir(root) as d:
         os.makedirs(os.path.join(d, "submodels"))
         os.makedirs(os.path.join(d, "fusion"))
@@ -117,18 +106,20 @@ def make_build(k: int) -> str:
             m = _vit(embed, heads, len(g) + 1 if k > 1 else N_CLASSES)
             rel = f"submodels/g{i}.fp32.onnx"
             print(f"  exporting {rel} for K={k} (embed {embed}, {heads} heads)", file=sys.stderr)
-            export(m, x, os.path.join(d, rel), "pixel_values", ["features", "logits"])
+            export_onnx(m, x, os.path.join(d, rel), "pixel_values", ["features", "logits"])
             n_params = sum(p.numel() for p in m.parameters())
             params += n_params
             subs.append({"name": f"g{i}", "group": i, "classes": g, "arch": {"embed_dim": embed, "num_heads": heads,
                                                                               "depth": 12}, "params": n_params,
                          "bytes": 0, "flops": 0, "feature_dim": embed, "num_outputs": len(g) + 1})
-            arts.append((f"g{i}", rel, [spec("pixel_values", SHAPE)],
-                         [spec("features", [embed]), spec("logits", [len(g) + 1 if k > 1 else N_CLASSES])]))
+            arts.append((f"g{i}", rel, [io_spec("pixel_values", SHAPE)],
+                         [io_spec("features", [embed]), io_spec("logits", [len(g) + 1 if k > 1 else N_CLASSES])]))
         fusion = torch.nn.Sequential(torch.nn.Linear(embed * k, 256), torch.nn.GELU(),
                                      torch.nn.Linear(256, N_CLASSES)).eval()
-        export(fusion, torch.zeros(1, embed * k), os.path.join(d, "fusion/fusion.fp32.onnx"), "features", ["logits"])
-        arts.append(("fusion", "fusion/fusion.fp32.onnx", [spec("features", [embed * k])], [spec("logits", [N_CLASSES])]))
+        export_onnx(fusion, torch.zeros(1, embed * k), os.path.join(d, "fusion/fusion.fp32.onnx"), "features",
+                    ["logits"])
+        arts.append(("fusion", "fusion/fusion.fp32.onnx", [io_spec("features", [embed * k])],
+                     [io_spec("logits", [N_CLASSES])]))
         artifacts = []
         for name, rel, ins, outs in arts:
             p = os.path.join(d, rel)

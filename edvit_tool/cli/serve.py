@@ -10,21 +10,16 @@ histogram, per-board up / requests / failures).
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import signal
-import socket
-import socketserver
 import sys
 import threading
-import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
 
 import click
 
 from .. import __version__
+from ..runtime import httpd
 
 log = logging.getLogger("edvit.serve")
 MODEL = "edvit"
@@ -46,39 +41,11 @@ SIGTERM / Ctrl-C: stop accepting, finish in-flight requests, exit 0.
 """
 
 
-class _HttpError(Exception):
-    def __init__(self, status: int, message: str, close: bool = False, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.close, self.headers = status, message, close, headers or {}
-
-
-class ServeState:
+class ServeState(httpd.ServerState):
     def __init__(self, coord, token: str | None, max_body: int):
+        super().__init__(token, max_body)
         self.coord = coord
-        self.token = token.encode("utf-8") if token else None
-        self.max_body = max_body
         self.names = {MODEL, str(coord.manifest.get("model", {}).get("name") or MODEL)}
-        self.draining = False
-        self.http_requests = 0
-        self.http_errors = 0
-        self._inflight = 0
-        self._cond = threading.Condition()
-
-    def enter(self):
-        with self._cond:
-            self._inflight += 1
-            self.http_requests += 1
-
-    def leave(self, ok: bool):
-        with self._cond:
-            self._inflight -= 1
-            self.http_errors += not ok
-            if not self._inflight:
-                self._cond.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._inflight == 0, timeout)
 
     def metadata(self, name: str) -> dict:
         c, h, w = self.coord.input_shape
@@ -142,71 +109,20 @@ def _num(v) -> str:
     return repr(float(v)) if isinstance(v, float) else str(int(v))
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"       # keep-alive
-    disable_nagle_algorithm = True      # TCP_NODELAY (DESIGN §6)
+class Handler(httpd.Handler):
     server_version = f"edvit-serve/{__version__}"
-    timeout = 120
+    logger = log
+    realm = "edvit-serve"
+    token_hint = "the token in the serve --token-file"
     state: ServeState
 
-    def log_request(self, code="-", size="-"):
-        pass
-
-    def log_message(self, format, *args):
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def do_GET(self):
-        self._handle("GET")
-
-    def do_POST(self):
-        self._handle("POST")
-
-    def _send(self, status, body: bytes, ctype="application/json", headers=None, close=False):
-        if close or self.state.draining:
-            self.close_connection = True
-        reason = self.responses.get(status, ("",))[0]
-        lines = [f"HTTP/1.1 {status} {reason}", f"Server: {self.server_version}", f"Content-Type: {ctype}",
-                 f"Content-Length: {len(body)}"] + [f"{k}: {v}" for k, v in (headers or {}).items()]
-        if self.close_connection:
-            lines.append("Connection: close")
-        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-
-    def _handle(self, method):
+    def _known_error(self, e: Exception) -> tuple | None:
+        from ..coordinator import NoBoardAnswered
         from ..errors import EdvitError
-        from ..runtime import protocol as oip
 
-        self.state.enter()
-        ok = False
-        try:
-            path = urlsplit(self.path).path
-            parts = [unquote(p) for p in path.strip("/").split("/")]
-            try:
-                status, body, ctype, headers = self._route(method, path, parts)
-                self._send(status, body, ctype, headers)
-                ok = status < 400
-            except _HttpError as e:
-                self._send(e.status, oip.error_body(e.message), headers=e.headers, close=e.close)
-            except oip.ProtocolError as e:
-                self._send(e.status or 400, oip.error_body(e.message))
-            except EdvitError as e:
-                from ..coordinator import NoBoardAnswered
-
-                self._send(503 if isinstance(e, NoBoardAnswered) else 400, oip.error_body(str(e)))
-            except (BrokenPipeError, ConnectionResetError):
-                raise
-            except Exception as e:  # our bug: answer 500, keep serving, keep the trace in the log
-                log.exception("%s %s failed", method, self.path)
-                self._send(500, oip.error_body(f"internal error: {type(e).__name__}: {e}"))
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        finally:
-            self.state.leave(ok)
-
-    def _authorised(self) -> bool:
-        if self.state.token is None:
-            return True
-        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("utf-8"), self.state.token)
+        if isinstance(e, EdvitError):
+            return 503 if isinstance(e, NoBoardAnswered) else 400, str(e)
+        return None
 
     def _route(self, method, path, parts):
         from ..runtime import protocol as oip
@@ -217,82 +133,47 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and parts == ["v2", "health", "ready"]:
             if not st.draining and st.coord.any_up():
                 return 200, _dumps({"ready": True, "degraded": not st.coord.ready()}), oip.JSON_TYPE, None
-            raise _HttpError(503, "not ready: " + ("shutting down" if st.draining else
-                                                   "no board is up; run `edvit-tool status`"))
-        if not self._authorised():
-            raise _HttpError(401, "missing or wrong bearer token; send 'Authorization: Bearer <token>' with the "
-                                  "token in the serve --token-file", close=method == "POST",
-                             headers={"WWW-Authenticate": 'Bearer realm="edvit-serve"'})
-        body = self._read_body() if method == "POST" else b""
+            raise httpd.HttpError(503, "not ready: " + ("shutting down" if st.draining else
+                                                        "no board is up; run `edvit-tool status`"))
+        self._authorise(method)
+        body = self._request_body(method)
         if method == "GET" and parts == ["metrics"]:
             text = metrics_text(st.coord.stats(), st).encode("utf-8")
             return 200, text, "text/plain; version=0.0.4; charset=utf-8", None
         if method == "GET" and parts == ["v2"]:
             return 200, _dumps({"name": "edvit-serve", "version": __version__,
                                          "extensions": ["binary_tensor_data"]}), oip.JSON_TYPE, None
-        if len(parts) >= 3 and parts[:2] == ["v2", "models"]:
-            name, rest = parts[2], parts[3:]
-            if len(rest) >= 2 and rest[0] == "versions":
-                if rest[1] != "1":
-                    raise _HttpError(404, f"model {name!r} has only version 1, not {rest[1]!r}")
-                rest = rest[2:]
+        model = httpd.model_path(parts)
+        if model is not None:
+            name, rest = model
             if name not in st.names:
-                raise _HttpError(404, f"unknown model {name!r}; this endpoint serves {', '.join(sorted(st.names))}")
+                raise httpd.HttpError(404, f"unknown model {name!r}; this endpoint serves "
+                                           f"{', '.join(sorted(st.names))}")
             if method == "GET" and not rest:
                 return 200, _dumps(st.metadata(name)), oip.JSON_TYPE, None
             if method == "GET" and rest == ["ready"]:
                 if not st.coord.any_up():
-                    raise _HttpError(503, "no board is up; run `edvit-tool status`")
+                    raise httpd.HttpError(503, "no board is up; run `edvit-tool status`")
                 return 200, b'{"ready":true}', oip.JSON_TYPE, None
             if method == "POST" and rest == ["infer"]:
                 return self._infer(name, body)
-        raise _HttpError(404, f"no route {method} {path}; OIP v2 routes live under /v2, metrics at /metrics")
+        raise httpd.HttpError(404, f"no route {method} {path}; OIP v2 routes live under /v2, metrics at /metrics")
 
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding"):
-            raise _HttpError(411, "chunked request bodies are not supported; send Content-Length", close=True)
-        length = self.headers.get("Content-Length")
-        try:
-            n = int(length) if length is not None else -1
-        except ValueError:
-            n = -1
-        if n < 0:
-            raise _HttpError(411, "a non-negative Content-Length is required", close=True)
-        cap = self.state.max_body
-        if n > cap:
-            raise _HttpError(413, f"body is {n} bytes, the limit is {cap} (--max-body-mb); send fewer images "
-                                  "per request", close=True)
-        body = self.rfile.read(n)
-        if len(body) != n:
-            raise _HttpError(400, f"body ended after {len(body)} of {n} bytes", close=True)
-        enc = (self.headers.get("Content-Encoding") or "identity").lower()
-        if enc == "identity":
-            return body
-        if enc not in ("gzip", "deflate"):
-            raise _HttpError(415, f"Content-Encoding {enc!r} is not supported; use gzip, deflate or none")
-        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS if enc == "gzip" else zlib.MAX_WBITS)
-        try:
-            out = d.decompress(body, cap + 1)  # bounded: a small bomb must not inflate past the cap
-        except zlib.error as e:
-            raise _HttpError(400, f"body is not valid {enc} ({e})") from None
-        if len(out) > cap:
-            raise _HttpError(413, f"decompressed body exceeds the limit of {cap} bytes (--max-body-mb)")
-        return out
-
-    def _infer(self, name: str, body: bytes):
+    def _infer(self, name: str, body):
         import numpy as np
 
         from ..runtime import protocol as oip
 
         coord = self.state.coord
-        req = oip.decode_request(body, self.headers.get(oip.HEADER_LENGTH))
+        req = self._decode_request(body)
         if set(req.inputs) != {coord.input_name}:
             c, h, w = coord.input_shape
-            raise _HttpError(400, f"inputs are {sorted(req.inputs)}; model {name} takes exactly one input "
-                                  f"{coord.input_name!r} FP32 [B, {c}, {h}, {w}]")
+            raise httpd.HttpError(400, f"inputs are {sorted(req.inputs)}; model {name} takes exactly one input "
+                                       f"{coord.input_name!r} FP32 [B, {c}, {h}, {w}]")
         x = req.inputs[coord.input_name]
         if x.dtype != np.float32:
-            raise _HttpError(400, f"input {coord.input_name!r}: datatype {oip.datatype_of(x.dtype)}, expected FP32")
+            raise httpd.HttpError(400, f"input {coord.input_name!r}: datatype {oip.datatype_of(x.dtype)}, "
+                                       "expected FP32")
         wanted = req.wanted(list(OUTPUTS))
         res = coord.run(x)
         outs = {"logits": res.logits, "probabilities": res.probabilities,
@@ -307,24 +188,15 @@ class Handler(BaseHTTPRequestHandler):
         return 200, payload, oip.BINARY_TYPE, headers
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+class Server(httpd.Server):
     request_queue_size = 128
-
-    def server_bind(self):
-        # skip HTTPServer's getfqdn(): a DNS lookup that can stall start-up for seconds
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
 
 
 def make_server(host: str, port: int, state: ServeState) -> Server:
     from ..errors import EdvitError
 
-    handler = type("BoundHandler", (Handler,), {"state": state})
-    cls = type("BoundServer", (Server,), {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
     try:
-        return cls((host, port), handler)
+        return httpd.bind(host, port, Handler, state, Server)
     except OSError as e:
         raise EdvitError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick a free --port or an address "
                          "this machine has") from None

@@ -118,6 +118,11 @@ def load(build_dir: str) -> dict:
     path = os.path.join(build_dir, MANIFEST_NAME)
     if not os.path.isfile(path):
         raise ManifestError(f"{path}: not found; is {build_dir} a build directory made by `edvit-tool compile`?")
+    return _read_checked(path)
+
+
+def _read_checked(path: str) -> dict:
+    """Parse the manifest file at `path` and schema-check it; ManifestError listing every problem."""
     try:
         with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
@@ -183,15 +188,7 @@ def load_path(path: str) -> tuple:
         return load(build_dir), build_dir
     if not os.path.isfile(path):
         raise ManifestError(f"{path}: not found; pass a build directory or its manifest.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ManifestError(f"{path}: not valid JSON ({e}); rebuild or restore it") from None
-    problems = validate(manifest)
-    if problems:
-        raise ManifestError(f"{path}: " + "; ".join(problems))
-    return manifest, build_dir
+    return _read_checked(path), build_dir
 
 
 def parse_variant(text: str) -> tuple:

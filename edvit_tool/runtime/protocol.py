@@ -154,6 +154,21 @@ def _tensors(items, binary: memoryview, kind: str) -> dict:
 
 # ---- requests ----------------------------------------------------------------------------------------------
 
+def _encode_tensors(arrays: dict, is_binary) -> tuple:
+    """{name: array} -> (OIP tensor entries, binary blobs in order); is_binary(name): send that one as binary."""
+    tensors, blobs = [], []
+    for name, arr in arrays.items():
+        arr = _le(np.asarray(arr))
+        t = {"name": name, "shape": list(arr.shape), "datatype": datatype_of(arr.dtype)}
+        if is_binary(name):
+            blobs.append(memoryview(arr.reshape(-1)).cast("B") if arr.size else b"")  # no copy
+            t["parameters"] = {"binary_data_size": arr.nbytes}
+        else:
+            t["data"] = arr.ravel().tolist()
+        tensors.append(t)
+    return tensors, blobs
+
+
 def encode_request(inputs: dict, outputs=None, binary: bool = True, binary_outputs: bool | None = None,
                    request_id: str | None = None) -> tuple:
     """{name: array} -> (body bytes, header length or None). outputs: names to return (None = all).
@@ -171,18 +186,7 @@ def encode_request_parts(inputs: dict, outputs=None, binary: bool = True, binary
     req: dict = {}
     if request_id:
         req["id"] = request_id
-    tensors, blobs = [], []
-    for name, arr in inputs.items():
-        arr = _le(np.asarray(arr))
-        t = {"name": name, "shape": list(arr.shape), "datatype": datatype_of(arr.dtype)}
-        if binary:
-            raw = memoryview(arr.reshape(-1)).cast("B") if arr.size else b""  # no copy
-            t["parameters"] = {"binary_data_size": arr.nbytes}
-            blobs.append(raw)
-        else:
-            t["data"] = arr.ravel().tolist()
-        tensors.append(t)
-    req["inputs"] = tensors
+    req["inputs"], blobs = _encode_tensors(inputs, lambda name: binary)
     if outputs is None:
         if binary_outputs:
             req["parameters"] = {"binary_data_output": True}
@@ -255,18 +259,8 @@ def encode_response(model_name: str, outputs: dict, binary, model_version: str =
     res: dict = {"model_name": model_name, "model_version": model_version}
     if request_id:
         res["id"] = request_id
-    tensors, blobs = [], []
-    for name, arr in outputs.items():
-        arr = _le(np.asarray(arr))
-        t = {"name": name, "datatype": datatype_of(arr.dtype), "shape": list(arr.shape)}
-        if binary.get(name, False) if isinstance(binary, dict) else binary:
-            raw = arr.tobytes()
-            t["parameters"] = {"binary_data_size": len(raw)}
-            blobs.append(raw)
-        else:
-            t["data"] = arr.ravel().tolist()
-        tensors.append(t)
-    res["outputs"] = tensors
+    res["outputs"], blobs = _encode_tensors(
+        outputs, (lambda name: binary.get(name, False)) if isinstance(binary, dict) else (lambda name: binary))
     header = _json_dumps(res)
     if not blobs:
         return header, None

@@ -20,24 +20,17 @@ from __future__ import annotations
 
 import argparse
 import collections
-import hmac
 import json
 import logging
 import os
 import signal
-import socket
-import socketserver
 import sys
 import threading
 import time
-import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
-
-import numpy as np
 
 from .. import __version__
 from . import backends
+from . import httpd
 from . import manifest as mf
 from . import protocol as oip
 
@@ -48,12 +41,6 @@ _PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "litert": "tensorflow_lite", "t
 
 class WorkerError(Exception):
     """Startup failed for a reason the user can fix; exit 2 with this message."""
-
-
-class _HttpError(Exception):
-    def __init__(self, status: int, message: str, close: bool = False, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.close, self.headers = status, message, close, headers or {}
 
 
 class ServedModel:
@@ -107,27 +94,27 @@ class ServedModel:
                 "parameters": params}
 
     def validate(self, inputs: dict) -> None:
-        """Names, datatypes and shapes against the manifest; _HttpError(400) naming the tensor otherwise."""
+        """Names, datatypes and shapes against the manifest; httpd.HttpError(400) naming the tensor otherwise."""
         declared = {t["name"]: t for t in self.inputs}
         for name in inputs:
             if name not in declared:
-                raise _HttpError(400, f"unknown input {name!r}; model {self.name} takes {_describe(self.inputs)}")
+                raise httpd.HttpError(400, f"unknown input {name!r}; model {self.name} takes {_describe(self.inputs)}")
         batches = set()
         for name, t in declared.items():
             if name not in inputs:
-                raise _HttpError(400, f"missing input {name!r}; model {self.name} takes {_describe(self.inputs)}")
+                raise httpd.HttpError(400, f"missing input {name!r}; model {self.name} takes {_describe(self.inputs)}")
             arr, want = inputs[name], t.get("dtype", "float32")
             if arr.dtype != want:
-                raise _HttpError(400, f"input {name!r}: datatype {oip.datatype_of(arr.dtype)}, expected "
+                raise httpd.HttpError(400, f"input {name!r}: datatype {oip.datatype_of(arr.dtype)}, expected "
                                       f"{oip.datatype_of(want)}")
             shape = list(t["shape"])
             if (arr.ndim != len(shape) or arr.ndim == 0 or arr.shape[0] < 1
                     or any(d > 0 and d != a for a, d in zip(arr.shape[1:], shape[1:]))):
-                raise _HttpError(400, f"input {name!r}: shape {list(arr.shape)}, expected {shape} "
+                raise httpd.HttpError(400, f"input {name!r}: shape {list(arr.shape)}, expected {shape} "
                                       "(first dim = batch, any size >= 1)")
             batches.add(arr.shape[0])
         if len(batches) > 1:
-            raise _HttpError(400, f"inputs disagree on the batch size: {sorted(batches)}")
+            raise httpd.HttpError(400, f"inputs disagree on the batch size: {sorted(batches)}")
 
 
 def _describe(specs: list) -> str:
@@ -143,31 +130,13 @@ def _median(values: list):
     return round(values[mid] if n % 2 else (values[mid - 1] + values[mid]) / 2, 4)
 
 
-class WorkerState:
+class WorkerState(httpd.ServerState):
     def __init__(self, models: dict, token: str, max_body: int):
+        super().__init__(token, max_body)
         self.models = models
-        self.token = token.encode("utf-8")
-        self.max_body = max_body
-        self.draining = False
-        self._inflight = 0
-        self._cond = threading.Condition()
 
     def ready(self) -> bool:
         return all(m.model is not None for m in self.models.values())
-
-    def enter(self) -> None:
-        with self._cond:
-            self._inflight += 1
-
-    def leave(self) -> None:
-        with self._cond:
-            self._inflight -= 1
-            if not self._inflight:
-                self._cond.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._inflight == 0, timeout)
 
 
 class _Headers(dict):
@@ -180,21 +149,14 @@ class _Headers(dict):
 _SINGLE = ("content-length", "authorization", "transfer-encoding", oip.HEADER_LENGTH.lower())
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"       # keep-alive
-    disable_nagle_algorithm = True      # TCP_NODELAY: ~40 ms per request without it (DESIGN §6)
+class Handler(httpd.Handler):
     server_version = f"edvit-worker/{__version__}"
-    timeout = 120                       # an idle keep-alive connection is dropped after this many seconds
+    logger = log
+    realm = "edvit-worker"
+    token_hint = "the token from deployment.json"
     state: WorkerState                  # set on the subclass made by make_server
     _served: ServedModel | None = None  # per request: the model an infer hit (for its stats)
     _infer_ms: float | None = None
-
-    # -- plumbing --------------------------------------------------------------------------------------------
-    def log_request(self, code="-", size="-"):
-        pass  # one line per request is written by _handle, with the time taken
-
-    def log_message(self, format, *args):
-        log.debug("%s %s", self.address_string(), format % args)
 
     def parse_request(self) -> bool:
         """Lean HTTP/1.x request-line and header parsing.
@@ -247,68 +209,12 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for this before large bodies
         return True
 
-    def do_GET(self):
-        self._handle("GET")
-
-    def do_POST(self):
-        self._handle("POST")
-
-    def _send(self, status: int, body: bytes, content_type: str = oip.JSON_TYPE, headers: dict | None = None,
-              close: bool = False) -> None:
-        if close or self.state.draining:
-            self.close_connection = True
-        reason = self.responses.get(status, ("",))[0]
-        lines = [f"HTTP/1.1 {status} {reason}", f"Server: {self.server_version}",
-                 f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        if self.close_connection:
-            lines.append("Connection: close")
-        elif self.request_version == "HTTP/1.0":
-            lines.append("Connection: keep-alive")
-        # one write: status line, headers and body leave in a single segment where they fit
-        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-
-    def _handle(self, method: str) -> None:
-        t0 = time.perf_counter()
-        self.state.enter()
-        status, ready = 500, None
-        try:
-            path = urlsplit(self.path).path
-            parts = [unquote(p) for p in path.strip("/").split("/")]
-            try:
-                status, body, ctype, headers = self._route(method, path, parts)
-                ready = time.perf_counter()  # stats time the worker's own work, not the client's reading
-                self._send(status, body, ctype, headers)
-            except _HttpError as e:
-                status = e.status
-                self._send(e.status, oip.error_body(e.message), headers=e.headers, close=e.close)
-            except oip.ProtocolError as e:
-                status = e.status or 400
-                self._send(status, oip.error_body(e.message))
-            except (BrokenPipeError, ConnectionResetError):
-                raise
-            except Exception as e:  # a bug or an interpreter failure: answer 500, keep serving, keep the trace
-                log.exception("%s %s failed", method, self.path)
-                status = 500
-                self._send(500, oip.error_body(f"internal error: {type(e).__name__}: {e}"))
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client went away mid-answer; nothing to tell it
-            status = 499
-        finally:
-            done = time.perf_counter()
-            ms = (done - t0) * 1000
-            if self._served is not None:
-                self._served.record(status == 200, ((ready or done) - t0) * 1000, self._infer_ms)
-            self._served = self._infer_ms = None
-            self.state.leave()
-            log.debug("%s %s %d %.2fms", method, self.path, status, ms)
+    def _finished(self, method: str, status: int, t0: float, ready: float | None) -> None:
+        if self._served is not None:
+            self._served.record(status == 200, ((ready or time.perf_counter()) - t0) * 1000, self._infer_ms)
+        self._served = self._infer_ms = None
 
     # -- routing ---------------------------------------------------------------------------------------------
-    def _authorised(self) -> bool:
-        got = self.headers.get("Authorization", "")
-        scheme, _, token = got.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode("utf-8"), self.state.token)
-
     def _route(self, method: str, path: str, parts: list) -> tuple:
         st = self.state
         if method == "GET" and parts == ["v2", "health", "live"]:
@@ -316,96 +222,35 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and parts == ["v2", "health", "ready"]:
             if st.ready() and not st.draining:
                 return 200, b'{"ready":true}', oip.JSON_TYPE, None
-            raise _HttpError(503, "not ready: " + ("shutting down" if st.draining else "loading models"))
-        if not self._authorised():
-            # the body (if any) is left unread, so this connection cannot be reused
-            raise _HttpError(401, "missing or wrong bearer token; send 'Authorization: Bearer <token>' with the "
-                                  "token from deployment.json", close=method == "POST",
-                             headers={"WWW-Authenticate": 'Bearer realm="edvit-worker"'})
-        if method != "POST" and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
-            self.close_connection = True  # a GET with a body: we do not read it, so this connection is done
-        body = self._read_body() if method == "POST" else b""
+            raise httpd.HttpError(503, "not ready: " + ("shutting down" if st.draining else "loading models"))
+        self._authorise(method)
+        body = self._request_body(method)
         if parts == ["v2"] and method == "GET":
             return 200, oip._json_dumps({"name": "edvit-worker", "version": __version__,
                                          "extensions": ["binary_tensor_data"]}), oip.JSON_TYPE, None
-        if len(parts) >= 3 and parts[:2] == ["v2", "models"]:
-            name, rest = parts[2], parts[3:]
-            if len(rest) >= 2 and rest[0] == "versions":
-                if rest[1] != "1":
-                    raise _HttpError(404, f"model {name!r} has only version 1, not {rest[1]!r}")
-                rest = rest[2:]
+        model = httpd.model_path(parts)
+        if model is not None:
+            name, rest = model
             served = st.models.get(name)
             if served is None:
-                raise _HttpError(404, f"unknown model {name!r}; this worker serves {', '.join(st.models)}")
+                raise httpd.HttpError(404, f"unknown model {name!r}; this worker serves {', '.join(st.models)}")
             if method == "GET" and not rest:
                 return 200, oip._json_dumps(served.metadata()), oip.JSON_TYPE, None
             if method == "GET" and rest == ["ready"]:
                 if served.model is None:
-                    raise _HttpError(503, f"model {name!r} is still loading")
+                    raise httpd.HttpError(503, f"model {name!r} is still loading")
                 return 200, b'{"ready":true}', oip.JSON_TYPE, None
             if method == "GET" and rest == ["stats"]:
                 return 200, oip._json_dumps(served.stats()), oip.JSON_TYPE, None
             if method == "POST" and rest == ["infer"]:
                 self._served = served
                 return self._infer(served, body)
-        raise _HttpError(404, f"no route {method} {path}; OIP v2 routes live under /v2")
-
-    def _read_body(self):
-        """The request body: bytes, or (JSON header bytes, binary part as a uint8 array) for binary tensors."""
-        if self.headers.get("Transfer-Encoding"):
-            raise _HttpError(411, "chunked request bodies are not supported; send Content-Length", close=True)
-        length = self.headers.get("Content-Length")
-        if length is None:
-            raise _HttpError(411, "Content-Length is required", close=True)
-        try:
-            n = int(length)
-        except ValueError:
-            n = -1
-        if n < 0:
-            raise _HttpError(400, f"Content-Length must be a non-negative integer, got {length!r}", close=True)
-        cap = self.state.max_body
-        if n > cap:
-            raise _HttpError(413, f"body is {n} bytes, the limit is {cap} (--max-body-mb); send fewer images "
-                                  "per request", close=True)
-        encoding = (self.headers.get("Content-Encoding") or "identity").lower()
-        hlen = self.headers.get(oip.HEADER_LENGTH, "")
-        if encoding == "identity" and hlen.isdigit() and 0 < int(hlen) < n:
-            # binary tensors: JSON header, then the tensor bytes read straight into a fresh (aligned) numpy
-            # buffer, so the interpreter gets aligned input without another copy of the body
-            header = self.rfile.read(int(hlen))
-            binary = np.empty(n - int(hlen), dtype=np.uint8)
-            view, got = memoryview(binary), 0
-            while len(header) == int(hlen) and got < len(view):
-                r = self.rfile.readinto(view[got:])
-                if not r:
-                    break
-                got += r
-            if len(header) + got != n:
-                raise _HttpError(400, f"body ended after {len(header) + got} of {n} bytes", close=True)
-            return header, binary
-        body = self.rfile.read(n)
-        if len(body) != n:
-            raise _HttpError(400, f"body ended after {len(body)} of {n} bytes", close=True)
-        if encoding == "identity":
-            return body
-        if encoding not in ("gzip", "deflate"):
-            raise _HttpError(415, f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or none")
-        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
-        try:
-            out = d.decompress(body, cap + 1)  # bounded: a small bomb must not inflate past the cap
-        except zlib.error as e:
-            raise _HttpError(400, f"body is not valid {encoding} ({e})") from None
-        if len(out) > cap:
-            raise _HttpError(413, f"decompressed body exceeds the limit of {cap} bytes (--max-body-mb)")
-        return out
+        raise httpd.HttpError(404, f"no route {method} {path}; OIP v2 routes live under /v2")
 
     def _infer(self, served: ServedModel, body) -> tuple:
         if served.model is None:
-            raise _HttpError(503, f"model {served.name!r} is still loading")
-        if isinstance(body, tuple):
-            req = oip.decode_request(body[0], binary=body[1])
-        else:
-            req = oip.decode_request(body, self.headers.get(oip.HEADER_LENGTH))
+            raise httpd.HttpError(503, f"model {served.name!r} is still loading")
+        req = self._decode_request(body)
         served.validate(req.inputs)
         wanted = req.wanted([t["name"] for t in served.outputs])
         t0 = time.perf_counter()
@@ -419,23 +264,9 @@ class Handler(BaseHTTPRequestHandler):
         return 200, payload, oip.BINARY_TYPE, {oip.HEADER_LENGTH: hlen}
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True          # idle keep-alive connections must not block exit
-    block_on_close = False         # in-flight requests are drained by WorkerState.wait_idle instead
-    request_queue_size = 64
-
-    def server_bind(self):
-        # HTTPServer.server_bind calls socket.getfqdn(), a DNS lookup that can stall a board for seconds
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-
-def make_server(host: str, port: int, state: WorkerState) -> Server:
-    handler = type("BoundHandler", (Handler,), {"state": state})
-    server_cls = type("BoundServer", (Server,), {"address_family": socket.AF_INET6 if ":" in host
-                                                 else socket.AF_INET})
+def make_server(host: str, port: int, state: WorkerState) -> httpd.Server:
     try:
-        return server_cls((host, port), handler)
+        return httpd.bind(host, port, Handler, state)
     except OSError as e:
         raise WorkerError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick a free port or an address "
                           "this board has") from None

@@ -55,25 +55,31 @@ def _modules(n_out: int, seed: int):
     return Sub().eval()
 
 
-def make_coord_build(root: str) -> str:
-    """Write (once: skipped when root/manifest.json exists) a real build: g0..g2 + fusion ONNX, eval.npz."""
-    if os.path.isfile(os.path.join(root, "manifest.json")):
-        return root
+def export_onnx(module, example, path, inp: str, outs: list) -> None:
+    """One-input ONNX file (opset 17, dynamic batch on every tensor); torch's tracer warnings silenced."""
     import warnings
 
     import torch
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), path, opset_version=17, dynamo=False, input_names=[inp],
+                          output_names=outs, dynamic_axes={n: {0: "batch"} for n in [inp] + outs})
+
+
+def io_spec(name: str, shape) -> dict:
+    """A manifest tensor spec: float32, batch dim -1 before `shape`."""
+    return {"name": name, "shape": [-1, *shape], "dtype": "float32"}
+
+
+def make_coord_build(root: str) -> str:
+    """Write (once: skipped when root/manifest.json exists) a real build: g0..g2 + fusion ONNX, eval.npz."""
+    if os.path.isfile(os.path.join(root, "manifest.json")):
+        return root
+    import torch
+
     from edvit_tool.artifacts import staged_dir, write_manifest
     from edvit_tool.runtime.manifest import sha256_file
-
-    def export(module, example, path, inp, outs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), path, opset_version=17, dynamo=False, input_names=[inp],
-                              output_names=outs, dynamic_axes={n: {0: "batch"} for n in [inp] + outs})
-
-    def spec(name, shape):
-        return {"name": name, "shape": [-1, *shape], "dtype": "float32"}
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N_EVAL,) + SHAPE).astype(np.float32)
@@ -84,19 +90,19 @@ def make_coord_build(root: str) -> str:
         for i, g in enumerate(GROUPS):
             m = _modules(len(g) + 1, seed=i)
             rel = f"submodels/g{i}.fp32.onnx"
-            export(m, torch.from_numpy(x[:1]), os.path.join(d, rel), "pixel_values", ["features", "logits"])
+            export_onnx(m, torch.from_numpy(x[:1]), os.path.join(d, rel), "pixel_values", ["features", "logits"])
             with torch.no_grad():
                 feats.append(m(torch.from_numpy(x))[0])
             subs.append({"name": f"g{i}", "group": i, "classes": g, "arch": {}, "params": 0, "bytes": 0,
                          "flops": 0, "feature_dim": FEAT, "num_outputs": len(g) + 1})
-            arts.append((f"g{i}", rel, [spec("pixel_values", SHAPE)],
-                         [spec("features", [FEAT]), spec("logits", [len(g) + 1])]))
+            arts.append((f"g{i}", rel, [io_spec("pixel_values", SHAPE)],
+                         [io_spec("features", [FEAT]), io_spec("logits", [len(g) + 1])]))
         torch.manual_seed(7)
         fusion = torch.nn.Sequential(torch.nn.Linear(FEAT * len(GROUPS), 16), torch.nn.GELU(),
                                      torch.nn.Linear(16, len(CLASSES))).eval()
-        export(fusion, torch.cat(feats, 1)[:1], os.path.join(d, "fusion/fusion.fp32.onnx"), "features", ["logits"])
-        arts.append(("fusion", "fusion/fusion.fp32.onnx", [spec("features", [FEAT * len(GROUPS)])],
-                     [spec("logits", [len(CLASSES)])]))
+        export_onnx(fusion, torch.cat(feats, 1)[:1], os.path.join(d, "fusion/fusion.fp32.onnx"), "features", ["logits"])
+        arts.append(("fusion", "fusion/fusion.fp32.onnx", [io_spec("features", [FEAT * len(GROUPS)])],
+                     [io_spec("logits", [len(CLASSES)])]))
         with torch.no_grad():
             pred = fusion(torch.cat(feats, 1)).argmax(1).numpy()
         # labels: the model's own prediction for 3/4 of the images, a shifted class for the rest (accuracy 0.75)

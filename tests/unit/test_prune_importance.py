@@ -1,28 +1,18 @@
 """Importance criteria: shapes, hook hygiene, and class-conditional Taylor scores on a briefly trained ViT."""
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
+
+from prune_models import make_vit as _make_vit
+from prune_models import one_thread  # noqa: F401  (autouse fixture)
 
 from edvit_tool.errors import DataError, RecipeError
 from edvit_tool.prune.importance import CRITERIA, Importance, compute_importance, register_criterion
 from edvit_tool.prune.surgery import KeepPlan, apply_keep
 
-BASE = dict(img_size=16, patch_size=4, in_chans=1, num_classes=4, embed_dim=48, depth=3, num_heads=3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add contention (10-25x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make_vit(**kw):
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**BASE, **kw}).eval()
+    return _make_vit(**{"num_classes": 4, **kw})
 
 
 TEMPLATES = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(42))

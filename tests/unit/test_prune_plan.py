@@ -1,34 +1,21 @@
 """Budget planning: exact analytic parameter counts, hitting a parameter target, keep ratios, determinism."""
 import pytest
-import timm
 import torch
+
+from prune_models import make_vit
+from prune_models import one_thread  # noqa: F401  (autouse fixture)
 
 from edvit_tool.errors import ModelError, RecipeError
 from edvit_tool.prune.importance import Importance
 from edvit_tool.prune.plan import arch_spec, params_of_arch, plan_keep
 from edvit_tool.prune.surgery import KeepPlan, apply_keep, count_params, vit_arch
 
-BASE = dict(img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=48, depth=3, num_heads=3)
 VARIANTS = [
     {},
     dict(qkv_bias=False, proj_bias=False),
     dict(reg_tokens=1, init_values=1e-5, qk_norm=True),
     dict(global_pool="avg", class_token=False, pre_norm=True, no_embed_class=True, norm_layer="rmsnorm"),
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add contention (10-25x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def make_vit(**kw):
-    torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**BASE, **kw}).eval()
 
 
 def random_importance(model, seed=0):

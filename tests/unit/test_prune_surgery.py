@@ -7,6 +7,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from prune_models import BASE, NAME
+from prune_models import make_vit as _make_vit
+from prune_models import one_thread  # noqa: F401  (autouse fixture)
+
 from edvit_tool.errors import CheckpointError, ModelError
 from edvit_tool.prune.plan import params_of_arch
 from edvit_tool.prune.surgery import (
@@ -14,8 +18,6 @@ from edvit_tool.prune.surgery import (
     estimate_flops, group_head_init, mask_heads, mask_mlp, replace_head, vit_arch,
 )
 
-NAME = "vit_tiny_patch16_224"
-BASE = dict(img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=48, depth=3, num_heads=3)
 VARIANTS = {
     "plain": {},
     "no_qkv_bias": dict(qkv_bias=False),
@@ -25,18 +27,8 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add contention (10-25x slower on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_vit(**kw):
-    torch.manual_seed(0)
-    model = timm.create_model(NAME, pretrained=False, **{**BASE, **kw}).eval()
+    model = _make_vit(**kw)
     with torch.no_grad():  # timm zero-inits some biases / tokens; randomise so slicing errors are visible
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
