@@ -6,7 +6,7 @@
         port: 22                   # SSH port (default 22)
         user: pi
         identity: ~/.ssh/id_ed25519   # optional key file; ~ expanded, relative paths from this file's dir
-        device_profile: pi4b       # a device_profiles/ name or a YAML path (memory budget, cores, ...)
+        device_profile: rpi4b       # a device_profiles/ name or a YAML path (memory budget, cores, ...)
         python: python3            # interpreter on the board (default: the device profile's, else python3)
         address: 10.0.0.21         # optional: address the worker binds to / is reached at (default = host)
         worker_port: 8500          # optional (default 8500)
