@@ -64,3 +64,36 @@ class Bars:
 def maybe_bars(enabled: bool):
     with Bars(enabled) as bars:
         yield bars
+
+
+class BoardProgress:
+    """One rich row per board on a terminal (stderr); without one, plain `board: message` lines — every step,
+    or only the final ones ("done"/"failed") when `plain_steps` is False."""
+
+    def __init__(self, enabled: bool, plain_steps: bool = True):
+        self.enabled, self.plain_steps = enabled, plain_steps
+        self._progress = None
+        self._tasks = {}
+
+    def __enter__(self):
+        if self.enabled and sys.stderr.isatty():
+            self._progress = Progress(TextColumn("{task.fields[board]:<24}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.description}"), TimeElapsedColumn(),
+                                      console=console, transient=True)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def update(self, board: str, message: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._progress is None:
+            if self.plain_steps or message in ("done", "failed"):
+                console.print(f"{board}: {message}", highlight=False, markup=False)
+            return
+        if board not in self._tasks:
+            self._tasks[board] = self._progress.add_task(message, total=total, board=board)
+        self._progress.update(self._tasks[board], description=message, completed=done, total=total)

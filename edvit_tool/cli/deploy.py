@@ -6,39 +6,7 @@ import sys
 
 import click
 
-
-class _Progress:
-    """One rich row per board on a terminal (stderr); a plain line per step otherwise."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._progress = None
-        self._tasks = {}
-
-    def __enter__(self):
-        if self.enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(TextColumn("{task.fields[board]:<20}"), BarColumn(),
-                                      TextColumn("{task.description}"), TimeElapsedColumn(),
-                                      console=Console(stderr=True), transient=True)
-            self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-
-    def update(self, board: str, message: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self._progress is None:
-            click.echo(f"{board}: {message}", err=True)
-            return
-        if board not in self._tasks:
-            self._tasks[board] = self._progress.add_task(message, total=total, board=board)
-        self._progress.update(self._tasks[board], description=message, completed=done, total=total)
+from ..progress import BoardProgress
 
 
 def print_boards(doc: dict) -> None:
@@ -98,7 +66,7 @@ def command(plan_path, boards_file, transport, out, deadline_ms, timeout_s, know
 
     from ..deploy import deploy
 
-    with _Progress(enabled=not as_json) as progress:
+    with BoardProgress(enabled=not as_json) as progress:
         doc = deploy(plan_path, boards_file, transport=transport, out=out, deadline_ms=deadline_ms,
                      timeout_s=timeout_s, known_hosts=known_hosts, host_key_policy=host_key_policy,
                      connect_timeout=connect_timeout, python=python, progress=progress.update)

@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from ..progress import BoardProgress
+
 EPILOG = """\b
 Examples:
   edvit-tool profile --host pi@10.0.0.21 --host pi@10.0.0.22:2222 --build build/
@@ -74,13 +76,13 @@ def command(hosts, names, boards_file, local_n, build_dir, artifacts, runs, warm
         if show:
             click.echo(f"local-1..local-{local_n} are all THIS machine ({py}), measured one after another: the "
                        "figures describe this machine, not a board", err=True)
-        with _Progress(enabled=show) as progress:
+        with BoardProgress(enabled=show, plain_steps=False) as progress:
             doc = prof.profile_local_many(local_n, build_dir, artifacts=_split(artifacts), runs=runs,
                                           warmup=warmup, threads=threads or 1, python=py,
                                           progress=progress.update, bench_timeout=bench_timeout)
     else:
         targets = _targets(hosts, names, boards_file, identity, python, threads)
-        with _Progress(enabled=show) as progress:
+        with BoardProgress(enabled=show, plain_steps=False) as progress:
             doc = prof.profile_many(targets, build_dir, artifacts=_split(artifacts), runs=runs, warmup=warmup,
                                     threads=threads or 1, identity=identity, known_hosts=known_hosts,
                                     python=python or "python3", progress=progress.update,
@@ -137,42 +139,6 @@ def _targets(hosts, names, boards_file, identity, python, threads) -> list[dict]
                 t["threads"] = b.threads
             targets.append(t)
     return targets
-
-
-class _Progress:
-    """One rich progress row per board on a terminal (stderr); plain status lines otherwise."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._progress = None
-        self._tasks = {}
-        self._last = {}
-
-    def __enter__(self):
-        if self.enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(TextColumn("{task.fields[board]:<24}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.description}"), TimeElapsedColumn(),
-                                      console=Console(stderr=True), transient=True)
-            self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-
-    def update(self, board: str, message: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self._progress is None:
-            if message in ("done", "failed"):
-                click.echo(f"{board}: {message}", err=True)
-            return
-        if board not in self._tasks:
-            self._tasks[board] = self._progress.add_task(message, total=total, board=board)
-        self._progress.update(self._tasks[board], description=message, completed=done, total=total)
 
 
 def _fmt(v, spec=".2f") -> str:
