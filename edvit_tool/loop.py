@@ -85,7 +85,7 @@ def assign_plan(build_dir: str, profiles_path: str, boards_file: str, plan_path:
     makespan beside it (None when greedy gets stuck)."""
     from . import assign as A
     from .artifacts import load_manifest
-    from .cli.assign import build_plan_doc
+    from .assign import build_plan_doc
     from .config.boards import boards_from_yaml
 
     manifest = load_manifest(build_dir)

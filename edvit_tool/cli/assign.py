@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-PLAN_SCHEMA_VERSION = 1
 
 
 def _read_json(path: str, what: str, fix: str):
@@ -20,43 +19,6 @@ def _read_json(path: str, what: str, fix: str):
             return json.load(f)
     except (OSError, ValueError) as e:
         raise ArtifactError(f"{path}: {what} is not valid JSON ({e}); {fix}") from None
-
-
-def build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer) -> dict:
-    import os
-
-    from ..runtime import manifest as mf
-
-    by_name = {b.name: b for b in boards}
-    placements = []
-    for s in costs.submodels:
-        for d in exact.assignment[s]:
-            ch = costs.choices[(s, d)]
-            art = ch.artifact
-            placements.append({"submodel": s, "board": d, "artifact": art["file"], "format": art["format"],
-                               "quant": art["quant"], "sha256": art["sha256"], "bytes": art["bytes"],
-                               "predicted_ms": round(ch.latency_ms, 4), "memory_mb": round(ch.memory_mb, 2),
-                               "estimated": ch.estimated, **({"note": ch.note} if ch.note else {})})
-    used = [d for d in costs.boards if any(p["board"] == d for p in placements)]
-    return {
-        "schema_version": PLAN_SCHEMA_VERSION,
-        "build": {"path": os.path.abspath(build_dir),
-                  "manifest_sha256": mf.sha256_file(os.path.join(build_dir, mf.MANIFEST_NAME))},
-        "boards_file": os.path.abspath(boards_file),
-        "objective": "makespan",
-        "replicas": replicas,
-        "bandwidth_mbps": bandwidth_mbps,
-        "solver": exact.solver,
-        "optimal": exact.optimal,
-        "makespan_ms": round(exact.makespan_ms, 4),
-        "greedy_makespan_ms": None if greedy is None else round(greedy.makespan_ms, 4),
-        "placements": placements,
-        "boards": {d: by_name[d].to_dict() | {"predicted_ms": round(exact.per_board_ms[d], 4),
-                                              "transfer_ms": round(transfer[d], 4),
-                                              "memory_mb": round(exact.memory_mb[d], 2)} for d in used},
-        "unused_boards": [d for d in costs.boards if d not in used],
-        "notes": list(costs.notes),
-    }
 
 
 def _write_atomic(path: str, doc: dict) -> None:
@@ -164,6 +126,8 @@ def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidt
         greedy = A.solve_greedy(costs.submodels, costs.boards, t, m, costs.budgets_mb, transfer, replicas)
     except EdvitError as e:
         greedy_error = str(e)
+    from ..assign import build_plan_doc
+
     doc = build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer)
     _write_atomic(out, doc)
     if as_json:
