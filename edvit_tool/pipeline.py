@@ -9,9 +9,9 @@ from __future__ import annotations
 import copy
 import datetime
 import io
-import json
 import os
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -111,14 +111,52 @@ def _save_npz(path: str, **arrays) -> None:
     np.savez(path, **{k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()})
 
 
-class Compiled:
-    """What compile produced, in memory (used by the CLI and the benchmarks)."""
+def _eval_subset(n: int, cap: int, seed: int) -> torch.Tensor:
+    if n <= cap:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 3))[:cap].sort().values
 
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+
+def _fit_fusion(fcfg: dict, wrapped, model, groups, data, t_fu, te_out, device, seed: int, bars) -> SimpleNamespace:
+    """The chosen fusion head (and what choosing it measured).
+
+    Trained / picked on the fusion split (which no sub-model trained on).
+
+    The split is small, so shifted views of it are added (features through the frozen sub-models, teacher logits
+    from the original). `auto` compares the MLP's k-fold accuracy with the training-free logit fusion there.
+    """
+    log = bars.log if bars else (lambda s: None)
+    n_cls = len(data.classes)
+    gen = torch.Generator().manual_seed(seed + 5)
+    views = [data.fusion.x] + [finetune.augment(data.fusion.x, gen, pad=2) for _ in range(fcfg["augment_views"])]
+    fu_views = [[finetune.predict(w, v, device) for w in wrapped] for v in views]   # [view][sub] -> (feat, logit)
+    feats_fu = torch.stack([torch.cat([o[0] for o in vo], 1) for vo in fu_views])    # [V, M, F]
+    logits_fu = torch.stack([torch.cat([o[1] for o in vo], 1) for vo in fu_views])   # [V, M, L]
+    t_fu = torch.stack([t_fu] + [finetune.predict(model, v, device) for v in views[1:]])
+    dims = [o[0].shape[1] for o in fu_views[0]]
+    logit_fusion = fuse.LogitFusion(groups, n_cls)
+    with torch.no_grad():
+        acc_logits_fu = finetune.accuracy(logit_fusion(logits_fu[0]), data.fusion.y)
+        acc_logits_te = finetune.accuracy(logit_fusion(torch.cat([o[1] for o in te_out], 1)), data.test.y)
+    kind, cv_acc = fcfg["kind"], None
+    if kind == "auto":
+        cv_acc = fuse.cross_val_mlp_accuracy(feats_fu, data.fusion.y, t_fu, dims, n_cls, fcfg, seed)
+        kind = "mlp" if cv_acc > acc_logits_fu else "logits"
+        log(f"fusion: mlp cross-val {cv_acc:.4f} vs logits {acc_logits_fu:.4f} on the fusion split → {kind}")
+    if kind == "mlp":
+        advance = bars.task("fusion head", fcfg["steps"]) if bars else None
+        v = feats_fu.shape[0]
+        head = fuse.train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v),
+                                     t_fu.reshape(-1, t_fu.shape[-1]), dims, n_cls, fcfg, seed, advance)
+        return SimpleNamespace(head=head, kind=kind, source="features", dims=dims, calibration=feats_fu[0],
+                         test_inputs=torch.cat([o[0] for o in te_out], 1), mlp_cv_accuracy=cv_acc,
+                         logits_test_accuracy=acc_logits_te)
+    return SimpleNamespace(head=logit_fusion, kind=kind, source="logits", dims=dims, calibration=logits_fu[0],
+                     test_inputs=torch.cat([o[1] for o in te_out], 1), mlp_cv_accuracy=cv_acc,
+                     logits_test_accuracy=acc_logits_te)
 
 
-def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> Compiled:
+def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> SimpleNamespace:
     t_start = time.perf_counter()
     seed = recipe["seed"]
     seed_everything(seed)
@@ -165,42 +203,15 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
 
     wrapped = [surgery.SubModelWrapper(s) for s in subs]
     te_out = [finetune.predict(w, data.test.x, device) for w in wrapped]
-    # The fusion split is small: add shifted views of it (features through the frozen sub-models, teacher logits
-    # from the original) so the fusion head sees more than a few hundred points.
-    fcfg = recipe["fusion"]
-    gen = torch.Generator().manual_seed(seed + 5)
-    views = [data.fusion.x] + [finetune.augment(data.fusion.x, gen, pad=2) for _ in range(fcfg["augment_views"])]
-    fu_views = [[finetune.predict(w, v, device) for w in wrapped] for v in views]   # [view][sub] -> (feat, logit)
-    feats_fu = torch.stack([torch.cat([o[0] for o in vo], 1) for vo in fu_views])    # [V, M, F]
-    logits_fu = torch.stack([torch.cat([o[1] for o in vo], 1) for vo in fu_views])   # [V, M, L]
-    t_fu = torch.stack([t_fu] + [finetune.predict(model, v, device) for v in views[1:]])
-    dims = [o[0].shape[1] for o in fu_views[0]]
-
-    logit_fusion = fuse.LogitFusion(groups, n_cls)
+    fu = _fit_fusion(recipe["fusion"], wrapped, model, groups, data, t_fu, te_out, device, seed, bars)
+    # reference/eval.npz holds a seeded random subset (a class-ordered split must not give a class-ordered
+    # subset); exported artifacts are gated against the PyTorch fused accuracy on that same subset.
+    eval_idx = _eval_subset(len(data.test), recipe["data"]["eval_samples"], seed)
     with torch.no_grad():
-        acc_logits_fu = finetune.accuracy(logit_fusion(logits_fu[0]), data.fusion.y)
-        acc_logits_te = finetune.accuracy(logit_fusion(torch.cat([o[1] for o in te_out], 1)), data.test.y)
-    kind, cv_acc = fcfg["kind"], None
-    if kind == "auto":
-        cv_acc = fuse.cross_val_mlp_accuracy(feats_fu, data.fusion.y, t_fu, dims, n_cls, fcfg, seed)
-        kind = "mlp" if cv_acc > acc_logits_fu else "logits"
-        log(f"fusion: mlp cross-val {cv_acc:.4f} vs logits {acc_logits_fu:.4f} on the fusion split → {kind}")
-    if kind == "mlp":
-        advance = bars.task("fusion head", fcfg["steps"]) if bars else None
-        v = feats_fu.shape[0]
-        head = fuse.train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v),
-                                     t_fu.reshape(-1, t_fu.shape[-1]), dims, n_cls, fcfg, seed, advance)
-        source = "features"
-        fused_te = torch.cat([o[0] for o in te_out], 1)
-        calib_fusion = feats_fu[0]
-    else:
-        head = logit_fusion
-        source = "logits"
-        fused_te = torch.cat([o[1] for o in te_out], 1)
-        calib_fusion = logits_fu[0]
-    with torch.no_grad():
-        fused_acc = finetune.accuracy(head(fused_te), data.test.y)
-    log(f"fused ({kind}) test accuracy {fused_acc:.4f} vs original {orig_acc:.4f}")
+        fused_logits_te = fu.head(fu.test_inputs)
+    fused_acc = finetune.accuracy(fused_logits_te, data.test.y)
+    fused_eval_acc = finetune.accuracy(fused_logits_te[eval_idx], data.test.y[eval_idx])
+    log(f"fused ({fu.kind}) test accuracy {fused_acc:.4f} vs original {orig_acc:.4f}")
 
     peer_info = None
     if peer:
@@ -213,6 +224,7 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
         log(f"peer (one class-agnostic pruned ViT at {biggest:,} params): accuracy {peer_info['accuracy']:.4f}")
 
     orig_bytes = state_bytes(model)
+    head, kind, dims = fu.head, fu.kind, fu.dims
     submodel_entries = []
     for gi, (group, sub) in enumerate(zip(groups, subs)):
         submodel_entries.append({
@@ -230,12 +242,12 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
         "model": {"name": m["name"], "kwargs": m["kwargs"], "params": orig_params, "bytes": orig_bytes,
                   "flops": _flops(model)},
         "input": spec, "classes": data.classes, "groups": groups, "submodels": submodel_entries,
-        "fusion": {"kind": kind, "source": source, "input_dims": [int(d) for d in (dims if source == "features"
-                                                                                    else head.input_dims)],
+        "fusion": {"kind": kind, "source": fu.source, "input_dims": [int(d) for d in head.input_dims],
                    "num_classes": n_cls, "checkpoint": "fusion/fusion.pt",
-                   "hidden": fcfg["hidden"] if kind == "mlp" else None},
-        "accuracy": {"original": orig_acc, "fused": fused_acc, "fused_logits": acc_logits_te,
-                     "fusion_mlp_cv": cv_acc, "exported": {}},
+                   "hidden": recipe["fusion"]["hidden"] if kind == "mlp" else None},
+        "accuracy": {"original": orig_acc, "fused": fused_acc, "fused_logits": fu.logits_test_accuracy,
+                     "fusion_mlp_cv": fu.mlp_cv_accuracy, "fused_eval": fused_eval_acc,
+                     "eval_samples": len(eval_idx), "exported": {}},
         "artifacts": [],
     }
     out_dir = os.path.abspath(out_dir)
@@ -246,13 +258,12 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
         for gi, sub in enumerate(subs):
             checkpoint.save_state_dict(sub, os.path.join(root, "submodels", f"g{gi}.pt"))
         checkpoint.save_state_dict(head, os.path.join(root, "fusion", "fusion.pt"))
-        n_eval = min(len(data.test), recipe["data"]["eval_samples"])
-        _save_npz(os.path.join(root, "reference", "eval.npz"), x=data.test.x[:n_eval], y=data.test.y[:n_eval])
+        _save_npz(os.path.join(root, "reference", "eval.npz"), x=data.test.x[eval_idx], y=data.test.y[eval_idx])
         n_cal = recipe["export"]["calibration_samples"]
         for gi, group in enumerate(groups):
             in_group = torch.nonzero(finetune.relabel(data.finetune.y, group, n_cls) < len(group)).flatten()
             _save_npz(os.path.join(root, "reference", f"calib-g{gi}.npz"), x=data.finetune.x[in_group[:n_cal]])
-        _save_npz(os.path.join(root, "reference", "calib-fusion.npz"), x=calib_fusion[:n_cal])
+        _save_npz(os.path.join(root, "reference", "calib-fusion.npz"), x=fu.calibration[:n_cal])
         with open(os.path.join(root, "recipe.resolved.yaml"), "w", encoding="utf-8") as f:
             f.write(recipe_mod.dump(recipe))
         if recipe["export"]["formats"]:
@@ -260,18 +271,12 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
 
             models = {f"g{gi}": surgery.SubModelWrapper(s).cpu().eval() for gi, s in enumerate(subs)}
             models["fusion"] = head.cpu().eval()
-            gate_failures = export_build(root, manifest, models, recipe["export"], recipe["gate"], fused_acc,
+            gate_failures = export_build(root, manifest, models, recipe["export"], recipe["gate"], fused_eval_acc,
                                          progress=bars)
         elapsed = time.perf_counter() - t_start
         report = write_reports(root, manifest, peer_info, elapsed, gate_failures)
         write_manifest(root, manifest)
-    return Compiled(out_dir=out_dir, manifest=manifest, report=report, gate_failures=gate_failures,
+    return SimpleNamespace(out_dir=out_dir, manifest=manifest, report=report, gate_failures=gate_failures,
                     submodels=subs, fusion=head, data=data, model=model)
 
 
-def load_recipe_with_overrides(path: str, overrides: dict) -> dict:
-    return recipe_mod.load(path, overrides)
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)

@@ -84,7 +84,7 @@ def command(build_dir, formats, quant, opset, triton_repo, as_json, quiet):
             _drop_old_artifacts(stage, manifest)
             models = load_build_models(stage, manifest)
             with Bars(enabled=not (quiet or as_json)) as bars:
-                failures = export_build(stage, manifest, models, cfg, gate, manifest["accuracy"]["fused"],
+                failures = export_build(stage, manifest, models, cfg, gate, manifest["accuracy"].get("fused_eval", manifest["accuracy"]["fused"]),
                                         progress=bars)
             refresh_reports(stage, manifest, failures)
             write_manifest(stage, manifest)

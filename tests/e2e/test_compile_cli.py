@@ -45,7 +45,7 @@ def tiny_ckpt(tmp_path_factory):
 
 @pytest.mark.slow
 def test_compile_writes_a_complete_build_with_budgets_met(tmp_path, tiny_ckpt, capsys):
-    recipe = _recipe(tmp_path, tiny_ckpt)
+    recipe = _recipe(tmp_path, tiny_ckpt, data__eval_samples=120)
     out = tmp_path / "build"
     assert main(["compile", "--recipe", str(recipe), "--out", str(out), "--json", "--params-ratio", "0.3"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -65,6 +65,10 @@ def test_compile_writes_a_complete_build_with_budgets_met(tmp_path, tiny_ckpt, c
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["groups"] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
     assert set(manifest["files"]) >= {"submodels/g0.pt", "report.json"}
+    # the held-out eval subset is a seeded random sample of the test split, not its first rows
+    ev = np.load(out / "reference/eval.npz")
+    assert ev["x"].shape[0] == 120 == manifest["accuracy"]["eval_samples"]
+    assert len(set(ev["y"].tolist())) == 10
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
     # the sub-model rebuilds from its state dict + manifest arch and matches its recorded size
