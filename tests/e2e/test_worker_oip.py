@@ -354,3 +354,28 @@ def test_startup_problems_exit_2_with_one_error_event(env, tmp_path, problem):
                 "empty token": "--token-file"}[problem] in event["message"]
     finally:
         _stop(proc)
+
+
+def test_compressed_json_bodies_are_inflated_within_the_cap(worker, env):
+    import gzip
+    import zlib
+
+    x = _pixels(2, seed=4)
+    req = json.dumps({"inputs": [{"name": "pixel_values", "shape": list(x.shape), "datatype": "FP32",
+                                  "data": x.ravel().tolist()}]}).encode()
+    want = _local(env["build"], "submodels/g1.fp32.onnx", {"pixel_values": x})["logits"]
+    port = worker["port"]
+    for enc, body in (("gzip", gzip.compress(req)), ("deflate", zlib.compress(req))):
+        status, _, out = _raw(port, "POST", "/v2/models/g1/infer", body,
+                              {**AUTH, "Content-Type": "application/json", "Content-Encoding": enc})
+        assert status == 200, out[:200]
+        logits = next(o for o in json.loads(out)["outputs"] if o["name"] == "logits")
+        np.testing.assert_allclose(np.array(logits["data"], np.float32).reshape(want.shape), want, atol=1e-5)
+    # a small body that inflates past the cap (a "zip bomb") is refused, not inflated
+    bomb = gzip.compress(b"{" + b" " * (4 << 20) + b"}")
+    status, _, out = _raw(port, "POST", "/v2/models/g1/infer", bomb, {**AUTH, "Content-Encoding": "gzip"})
+    assert status == 413 and b"decompressed body exceeds" in out
+    status, _, out = _raw(port, "POST", "/v2/models/g1/infer", b"not gzip", {**AUTH, "Content-Encoding": "gzip"})
+    assert status == 400 and b"not valid gzip" in out
+    status, _, _ = _raw(port, "POST", "/v2/models/g1/infer", req, {**AUTH, "Content-Encoding": "br"})
+    assert status == 415
