@@ -72,6 +72,27 @@ def staged_dir(dest: str, copy_from: str | None = None):
         raise
 
 
+def write_text_atomic(path: str, text: str, mode: int = 0o644) -> None:
+    """Write a small file via a temp file + rename: readers see the old or the new file, never half of one.
+    The temp file is created 0600 (mkstemp), so a secret is never readable while it is being written."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str, doc: dict, mode: int = 0o644) -> None:
+    write_text_atomic(path, json.dumps(doc, indent=2) + "\n", mode)
+
+
 def load_manifest(build_dir: str) -> dict:
     """manifest.json of a build, as host code wants it (ArtifactError on any problem)."""
     try:

@@ -36,9 +36,9 @@ import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
+from .artifacts import write_json_atomic, write_text_atomic
 from .errors import ArtifactError, EdvitError
 
 log = logging.getLogger(__name__)
@@ -771,7 +771,7 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
                               known_hosts, host_key_policy, connect_timeout)
         token_file = doc["token_file"]
         _write_secret(token_file, token)
-        _write_json_atomic(out, doc)
+        write_json_atomic(out, doc)
         for b in boards:  # best effort: old releases only cost disk
             try:
                 b.tr.agent("prune", keep=KEEP_RELEASES, protect=[release] + ([b.prev] if b.prev else []),
@@ -817,34 +817,7 @@ def _read_text(path: str) -> str:
 
 
 def _write_secret(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=d)  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json_atomic(path: str, doc: dict) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, text + "\n", mode=0o600)
 
 
 def token_path(out: str) -> str:

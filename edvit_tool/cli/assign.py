@@ -21,24 +21,6 @@ def _read_json(path: str, what: str, fix: str):
         raise ArtifactError(f"{path}: {what} is not valid JSON ({e}); {fix}") from None
 
 
-def _write_atomic(path: str, doc: dict) -> None:
-    import json
-    import os
-    import tempfile
-
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _table(doc: dict, costs, greedy_error: str | None) -> str:
     lines = []
     rows = [("board", "sub-model", "variant", "predicted", "memory / budget")]
@@ -126,10 +108,11 @@ def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidt
         greedy = A.solve_greedy(costs.submodels, costs.boards, t, m, costs.budgets_mb, transfer, replicas)
     except EdvitError as e:
         greedy_error = str(e)
+    from ..artifacts import write_json_atomic
     from ..assign import build_plan_doc
 
     doc = build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer)
-    _write_atomic(out, doc)
+    write_json_atomic(out, doc)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
