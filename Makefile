@@ -25,10 +25,13 @@ test: install board-venv
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Benchmarks print tables and write bench/results/*.json (export.py reads the demo build: run `make demo` first).
 bench: install board-venv
 	$(BIN)/python bench/compile.py
 	$(BIN)/python bench/export.py
+	$(BIN)/python bench/worker_overhead.py
 	$(BIN)/python bench/profile.py
+	$(BIN)/python bench/distributed.py
 
 clean:
 	rm -rf build runs/digits-build .pytest_cache
