@@ -22,7 +22,7 @@ import difflib
 import os
 import re
 
-import yaml
+from .yamlfile import read_yaml
 
 from ..errors import EdvitError, RecipeError
 from .device_profile import DeviceProfile, load_device_profile, resolve_path
@@ -191,13 +191,7 @@ def boards_from_yaml(path: str) -> list[Board]:
     """Read and validate a boards.yaml; RecipeError naming every bad key at once."""
     if not os.path.isfile(path):
         raise RecipeError(f"{path}: not found; write a boards file (see `edvit-tool assign --help`)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
-    except OSError as e:
-        raise RecipeError(f"{path}: cannot read ({e.strerror})") from None
+    data = read_yaml(path)
     return parse_boards(data, path, os.path.dirname(os.path.abspath(path)))
 
 

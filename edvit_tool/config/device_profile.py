@@ -115,18 +115,13 @@ def resolve_path(name_or_path: str) -> tuple[str, str]:
 
 def load_device_profile(name_or_path: str) -> DeviceProfile:
     """A profile by name (device_profiles/<name>.yaml) or by path; RecipeError listing every problem."""
-    import yaml
+    from .yamlfile import read_yaml
 
     path, shown = resolve_path(name_or_path)
     if not os.path.isfile(path):
         names = ", ".join(available_profiles()) or "none found"
         raise RecipeError(f"{shown}: device profile not found; use one of {names} or a path to a YAML file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{shown}: not valid YAML ({str(e).splitlines()[0]}); fix the syntax") from None
-    return profile_from_dict(data, shown)
+    return profile_from_dict(read_yaml(path, shown), shown)
 
 
 def measured_profile(probe: dict, name: str, budget_fraction: float = 0.75) -> DeviceProfile:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import RecipeError
+from .yamlfile import read_yaml
 
 
 @dataclasses.dataclass
@@ -226,13 +227,7 @@ def load(path: str, overrides: dict | None = None) -> dict:
     """Read a YAML recipe; relative paths inside it resolve against the recipe's folder."""
     if not os.path.isfile(path):
         raise RecipeError(f"{path}: recipe file not found; pass an existing YAML file to --recipe")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    raw = read_yaml(path)
     recipe = validate(raw or {}, source=path, overrides=overrides)
     base = os.path.dirname(os.path.abspath(path))
     for section, key in (("model", "checkpoint"), ("model", "classes"), ("data", "root")):
