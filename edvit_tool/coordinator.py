@@ -127,15 +127,13 @@ def _read_json(path: str, what: str) -> dict:
 
 def read_token(path: str, where: str) -> str:
     """The bearer token in `path` (one word); DeploymentError naming `where` otherwise. Never logged."""
+    from .runtime.httpd import read_token_file
+
     try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except OSError as e:
-        raise DeploymentError(f"{where}: token file {path} cannot be read ({e.strerror}); re-run "
-                              "`edvit-tool deploy` or fix its permissions") from None
-    if not token or any(c.isspace() for c in token):
-        raise DeploymentError(f"{where}: token file {path} must hold one token without spaces")
-    return token
+        return read_token_file(path)
+    except ValueError as e:
+        raise DeploymentError(f"{where}: token file {path}: {e}; re-run `edvit-tool deploy` or fix its "
+                              "permissions") from None
 
 
 def load_deployment(path: str) -> tuple:

@@ -125,6 +125,27 @@ def _pids_of_uid(uid: int) -> list[int]:
     return pids
 
 
+def worker_pids(uids=None, marker: str = "") -> list[int]:
+    """Live (not zombie) edvit workers, optionally only those owned by `uids` and/or whose command line
+    mentions `marker` (e.g. a run dir in their pidfile path)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            if uids is not None and os.stat(f"/proc/{d}").st_uid not in uids:
+                continue
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{d}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue  # the process ended while we looked
+        if b"edvit_tool.runtime.worker" in cmd and marker.encode() in cmd and state != "Z":
+            pids.append(int(d))
+    return pids
+
+
 def _kill_all(pids, grace: float = 2.0) -> None:
     """SIGTERM, wait up to `grace`, then SIGKILL what is left. Only pids we own (board processes)."""
     pids = [p for p in set(pids) if p != os.getpid()]

@@ -19,6 +19,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 
+def read_token_file(path: str) -> str:
+    """The bearer token in `path` (one word). ValueError with the reason otherwise; the token is never logged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read it ({e.strerror})") from None
+    if not token or any(c.isspace() for c in token):
+        raise ValueError("must hold one token (no spaces); it is empty or has several")
+    return token
+
+
 class HttpError(Exception):
     """Answer `status` with an OIP error body; close: drop the connection after it (body left unread)."""
 

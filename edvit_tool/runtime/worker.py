@@ -319,13 +319,9 @@ def load_models(served: dict, backend: str | None, threads: int) -> None:
 
 def read_token(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except OSError as e:
-        raise WorkerError(f"--token-file {path}: cannot read it ({e.strerror}); write the deployment's token "
-                          "there") from None
-    if not token or any(c.isspace() for c in token):
-        raise WorkerError(f"--token-file {path}: must hold one token (no spaces), it is empty or has several")
+        token = httpd.read_token_file(path)
+    except ValueError as e:
+        raise WorkerError(f"--token-file {path}: {e}; write the deployment's token there") from None
     if os.stat(path).st_mode & 0o077:
         log.warning("--token-file %s is readable by other users; chmod 600 it", path)
     return token

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from boards import free_port
+from boards import free_port, worker_pids
 from edvit_tool import deploy as dp
 from edvit_tool.errors import EdvitError
 from edvit_tool.runtime import manifest as mf
@@ -51,22 +51,7 @@ def _device_profile(tmp_path):
 
 def _worker_pids(uids) -> list[int]:
     """Live (not zombie) board worker processes owned by these users."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{d}").st_uid not in uids:
-                continue
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read()
-            with open(f"/proc/{d}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"edvit_tool.runtime.worker" in cmd and state != "Z":
-            pids.append(int(d))
-    return pids
+    return worker_pids(uids=uids)
 
 
 def _infer_matches_reference(build, doc, token=None):

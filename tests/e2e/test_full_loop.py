@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from boards import worker_pids
 from edvit_tool.cli.main import main
 
 EDVIT = os.path.join(os.path.dirname(sys.executable), "edvit-tool")
@@ -75,34 +76,13 @@ def _eval(build):
 
 def _worker_pids(marker: str) -> list[int]:
     """Live worker processes whose command line mentions `marker` (their pidfile path holds the run dir)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read()
-            with open(f"/proc/{d}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"edvit_tool.runtime.worker" in cmd and marker.encode() in cmd and state != "Z":
-            pids.append(int(d))
-    return pids
+    return worker_pids(marker=marker)
 
 
 def _ssh_worker_pids(users) -> list[int]:
     import pwd
 
-    uids = {pwd.getpwnam(u).pw_uid for u in users}
-    out = []
-    for pid in _worker_pids(""):
-        try:
-            if os.stat(f"/proc/{pid}").st_uid in uids:
-                out.append(pid)
-        except OSError:
-            continue
-    return out
+    return worker_pids(uids={pwd.getpwnam(u).pw_uid for u in users})
 
 
 def _boards_yaml(tmp_path, boards):
