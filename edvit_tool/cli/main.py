@@ -26,6 +26,7 @@ VERBS = {
     "stop": "deploy_stop",
     "infer": "infer",
     "serve": "serve",
+    "report": "report",
 }
 
 
