@@ -3,7 +3,11 @@
 Preprocessing follows the model's input spec (size, channels, mean, std from its pretrained cfg unless the
 recipe overrides them) and is recorded in the manifest so boards and `infer` apply exactly the same.
 Splits (stratified, seeded): test = never seen by compile except for the final report; the rest is split into
-`finetune` (pruning + fine-tuning) and `fusion` (fusion head only — the sub-models never trained on it).
+`val` (every choice compile makes: export gate, float fallback, fusion kind, early stopping), `fusion` (fusion head
+weights only — the sub-models never trained on it) and `finetune` (pruning + fine-tuning).
+
+Class order: with `model.classes` (a classes.txt in the checkpoint's head order) the label of a class folder / npz
+class is the position of its name in that file; otherwise folders sort alphabetically and npz labels are used as is.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ class Data:
     classes: list[str]
     finetune: Split
     fusion: Split
+    val: Split
     test: Split
     spec: dict  # manifest input spec
+    val_source: str = "carved"  # "carved" from the training images, or "folder" (imagefolder val/)
 
     @property
     def train(self) -> Split:
@@ -132,10 +138,22 @@ def _read_image(path: str) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _folder_split(folder: str, classes: list[str] | None):
+def _class_folders(folder: str) -> list[str]:
     if not os.path.isdir(folder):
         raise DataError(f"{folder}: folder not found; imagefolder data needs ROOT/train/<class>/*.png")
-    found = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+
+
+def _folder_split(folder: str, classes: list[str] | None, order_source: str | None = None):
+    """Images of `folder`/<class>/ labelled by the class's position in `classes` (default: sorted folder names).
+    `order_source` names the file that gave `classes`, for the error when folders and names disagree."""
+    found = _class_folders(folder)
+    if classes is not None:
+        extra = [d for d in found if d not in classes]
+        if extra:
+            raise DataError(f"{folder}: class folder(s) {', '.join(extra[:5])} are not named in "
+                            f"{order_source or 'the class list'}; name every class folder there (one per line, "
+                            f"in the checkpoint's head order)")
     classes = classes or found
     if not classes:
         raise DataError(f"{folder}: no class folders; expected {folder}/<class name>/<images>")
@@ -159,11 +177,19 @@ def _folder_split(folder: str, classes: list[str] | None):
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.long), classes
 
 
-def _load_imagefolder(root: str):
-    x, y, classes = _folder_split(os.path.join(root, "train"), None)
-    val = os.path.join(root, "val")
-    test = _folder_split(val, classes)[:2] if os.path.isdir(val) else None
-    return x, y, classes, test
+def _load_imagefolder(root: str, classes: list[str] | None, order_source: str | None):
+    """ROOT/train (+ ROOT/val, ROOT/test). With both val/ and test/, val/ is the validation split; with val/
+    alone it is the test split (the usual train/val layout whose val is what one reports on)."""
+    x, y, classes = _folder_split(os.path.join(root, "train"), classes, order_source)
+    val_dir, test_dir = os.path.join(root, "val"), os.path.join(root, "test")
+    test = val = None
+    if os.path.isdir(test_dir):
+        test = _folder_split(test_dir, classes, order_source)[:2]
+        if os.path.isdir(val_dir):
+            val = _folder_split(val_dir, classes, order_source)[:2]
+    elif os.path.isdir(val_dir):
+        test = _folder_split(val_dir, classes, order_source)[:2]
+    return x, y, classes, test, val
 
 
 def _npz_images(arr: np.ndarray, path: str, key: str) -> torch.Tensor:
@@ -180,7 +206,7 @@ def _npz_images(arr: np.ndarray, path: str, key: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def _load_npz(path: str):
+def _load_npz(path: str, names: list[str] | None, order_source: str | None):
     if not os.path.isfile(path):
         raise DataError(f"{path}: npz file not found; data.root must point at a .npz with arrays x and y")
     with np.load(path, allow_pickle=False) as z:
@@ -196,6 +222,16 @@ def _load_npz(path: str):
     if len(x) != len(y):
         raise DataError(f"{path}: x has {len(x)} images but y has {len(y)} labels")
     n_cls = int(max(y.max().item(), test[1].max().item() if test else 0)) + 1
+    if names is not None and classes is not None:
+        # y indexes the npz's own `classes`; the checkpoint's head order is `names`: relabel by name
+        unknown = [c for c in classes if c not in names]
+        if unknown:
+            raise DataError(f"{path}: class(es) {', '.join(unknown[:5])} of its `classes` array are not named in "
+                            f"{order_source}; name every class there, in the checkpoint's head order")
+        table = torch.tensor([names.index(c) for c in classes], dtype=torch.long)
+        y = table[y]
+        test = None if test is None else (test[0], table[test[1]])
+        classes = list(names)
     return x, y, classes or [str(i) for i in range(n_cls)], test
 
 
@@ -227,18 +263,22 @@ def _stratified(y: torch.Tensor, fraction: float, seed: int, base: torch.Tensor 
 def load_data(recipe: dict, spec: dict, num_classes: int) -> Data:
     d = recipe["data"]
     seed = recipe["seed"]
-    base = None
+    base = val = None
+    order_source = recipe["model"]["classes"]
+    names = read_classes_file(order_source) if order_source else None
+    if names is not None and len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"{order_source}: class name(s) {', '.join(dup[:5])} appear more than once; "
+                        f"give each class once, in the checkpoint's head order")
     if d["kind"] == "digits":
         x, y, classes, test, base = _load_digits(d["distort"], seed, d["distort_copies"])
     elif d["kind"] == "imagefolder":
-        x, y, classes, test = _load_imagefolder(d["root"])
+        x, y, classes, test, val = _load_imagefolder(d["root"], names, order_source)
     else:
-        x, y, classes, test = _load_npz(d["root"])
-    if recipe["model"]["classes"]:
-        names = read_classes_file(recipe["model"]["classes"])
+        x, y, classes, test = _load_npz(d["root"], names, order_source)
+    if names is not None:
         if len(names) != len(classes):
-            raise DataError(f"{recipe['model']['classes']}: {len(names)} class names but the data has "
-                            f"{len(classes)} classes")
+            raise DataError(f"{order_source}: {len(names)} class names but the data has {len(classes)} classes")
         classes = names
     if len(classes) != num_classes:
         raise DataError(f"data has {len(classes)} classes but the model has num_classes={num_classes}; "
@@ -260,7 +300,43 @@ def load_data(recipe: dict, spec: dict, num_classes: int) -> Data:
         test = (x[te], y[te])
         x, y = x[rest], y[rest]
         base = None if base is None else base[rest]
+    val_source = "folder"
+    if val is None:
+        val_source = "carved"
+        rest, va = _stratified(y, d["val_fraction"], seed + 2, base)
+        val = (x[va], y[va])
+        x, y = x[rest], y[rest]
+        base = None if base is None else base[rest]
     ft, fu = _stratified(y, d["fusion_fraction"], seed + 1, base)
     conv = lambda imgs: to_model_input(imgs, spec)  # noqa: E731
     return Data(classes=classes, finetune=Split(conv(x[ft]), y[ft]), fusion=Split(conv(x[fu]), y[fu]),
-                test=Split(conv(test[0]), test[1]), spec=spec)
+                val=Split(conv(val[0]), val[1]), test=Split(conv(test[0]), test[1]), spec=spec,
+                val_source=val_source)
+
+
+def stratified_sample(y: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """Up to `count` indices, seeded and class-stratified: every class present in `y` gets its share (at least one
+    image each while count allows), drawn at random within the class — never the first images of a class-sorted
+    split. Sorted, so the sample keeps the split's order."""
+    n = len(y)
+    if n <= count:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(seed)
+    classes = torch.unique(y)
+    pools = [torch.nonzero(y == c).flatten() for c in classes]
+    pools = [p[torch.randperm(len(p), generator=gen)] for p in pools]
+    # proportional shares, at least one per class while count allows; rounding goes to the largest remainders
+    sizes = torch.tensor([len(p) for p in pools], dtype=torch.float64)
+    quota = sizes / sizes.sum() * count
+    take = torch.minimum(torch.clamp(quota.floor().long(), min=1), sizes.long())
+    while int(take.sum()) > count:          # more classes than the floor-of-one allows: trim the biggest shares
+        take[int(torch.argmax(take))] -= 1
+    left = count - int(take.sum())
+    for i in torch.argsort(quota - quota.floor(), descending=True).tolist() * 2:
+        if left == 0:
+            break
+        if take[i] < sizes[i]:
+            take[i] += 1
+            left -= 1
+    idx = torch.cat([p[:int(t)] for p, t in zip(pools, take)])
+    return idx[:count].sort().values
