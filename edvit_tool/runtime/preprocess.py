@@ -11,9 +11,9 @@ The spec is the manifest's `input` entry:
 Steps, as timm does them (transforms_imagenet_eval on a PIL image):
 1. Image mode: RGB for a 3-channel model (PIL `convert("RGB")`, what timm's datasets do: RGBA drops alpha, P/L/CMYK
    are expanded), "L" for a 1-channel model (PIL `convert("L")`, ITU-R 601 luma — timm has no rule for this; ours
-   is the same on host and board). 16-bit grayscale (PIL "I;16"/"I") is first scaled to 8 bit (value >> 8): PIL's
-   own conversion clips it, which turns nearly every 16-bit photo white. EXIF orientation is not applied (timm
-   does not either).
+   is the same on host and board). 16-bit grayscale (PIL "I;16"/"I") is first scaled to 8 bit (value >> 8) and
+   float images ("F", taken as 0-1) to round(255 x): PIL's own conversion clips them, which turns nearly every
+   16-bit photo white. EXIF orientation is not applied (timm does not either).
 2. Resize with PIL to resize_size = floor([H, W] / crop_pct):
    center: the short side to resize_size (the long side truncated, torchvision's rule) when resize_size is
            square, else the short side to match with rounding (timm's ResizeKeepRatio);
