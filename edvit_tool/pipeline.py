@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from . import __version__, checkpoint, finetune, fuse, partition
 from .artifacts import staged_dir, write_manifest
 from .config import recipe as recipe_mod
-from .data import load_data, input_spec, stratified_sample
+from .compile.data import load_data, input_spec, stratified_sample
 from .label_order import check_label_order
 from .prune import surgery
 from .prune.importance import compute_importance
@@ -130,9 +130,16 @@ def _fit_fusion(fcfg: dict, wrapped, model, groups, data, t_fu, va_out, device, 
         acc_logits_va = finetune.accuracy(logit_fusion(logits_va), data.val.y)
     kind, mlp_acc_va, head = fcfg["kind"], None, None
     if kind in ("auto", "mlp"):
-        views = [data.fusion.x] + [finetune.augment(data.fusion.x, gen, pad=2) for _ in range(fcfg["augment_views"])]
-        feats_fu = torch.stack([torch.cat([finetune.predict(w, v, device)[0] for w in wrapped], 1) for v in views])
-        t_views = torch.stack([t_fu] + [finetune.predict(model, v, device) for v in views[1:]])
+        feats_views, t_views = [torch.cat([finetune.predict(w, data.fusion.x, device)[0] for w in wrapped], 1)], [t_fu]
+        for _ in range(fcfg["augment_views"]):  # shifted views, decoded chunk by chunk
+            fs, ts = [], []
+            for i in range(0, len(data.fusion), 256):
+                xb = finetune.augment(data.fusion.x[i:i + 256], gen, pad=2)
+                fs.append(torch.cat([finetune.predict(w, xb, device)[0] for w in wrapped], 1))
+                ts.append(finetune.predict(model, xb, device))
+            feats_views.append(torch.cat(fs))
+            t_views.append(torch.cat(ts))
+        feats_fu, t_views = torch.stack(feats_views), torch.stack(t_views)
         advance = bars.task("fusion head", fcfg["steps"]) if bars else None
         v = feats_fu.shape[0]
         head = fuse.train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v),
@@ -167,7 +174,7 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
     partition.group_sizes(n_cls, k)  # fail on K > N before any work
     spec = input_spec(model, recipe["data"])
     log = bars.log if bars else (lambda s: None)
-    data = load_data(recipe, spec, n_cls)
+    data = load_data(recipe, spec, n_cls, bars)
     log(f"data: {len(data.finetune)} fine-tune / {len(data.fusion)} fusion / {len(data.val)} validation"
         f"{' (val/ folder)' if data.val_source == 'folder' else ''} / {len(data.test)} test images, {n_cls} classes")
 

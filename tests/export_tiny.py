@@ -144,7 +144,7 @@ def write_inputs(root: str, models) -> dict:
     """reference/val.npz, eval.npz and calib-*.npz as compile writes them; returns the manifest skeleton."""
     import torch
 
-    from edvit_tool.data import stratified_sample
+    from edvit_tool.compile.data import stratified_sample
 
     x, y = digits()
     xtr, ytr = x[:-N_EVAL], y[:-N_EVAL]

@@ -78,6 +78,15 @@ SCHEMA: dict = {
         "check_labels": F(bool, True),         # stop when the checkpoint's head order does not fit the labels
         "mean": F(list, None, nullable=True),
         "std": F(list, None, nullable=True),
+        # eval transform overrides (else the checkpoint's timm pretrained cfg): resize by crop_pct, centre crop
+        "interpolation": F(str, None, nullable=True,
+                           choices=("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")),
+        "crop_pct": F(float, None, _num(0, 4, lo_open=True), nullable=True),
+        "crop_mode": F(str, None, nullable=True, choices=("center", "squash", "border")),
+        # decoded images at model resolution: in RAM up to this size, else a cache file read per batch
+        "ram_cache_mb": F(int, 1024, NONNEG),
+        "cache_dir": F(str, None, nullable=True),   # default $EDVIT_CACHE_DIR or ~/.cache/edvit-tool
+        "workers": F(int, 2, NONNEG),               # DataLoader workers decoding image files
         "max_images_per_class": F(int, None, POS, nullable=True),
         "eval_samples": F(int, 1000, POS),
     },

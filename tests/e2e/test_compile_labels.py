@@ -59,7 +59,7 @@ def _recipe(tmp, ckpt, data, **model):
 
 
 def test_calibration_sample_of_a_class_sorted_split_covers_every_class():
-    from edvit_tool.data import stratified_sample
+    from edvit_tool.compile.data import stratified_sample
 
     y = torch.arange(10).repeat_interleave(50)            # class-sorted: 50 of class 0, then 50 of class 1, ...
     idx = stratified_sample(y, 64, seed=3)
@@ -74,7 +74,7 @@ def test_calibration_sample_of_a_class_sorted_split_covers_every_class():
 
 def test_model_classes_sets_the_label_of_each_class_folder(tmp_path):
     from edvit_tool.config import recipe as r
-    from edvit_tool.data import load_data
+    from edvit_tool.compile.data import load_data
 
     root = _imagefolder(tmp_path / "imgs", n_per_class=10)
     (tmp_path / "classes.txt").write_text("\n".join(WORDS) + "\n")
@@ -84,13 +84,15 @@ def test_model_classes_sets_the_label_of_each_class_folder(tmp_path):
     data = load_data(rec, spec, 10)
     assert data.classes == WORDS
     # the images of folder "three" are labelled 3 (its line in classes.txt), not 8 (its sorted position)
-    x, y = _digits()
-    three = torch.from_numpy(np.asarray(
-        __import__("PIL.Image", fromlist=["Image"]).open(root / "train" / "three" / "0.png"), np.float32) / 255.0)
-    allx = torch.cat([data.finetune.x, data.fusion.x, data.val.x, data.test.x])
-    ally = torch.cat([data.finetune.y, data.fusion.y, data.val.y, data.test.y])
-    hit = ((allx[:, 0] * 0.5 + 0.5 - three).abs().amax(dim=(1, 2)) < 1e-6).nonzero().flatten()
+    from PIL import Image
+
+    three = np.asarray(Image.open(root / "train" / "three" / "0.png"))
+    splits = (data.finetune, data.fusion, data.val, data.test)
+    allx = np.concatenate([sp.x.uint8()[..., 0] for sp in splits])
+    ally = torch.cat([sp.y for sp in splits])
+    hit = np.flatnonzero((allx == three).all(axis=(1, 2)))
     assert len(hit) >= 1 and set(ally[hit].tolist()) == {3}
+    assert len(ally) == 100 and np.bincount(ally.numpy()).tolist() == [10] * 10
 
 
 def test_a_folder_missing_from_classes_txt_is_named(tmp_path, ckpt, capsys):
