@@ -157,12 +157,32 @@ def _fit_fusion(fcfg: dict, wrapped, model, groups, data, t_fu, va_out, device, 
                            choice=choice)
 
 
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA (teacher, importance, fine-tuning, fusion); nothing on CPU. Parameters and optimiser
+    state stay fp32; export runs on CPU outside it."""
+    import contextlib
+
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
 def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> SimpleNamespace:
+    device = checkpoint.resolve_device(recipe["device"])
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    with autocast_for(device):
+        trained = _train_stages(recipe, bars, peer, device)
+    return _write_build(recipe, out_dir, bars, trained)
+
+
+def _train_stages(recipe: dict, bars, peer: bool, device) -> SimpleNamespace:
     t_start = time.perf_counter()
     seed = recipe["seed"]
     seed_everything(seed)
     set_threads(recipe["threads"])
-    device = checkpoint.resolve_device(recipe["device"])
     m = recipe["model"]
     if not m["checkpoint"]:
         from .errors import RecipeError
@@ -238,6 +258,17 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
         log(f"peer (one class-agnostic pruned ViT at {peer_info['params_budget']:,} params): test accuracy "
             f"{peer_info['accuracy']:.4f}")
 
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k != "recipe"})
+
+
+def _write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> SimpleNamespace:
+    """The build dir (staged, renamed into place when complete): checkpoints, reference sets, artifacts, reports."""
+    model, subs, groups, data, fu, device, seed = st.model, st.subs, st.groups, st.data, st.fu, st.device, st.seed
+    m, n_cls, orig_params, spec, peer_info = st.m, st.n_cls, st.orig_params, st.spec, st.peer_info
+    te_out, va_out, t_va, wrapped = st.te_out, st.va_out, st.t_va, st.wrapped
+    orig_acc, fused_acc, logits_test_acc, fused_val_acc = st.orig_acc, st.fused_acc, st.logits_test_acc, st.fused_val_acc
+    t_start = st.t_start
+    log = bars.log if bars else (lambda s: None)
     orig_bytes = state_bytes(model)
     head, kind, dims = fu.head, fu.kind, fu.dims
     submodel_entries = []
