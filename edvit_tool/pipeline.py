@@ -168,17 +168,24 @@ def autocast_for(device: torch.device):
     return contextlib.nullcontext()
 
 
-def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> SimpleNamespace:
+def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False, resume: bool = False) -> SimpleNamespace:
+    """Compile `recipe` into `out_dir`. Finished sub-models are kept in `<out_dir>.partial/`; `resume` continues
+    from them after a crash or Ctrl-C."""
+    from .compile.resume import Partial
+
     device = checkpoint.resolve_device(recipe["device"])
+    partial = Partial(out_dir, recipe, resume, bars.log if bars else (lambda s: None))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     with autocast_for(device):
-        trained = _train_stages(recipe, bars, peer, device)
-    return _write_build(recipe, out_dir, bars, trained)
+        trained = _train_stages(recipe, bars, peer, device, partial)
+    result = _write_build(recipe, out_dir, bars, trained)
+    partial.done()
+    return result
 
 
-def _train_stages(recipe: dict, bars, peer: bool, device) -> SimpleNamespace:
+def _train_stages(recipe: dict, bars, peer: bool, device, partial) -> SimpleNamespace:
     t_start = time.perf_counter()
     seed = recipe["seed"]
     seed_everything(seed)
@@ -221,11 +228,17 @@ def _train_stages(recipe: dict, bars, peer: bool, device) -> SimpleNamespace:
     params_target = int(orig_params * ratio) if ratio is not None else None
     subs = []
     for gi, group in enumerate(groups):
-        sub = prune_and_finetune(model, group, data.finetune.x, data.finetune.y, t_ft, recipe, params_target,
-                                 device, seed + 1000 * (gi + 1), bars, label=f"g{gi}")
+        sub = partial.load(f"g{gi}", m["name"], m["kwargs"])
+        if sub is None:
+            seed_everything(seed + 1000 * (gi + 1))  # per group: a resumed build equals an uninterrupted one
+            sub = prune_and_finetune(model, group, data.finetune.x, data.finetune.y, t_ft, recipe, params_target,
+                                     device, seed + 1000 * (gi + 1), bars, label=f"g{gi}")
+            partial.save(f"g{gi}", sub)
+        sub = sub.to(device)
         subs.append(sub)
         log(f"g{gi}: {surgery.count_params(sub):,} params ({surgery.count_params(sub) / orig_params:.1%})")
 
+    seed_everything(seed + 7)  # what follows does not depend on how the groups were obtained (resumed or not)
     wrapped = [surgery.SubModelWrapper(s) for s in subs]
     va_out = [finetune.predict(w, data.val.x, device) for w in wrapped]
     fu = _fit_fusion(recipe["fusion"], wrapped, model, groups, data, t_fu, va_out, device, seed, bars)
@@ -236,6 +249,7 @@ def _train_stages(recipe: dict, bars, peer: bool, device) -> SimpleNamespace:
     peer_info = None
     if peer:
         biggest = max(surgery.count_params(s) for s in subs)
+        seed_everything(seed + 99)
         peer_model = prune_and_finetune(model, list(range(n_cls)), data.finetune.x, data.finetune.y, t_ft, recipe,
                                         biggest, device, seed + 99, bars, label="peer")
         peer_info = {"params": surgery.count_params(peer_model), "bytes": state_bytes(peer_model),
