@@ -43,8 +43,7 @@ def _tensor(t: dict, batched: bool) -> str:
     dtype = _TYPES.get(t["dtype"])
     if dtype is None:
         raise ArtifactError(f"tensor {t['name']!r} has dtype {t['dtype']}, which has no Triton type here")
-    return (f'  {{\n    name: "{t["name"]}"\n    data_type: {dtype}\n'
-            f'    dims: [ {", ".join(str(int(d)) for d in dims)} ]\n  }}')
+    return _io(t["name"], dims, dtype)
 
 
 def config_pbtxt(art: dict, max_batch_size: int = 8) -> str:
@@ -71,7 +70,8 @@ def ensemble_name(fmt: str, quant: str) -> str:
 
 
 def _io(name: str, dims, dtype: str = "TYPE_FP32") -> str:
-    return f'  {{\n    name: "{name}"\n    data_type: {dtype}\n    dims: [ {", ".join(str(int(d)) for d in dims)} ]\n  }}'
+    shape = ", ".join(str(int(d)) for d in dims)
+    return f'  {{\n    name: "{name}"\n    data_type: {dtype}\n    dims: [ {shape} ]\n  }}'
 
 
 def _io_block(kind: str, tensors: list) -> str:
@@ -81,7 +81,8 @@ def _io_block(kind: str, tensors: list) -> str:
 def _fusion_inputs(manifest: dict) -> list:
     """[(tensor name, width)] the fusion step takes, in group order: each sub-model's fusion source output."""
     source = manifest["fusion"].get("source", "features")
-    return [(f"{source}_{sm['name']}", int(d)) for sm, d in zip(manifest["submodels"], manifest["fusion"]["input_dims"])]
+    dims = manifest["fusion"]["input_dims"]
+    return [(f"{source}_{sm['name']}", int(d)) for sm, d in zip(manifest["submodels"], dims)]
 
 
 def python_config_pbtxt(art: dict, manifest: dict, max_batch_size: int = 8) -> str:
