@@ -120,8 +120,9 @@ def load_image_folder(root: str, spec: dict, classes: list) -> Inputs:
     subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     unknown = [d for d in subdirs if d not in index]
     if unknown:
+        known = ", ".join(list(index)[:10]) + (", ..." if len(index) > 10 else "")
         raise DataError(f"{root}: sub-folder(s) {', '.join(unknown[:5])} are not classes of this build; name them "
-                        f"after the manifest's classes ({', '.join(list(index)[:10])}{', ...' if len(index) > 10 else ''})")
+                        f"after the manifest's classes ({known})")
     paths, labels = [], []
     for d in subdirs:
         for name in sorted(os.listdir(os.path.join(root, d))):
