@@ -64,7 +64,7 @@ def command(plan_path, boards_file, transport, out, deadline_ms, timeout_s, know
     """Deploy a plan's sub-models to the boards as one release, all or nothing."""
     import json
 
-    from ..deploy import deploy
+    from ..cluster.deploy import deploy
 
     with BoardProgress(enabled=not as_json) as progress:
         doc = deploy(plan_path, boards_file, transport=transport, out=out, deadline_ms=deadline_ms,

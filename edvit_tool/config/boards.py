@@ -54,7 +54,7 @@ class Board:
 
     @property
     def target(self) -> str:
-        """'user@host:port' — the form `edvit_tool.remote.ssh` and `profile --host` take."""
+        """'user@host:port' — the form `edvit_tool.cluster.ssh` and `profile --host` take."""
         host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literal
         return f"{self.user}@{host}:{self.port}"
 

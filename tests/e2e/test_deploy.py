@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from boards import free_port, worker_pids
-from edvit_tool import deploy as dp
+from edvit_tool.cluster import deploy as dp
 from edvit_tool.errors import EdvitError
 from edvit_tool.runtime import manifest as mf
 from edvit_tool.runtime.protocol import OipClient

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from edvit_tool import profile as prof
+from edvit_tool.cluster import profile as prof
 from edvit_tool.config.device_profile import load_device_profile
 from edvit_tool.runtime import manifest as mf
 

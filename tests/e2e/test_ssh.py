@@ -12,7 +12,7 @@ import time
 import pytest
 
 from edvit_tool.errors import SshError
-from edvit_tool.remote.ssh import SshSession, parse_target, quote_argv
+from edvit_tool.cluster.ssh import SshSession, parse_target, quote_argv
 
 
 # -- pure -------------------------------------------------------------------------------------------------------

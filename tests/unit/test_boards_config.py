@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from edvit_tool.assign import Plan
+from edvit_tool.cluster.assign import Plan
 from edvit_tool.config.boards import boards_from_yaml, validate_plan_boards
 from edvit_tool.errors import EdvitError, RecipeError
 

@@ -16,7 +16,7 @@ import math
 import statistics
 from typing import Mapping, Sequence
 
-from .errors import ArtifactError, EdvitError
+from ..errors import ArtifactError, EdvitError
 
 INF = math.inf
 MB = float(1 << 20)
@@ -576,7 +576,7 @@ def build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replica
     """plan.json content for the exact solution (greedy's makespan beside it); used by `assign` and the demo."""
     import os
 
-    from .runtime import manifest as mf
+    from ..runtime import manifest as mf
 
     by_name = {b.name: b for b in boards}
     placements = []

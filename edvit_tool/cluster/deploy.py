@@ -38,8 +38,8 @@ import subprocess
 import sys
 import time
 
-from .artifacts import write_json_atomic, write_text_atomic
-from .errors import ArtifactError, EdvitError
+from ..artifacts import write_json_atomic, write_text_atomic
+from ..errors import ArtifactError, EdvitError
 
 log = logging.getLogger(__name__)
 
@@ -351,13 +351,13 @@ class _Local:
 
 
 class _Ssh:
-    """A board over SSH (edvit_tool.remote.ssh); files go through the board's sha256 cache."""
+    """A board over SSH (edvit_tool.cluster.ssh); files go through the board's sha256 cache."""
 
     kind = "ssh"
 
     def __init__(self, name: str, target: str, identity, python: str, known_hosts, host_key_policy: str,
                  connect_timeout: float):
-        from .remote.ssh import SshSession
+        from .ssh import SshSession
 
         self.name, self.target, self.python, self.root = name, target, python, REMOTE_ROOT
         self.session = SshSession(target, identity=identity, known_hosts=known_hosts,
@@ -440,7 +440,7 @@ def _read_json(path: str, what: str, fix: str) -> dict:
 
 def load_plan(plan_path: str) -> tuple[dict, dict]:
     """(plan, manifest) after checking that the plan matches its build as it is on disk now."""
-    from .runtime import manifest as mf
+    from ..runtime import manifest as mf
 
     fix = "re-run `edvit-tool assign`"
     plan = _read_json(plan_path, "plan", "make one with `edvit-tool assign`")
@@ -503,8 +503,8 @@ def _boards_file(plan: dict, boards_yaml: str | None, plan_path: str) -> str | N
 
 def _make_boards(plan: dict, manifest: dict, plan_path: str, boards_yaml: str | None, transport: str,
                  out: str, known_hosts, host_key_policy: str, connect_timeout: float, python: str | None):
-    from .config.boards import boards_from_yaml, validate_plan_boards
-    from .runtime import manifest as mf
+    from ..config.boards import boards_from_yaml, validate_plan_boards
+    from ..runtime import manifest as mf
 
     names = _board_names(plan)
     # local: an explicit --boards gives the ports; the plan's own boards_file describes other machines
@@ -593,7 +593,7 @@ def _wait_ready(b: _Board, token: str | None, timeout_s: float, release: str, ve
                 endpoint: tuple | None = None) -> None:
     """Poll /v2/health/ready until it answers 200; fail early if the worker process died. Then, with the token,
     check each model's metadata names the planned artifact (so we talk to OUR new worker, not a stale one)."""
-    from .runtime.protocol import OipClient, ProtocolError
+    from ..runtime.protocol import OipClient, ProtocolError
 
     address, port = endpoint or (b.address, b.port)
     deadline = time.monotonic() + timeout_s
@@ -685,7 +685,7 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
     progress(board, message, done, total) follows each board. Raises EdvitError (boards rolled back) on failure.
     """
     from .profile import prepare
-    from .runtime import manifest as mf
+    from ..runtime import manifest as mf
 
     if transport not in TRANSPORTS:
         raise EdvitError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
@@ -904,7 +904,7 @@ def _read_token(doc: dict) -> str | None:
 
 
 def _board_status(entry: dict, doc: dict, token: str | None, http_timeout: float) -> dict:
-    from .runtime.protocol import OipClient, ProtocolError
+    from ..runtime.protocol import OipClient, ProtocolError
 
     res = {"name": entry["name"], "transport": entry["transport"], "endpoint": entry.get("endpoint"),
            "up": False, "release": None, "deployed_release": entry.get("release"), "models": entry["models"],

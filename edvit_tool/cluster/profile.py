@@ -5,7 +5,7 @@
 
 Per board (boards run concurrently, one thread each; artifacts on one board run one after another so they do
 not disturb each other's timings):
-1. connect (edvit_tool.remote.ssh), probe with one `python -c` script that prints JSON (arch, cores, memory,
+1. connect (edvit_tool.cluster.ssh), probe with one `python -c` script that prints JSON (arch, cores, memory,
    Python, numpy, which interpreters import);
 2. upload into ~/.edvit/cache/<sha256>/: the runtime (edvit_tool/runtime + a version-only edvit_tool/__init__.py),
    manifest.json, reference/inputs.npz, each selected artifact and its reference outputs — skipping what is there;
@@ -35,10 +35,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import __version__
-from .errors import ArtifactError, EdvitError, SshError
-from .remote.ssh import SshSession, dir_files, quote_argv, tree_digest
-from .runtime import manifest as mf
+from .. import __version__
+from ..errors import ArtifactError, EdvitError, SshError
+from .ssh import SshSession, dir_files, quote_argv, tree_digest
+from ..runtime import manifest as mf
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def _matches(selector: str, art: dict) -> bool:
 
 def prepare(build_dir: str, artifacts=None) -> Payload:
     """Check the build, select artifacts and hash every file that will travel (once for all boards)."""
-    from .artifacts import load_manifest
+    from ..artifacts import load_manifest
 
     manifest = load_manifest(build_dir)
     arts = manifest.get("artifacts") or []
