@@ -85,7 +85,7 @@ def assign_plan(build_dir: str, profiles_path: str, boards_file: str, plan_path:
     makespan beside it (None when greedy gets stuck)."""
     from .cluster import assign as A
     from .artifacts import load_manifest
-    from .cluster.assign import build_plan_doc
+    from .cluster.plan import build_plan_doc
     from .config.boards import boards_from_yaml
 
     manifest = load_manifest(build_dir)
@@ -108,6 +108,7 @@ def _stop_doc(plan: dict, out: str, transport: str, boards_file: str | None, kno
     """A deployment-shaped doc naming every board of the plan, for `deploy.stop` when deploy was interrupted
     before it wrote deployment.json (its workers may be running all the same)."""
     from .cluster import deploy as dp
+    from .cluster.deployment import SCHEMA_VERSION
     from .config.boards import boards_from_yaml
 
     cluster = {b.name: b for b in boards_from_yaml(boards_file)} if transport == "ssh" else {}
@@ -122,8 +123,8 @@ def _stop_doc(plan: dict, out: str, transport: str, boards_file: str | None, kno
             b = cluster[name]
             entries.append({"name": name, "transport": "ssh", "target": b.target, "identity": b.identity,
                             "address": b.address, "port": b.worker_port, "models": models, "python": b.python,
-                            "root": dp.REMOTE_ROOT})
-    return {"schema_version": dp.SCHEMA_VERSION, "boards": entries,
+                            "root": b.root})
+    return {"schema_version": SCHEMA_VERSION, "boards": entries,
             "ssh": {"known_hosts": known_hosts, "host_key_policy": "accept-new", "connect_timeout": 10.0}}
 
 

@@ -109,7 +109,7 @@ def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidt
     except EdvitError as e:
         greedy_error = str(e)
     from ..artifacts import write_json_atomic
-    from ..cluster.assign import build_plan_doc
+    from ..cluster.plan import build_plan_doc
 
     doc = build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer)
     write_json_atomic(out, doc)

@@ -70,8 +70,13 @@ def _infer_matches_reference(build, doc, token=None):
                     np.testing.assert_allclose(out["features"], ref["features"][:2], atol=1e-3)
 
 
-def _current(board) -> str:
-    return os.path.basename(os.readlink(os.path.join(board.home, ".edvit", "current")))
+def _root(board, name) -> str:
+    """The board's release root: one per board name under the login's ~/.edvit/boards/."""
+    return os.path.join(board.home, ".edvit", "boards", name)
+
+
+def _current(board, name) -> str:
+    return os.path.basename(os.readlink(os.path.join(_root(board, name), "current")))
 
 
 @pytest.mark.slow
@@ -111,8 +116,8 @@ def test_deploy_status_rollback_and_stop_on_three_ssh_boards(boards, tiny_build,
         assert b["transport"] == "ssh" and b["target"] == board.target and b["release"] == rel1
         assert b["endpoint"] == f"http://127.0.0.1:{ports[NAMES.index(b['name'])]}"
         assert b["variant"] == "onnx/fp32" and b["pid"] in _worker_pids(uids)
-        assert _current(board) == rel1
-        rdir = os.path.join(board.home, ".edvit", "releases", rel1)
+        assert _current(board, b["name"]) == rel1
+        rdir = os.path.join(_root(board, b["name"]), "releases", rel1)
         assert stat.S_IMODE(os.stat(os.path.join(rdir, "token")).st_mode) == 0o600
         shipped = json.load(open(os.path.join(rdir, "manifest.json")))
         assert not mf.validate(shipped) and {a["name"] for a in shipped["artifacts"]} == set(b["models"])
@@ -134,7 +139,7 @@ def test_deploy_status_rollback_and_stop_on_three_ssh_boards(boards, tiny_build,
     for b in doc2["boards"]:
         assert b["uploads"]["files"] == 0 and b["uploads"]["bytes"] == 0 and b["uploads"]["cached"] > 0
         assert b["previous_release"] == rel1
-    assert all(_current(board) == rel2 for board in bs)
+    assert all(_current(board, name) == rel2 for board, name in zip(bs, NAMES))
     assert len(_worker_pids(uids)) == 3  # the old workers are gone, one new one per board
     _infer_matches_reference(tiny_build, doc2)
 
@@ -159,7 +164,7 @@ def test_deploy_status_rollback_and_stop_on_three_ssh_boards(boards, tiny_build,
         assert f"{name}: back on release {rel2}, serving" in err
     assert token not in r.stdout + err
     assert json.load(open(out))["release"] == rel2  # deployment.json (and its token) still describe rel2
-    assert all(_current(board) == rel2 for board in bs)
+    assert all(_current(board, name) == rel2 for board, name in zip(bs, NAMES))
     r = _cli("status", "--deployment", out, "--json")
     assert r.returncode == 0, r.stderr
     assert all(row["up"] and row["release"] == rel2 for row in json.loads(r.stdout))
