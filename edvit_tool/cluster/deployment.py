@@ -86,7 +86,7 @@ def read_json(path: str, what: str = "deployment file") -> dict:
 
 def read_token(path: str, where: str) -> str:
     """The bearer token in `path` (one word); DeploymentError naming `where` otherwise. Never logged."""
-    from .runtime.httpd import read_token_file
+    from ..runtime.httpd import read_token_file
 
     try:
         return read_token_file(path)
