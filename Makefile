@@ -15,6 +15,7 @@ install: $(BIN)/edvit-tool
 
 board-venv:
 	bash scripts/make-board-venv.sh
+	bash scripts/make-board-venv.sh --tflite-runtime
 
 demo: install
 	$(BIN)/edvit-tool demo

@@ -258,7 +258,7 @@ def bench_ensemble(k: int, quotas: Quotas, args, workdir: str) -> dict:
 def _predicted_makespans(assignment: dict, compute: dict) -> tuple:
     """What `edvit-tool assign` predicts for these boards: each sub-model costs its measured compute p50 on any
     of them (the boards are identical: same quota), memory is not binding. -> (exact, greedy) makespan ms."""
-    from edvit_tool.assign import solve_exact, solve_greedy
+    from edvit_tool.cluster.assign import solve_exact, solve_greedy
 
     cost = {m: compute[b] / len(ms) for b, ms in assignment.items() for m in ms}
     boards = list(assignment)

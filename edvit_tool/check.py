@@ -28,7 +28,6 @@ from .runtime import manifest as mf
 RUNTIME_OVERHEAD_MB = {"onnx": 60.0, "tflite": 35.0}
 MODEL_MEMORY_FACTOR = 2.0
 ACCURACY_TOLERANCE_PP = 0.5
-PROFILES_DIR_ENV = "EDVIT_DEVICE_PROFILES"
 
 
 @dataclass
@@ -58,12 +57,9 @@ class _Run:
 
 # -- inputs --------------------------------------------------------------------------------------------------
 def _profile_dirs() -> list[str]:
-    dirs = []
-    if os.environ.get(PROFILES_DIR_ENV):
-        dirs.append(os.environ[PROFILES_DIR_ENV])
-    dirs.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "device_profiles"))
-    dirs.append(os.path.join(os.getcwd(), "device_profiles"))
-    return dirs
+    from .config.device_profile import profiles_dir
+
+    return [profiles_dir(), os.path.join(os.getcwd(), "device_profiles")]
 
 
 def load_profile(ref: str) -> dict:

@@ -28,10 +28,13 @@ import logging
 import os
 import threading
 import time
-from urllib.parse import urlsplit
 
 import numpy as np
 
+from .cluster.deployment import DeploymentError, read_token  # noqa: F401 (DeploymentError, read_token: re-exported)
+from .cluster.deployment import load as load_deployment
+from .cluster.deployment import ordered_submodels as _ordered_submodels
+from .cluster.deployment import parse_endpoint as _parse_endpoint
 from .errors import ArtifactError, EdvitError
 from .runtime import backends
 from .runtime import manifest as mf
@@ -45,10 +48,6 @@ SLOW_STRIKES = 2                      # consecutive deadline misses before a boa
 MAX_REQUEST_BYTES = 8 << 20           # batches are split so one body stays under the workers' 16 MiB default cap
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _WINDOW = 10000                       # latencies kept for percentiles
-
-
-class DeploymentError(EdvitError):
-    """deployment.json is missing, malformed or does not match its build."""
 
 
 class NoBoardAnswered(EdvitError):
@@ -109,115 +108,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def _read_json(path: str, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise DeploymentError(f"{path}: not found; run `edvit-tool deploy --plan plan.json` to create the "
-                              f"{what}") from None
-    except (OSError, ValueError) as e:
-        raise DeploymentError(f"{path}: cannot read it as JSON ({e}); re-run `edvit-tool deploy`") from None
-    if not isinstance(doc, dict):
-        raise DeploymentError(f"{path}: must hold a JSON object; re-run `edvit-tool deploy`")
-    return doc
-
-
-def read_token(path: str, where: str) -> str:
-    """The bearer token in `path` (one word); DeploymentError naming `where` otherwise. Never logged."""
-    from .runtime.httpd import read_token_file
-
-    try:
-        return read_token_file(path)
-    except ValueError as e:
-        raise DeploymentError(f"{where}: token file {path}: {e}; re-run `edvit-tool deploy` or fix its "
-                              "permissions") from None
-
-
-def load_deployment(path: str) -> tuple:
-    """deployment.json -> (doc, manifest, build dir, token or None, {model: [board names]}); every problem named."""
-    doc = _read_json(path, "deployment file")
-    where = path
-    if doc.get("schema_version") != 1:
-        raise DeploymentError(f"{where}: schema_version must be 1, got {doc.get('schema_version')!r}; re-run "
-                              "`edvit-tool deploy` with this version")
-    build = doc.get("build")
-    if not isinstance(build, dict) or not isinstance(build.get("path"), str):
-        raise DeploymentError(f"{where}: build.path is missing; re-run `edvit-tool deploy`")
-    build_dir = build["path"]
-    if not os.path.isabs(build_dir):
-        build_dir = os.path.join(os.path.dirname(os.path.abspath(path)), build_dir)
-    try:
-        manifest = mf.load(build_dir)
-    except mf.ManifestError as e:
-        raise DeploymentError(f"{where}: build.path {build_dir}: {e}") from None
-    want = build.get("manifest_sha256")
-    if want and mf.sha256_file(os.path.join(build_dir, mf.MANIFEST_NAME)) != want:
-        raise DeploymentError(f"{where}: the build at {build_dir} changed since it was deployed (manifest sha256 "
-                              "differs); redeploy it with `edvit-tool deploy`")
-    token = None
-    if doc.get("token_file"):
-        token = read_token(doc["token_file"], where)
-    boards = doc.get("boards")
-    if not isinstance(boards, list) or not boards:
-        raise DeploymentError(f"{where}: boards must be a non-empty list; re-run `edvit-tool deploy`")
-    sub_names = [s["name"] for s in _ordered_submodels(manifest)]
-    names, hosting = set(), {m: [] for m in sub_names}
-    for i, b in enumerate(boards):
-        at = f"{where}: boards[{i}]"
-        if not isinstance(b, dict) or not isinstance(b.get("name"), str) or not b["name"]:
-            raise DeploymentError(f"{at}.name is missing")
-        if b["name"] in names:
-            raise DeploymentError(f"{at}: board name {b['name']!r} appears twice")
-        names.add(b["name"])
-        _parse_endpoint(b.get("endpoint"), f"{at} ({b['name']}).endpoint")
-        models = b.get("models")
-        if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
-            raise DeploymentError(f"{at} ({b['name']}).models must be a non-empty list of sub-model names")
-        for m in models:
-            if m not in hosting:
-                raise DeploymentError(f"{at} ({b['name']}): model {m!r} is not a sub-model of the build "
-                                      f"(it has {', '.join(sub_names)}); redeploy from a plan for this build")
-            hosting[m].append(b["name"])
-    replicas = doc.get("replicas")
-    if replicas is None:
-        replicas = hosting
-    if not isinstance(replicas, dict):
-        raise DeploymentError(f"{where}: replicas must map sub-model -> [board names]")
-    for m in sub_names:
-        reps = replicas.get(m) or hosting[m]
-        if not isinstance(reps, list) or not all(isinstance(r, str) for r in reps):
-            raise DeploymentError(f"{where}: replicas.{m} must be a list of board names, got {reps!r}")
-        if not reps:
-            raise DeploymentError(f"{where}: sub-model {m} is on no board; re-run `edvit-tool assign` and "
-                                  "`edvit-tool deploy`")
-        for bn in reps:
-            if bn not in hosting[m]:
-                raise DeploymentError(f"{where}: replicas.{m} names board {bn!r}, which does not serve {m} "
-                                      f"(boards with {m}: {', '.join(hosting[m]) or 'none'})")
-        replicas[m] = list(reps)
-    return doc, manifest, build_dir, token, {m: replicas[m] for m in sub_names}
-
-
-def _parse_endpoint(endpoint, where: str) -> tuple:
-    if not isinstance(endpoint, str):
-        raise DeploymentError(f"{where} must be a URL like http://10.0.0.21:8001, got {endpoint!r}")
-    u = urlsplit(endpoint)
-    try:
-        port = u.port
-    except ValueError:
-        port = None
-    if u.scheme != "http" or not u.hostname or port is None:
-        raise DeploymentError(f"{where} must be a URL like http://10.0.0.21:8001, got {endpoint!r}")
-    return u.hostname, port
-
-
-def _ordered_submodels(manifest: dict) -> list:
-    """Sub-models in group order: the order of the fusion head's input slices."""
-    subs = list(manifest["submodels"])
-    return sorted(subs, key=lambda s: s.get("group", subs.index(s)))
 
 
 class Coordinator:

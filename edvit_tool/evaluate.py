@@ -37,7 +37,8 @@ def deployed_artifacts(deployment_path: str) -> dict:
     """{build_dir, manifest, submodels: {name: artifact entry} in group order, fusion: artifact entry, source,
     boards: {sub-model: board}} for what `deployment_path` serves. With replicas, the first replica (the one the
     coordinator prefers) counts."""
-    from .coordinator import _ordered_submodels, load_deployment
+    from .cluster.deployment import load as load_deployment
+    from .cluster.deployment import ordered_submodels as _ordered_submodels
 
     doc, manifest, build_dir, _token, replicas = load_deployment(deployment_path)
     boards = {b["name"]: b for b in doc["boards"]}
