@@ -20,7 +20,7 @@ from workers import BUILD_CACHE, CLASSES, LocalWorkers, local_fused, make_coord_
     write_deployment
 
 from edvit_tool.cli.main import main as cli_main
-from edvit_tool.coordinator import Coordinator, DeploymentError, NoBoardAnswered, softmax
+from edvit_tool.serve.coordinator import Coordinator, DeploymentError, NoBoardAnswered, softmax
 from edvit_tool.errors import EdvitError
 
 pytestmark = pytest.mark.slow
@@ -334,7 +334,7 @@ def test_bad_deployment_files_name_the_problem(cluster, tmp_path, capsys):
 
 
 def test_a_batch_over_the_body_cap_is_split_into_requests_and_merged(cluster, build, eval_set, monkeypatch):
-    import edvit_tool.coordinator as coordinator
+    import edvit_tool.serve.coordinator as coordinator
 
     dep, _ = cluster
     x, _ = eval_set

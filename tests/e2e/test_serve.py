@@ -18,7 +18,7 @@ import pytest
 
 from workers import BUILD_CACHE, REPO, make_coord_build, start_local_workers
 
-from edvit_tool.coordinator import Coordinator
+from edvit_tool.serve.coordinator import Coordinator
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
