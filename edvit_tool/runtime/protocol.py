@@ -92,7 +92,8 @@ def _split(body: bytes, header_length) -> tuple:
         if not 0 < hlen <= len(body):
             raise ProtocolError(400, f"{HEADER_LENGTH} is {hlen} but the body has {len(body)} bytes")
     try:
-        header = json.loads(bytes(view[:hlen]))
+        # a whole-JSON body is parsed in place: bytes(view) would add a copy of it to the peak memory
+        header = json.loads(body if hlen == len(body) and isinstance(body, bytes) else bytes(view[:hlen]))
     except (ValueError, UnicodeDecodeError) as e:
         raise ProtocolError(400, f"body is not valid JSON ({e})") from None
     except RecursionError:
