@@ -309,6 +309,8 @@ def make_broken_build(good: str, root: str, broken: dict) -> str:
             path = os.path.join(root, art["file"])
             _broken_onnx(path, broken[art["name"]], art["outputs"][1]["shape"][1])
             art["sha256"], art["bytes"] = sha256_file(path), os.path.getsize(path)
+            if broken[art["name"]] == "float64":  # declared so: the worker checks outputs against the manifest
+                art["outputs"][0]["dtype"] = "float64"
     with open(os.path.join(root, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
     return root
