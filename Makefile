@@ -30,7 +30,7 @@ bench: install board-venv
 	$(BIN)/python bench/compile.py
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/worker_overhead.py
-	$(BIN)/python bench/profile.py
+	$(BIN)/python bench/profile_boards.py
 	$(BIN)/python bench/distributed.py
 
 clean:

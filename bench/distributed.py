@@ -44,7 +44,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-# bench/profile.py would shadow the stdlib `profile` that torch imports: drop this script's own dir
+# a bench script named like a stdlib module would shadow it (tests/unit/test_bench_names.py): drop our own dir
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 sys.path.insert(0, os.path.join(REPO, "tests"))

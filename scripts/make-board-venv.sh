@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create the slim "board" venv the loopback test boards run (DESIGN §8): numpy + ai-edge-litert + onnxruntime,
+# Create the slim "board" venv the loopback test boards run (DESIGN §8): numpy + ai-edge-litert + onnxruntime +
+# pillow (image decoding for runtime/preprocess.py),
 # NO torch, so a stray torch import in edvit_tool/runtime fails the tests. Idempotent: a stamp file records the
 # requirement set; rerunning with the same set is a no-op (~50 ms).
 #
@@ -12,12 +13,12 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-${EDVIT_BOARD_VENV:-$repo/.venv-board}}"
 # Same versions as the host venv, so board figures and host parity use the same interpreters.
-reqs=("numpy==2.4.6" "ai-edge-litert==2.3.0" "onnxruntime==1.32.0")
+reqs=("numpy==2.4.6" "ai-edge-litert==2.3.0" "onnxruntime==1.32.0" "pillow==13.0.0")
 stamp="$venv/.edvit-board-venv"
 want="${reqs[*]}"
 
 if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]] \
-   && "$venv/bin/python" -c "import numpy, ai_edge_litert, onnxruntime" 2>/dev/null; then
+   && "$venv/bin/python" -c "import numpy, ai_edge_litert, onnxruntime, PIL" 2>/dev/null; then
   echo "board venv ok: $venv"
   exit 0
 fi

@@ -1,6 +1,6 @@
 """What SSH to a board costs (DESIGN §7, issue 4 targets), on real loopback sshd boards (tests/boards.py).
 
-    .venv/bin/python bench/profile.py [--n 200] [--mb 64]        (root: it starts sshd boards)
+    .venv/bin/python bench/profile_boards.py [--n 200] [--mb 64]        (root: it starts sshd boards)
 
 Measures with edvit_tool.remote.ssh.SshSession (paramiko, TCP_NODELAY):
   * connect: TCP + SSH handshake + key auth (median of 10);
