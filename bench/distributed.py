@@ -52,7 +52,7 @@ sys.path.insert(0, REPO)
 
 from workers import export_onnx, io_spec, start_local_workers  # noqa: E402
 
-from edvit_tool.coordinator import Coordinator  # noqa: E402
+from edvit_tool.serve.coordinator import Coordinator  # noqa: E402
 from edvit_tool.runtime.protocol import OipClient  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")

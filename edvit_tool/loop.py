@@ -156,11 +156,11 @@ def run_loop(build_dir: str, run_dir: str, boards_file: str | None = None, local
     K) local boards, all this machine. Returns the summary also written to run_dir/loop.json; its "ok" is
     False when the accuracy through the deployment differs from the one it must reproduce."""
     from .cluster import deploy as dp
-    from . import evaluate as ev
     from .cluster import profile as prof
+    from .serve import evaluate as ev
     from .artifacts import load_manifest
     from .config.boards import boards_from_yaml
-    from .coordinator import Coordinator
+    from .serve.coordinator import Coordinator
     from .images import load_npz
     from .runtime import manifest as mf
 

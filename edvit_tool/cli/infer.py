@@ -36,7 +36,7 @@ def command(deployment, images, top_k, batch, deadline_ms, summary, as_json):
     """Classify IMAGE... (files, .npz or class folders) with the deployed ED-ViT ensemble."""
     import numpy as np
 
-    from ..coordinator import Coordinator
+    from ..serve.coordinator import Coordinator
     from ..images import load_inputs
     from ..progress import Bars
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from ..errors import EdvitError
 from ..runtime import manifest as mf
+from ..runtime.manifest import ordered_submodels  # noqa: F401 (re-exported: plan and deploy read it here)
 
 SCHEMA_VERSION = 1
 TRANSPORTS = ("ssh", "local")
@@ -164,15 +165,9 @@ def parse_endpoint(endpoint, where: str) -> tuple:
         port = u.port
     except ValueError:
         port = None
-    if u.scheme != "http" or not u.hostname or port is None:
-        raise DeploymentError(f"{where} must be a URL like http://10.0.0.21:8001, got {endpoint!r}")
+    if u.scheme not in ("http", "https") or not u.hostname or port is None:
+        raise DeploymentError(f"{where} must be a URL like http://10.0.0.21:8001 (or https://), got {endpoint!r}")
     return u.hostname, port
-
-
-def ordered_submodels(manifest: dict) -> list:
-    """Sub-models in group order: the order of the fusion head's input slices."""
-    subs = list(manifest["submodels"])
-    return sorted(subs, key=lambda s: s.get("group", subs.index(s)))
 
 
 def token_path(out: str) -> str:

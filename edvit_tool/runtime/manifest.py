@@ -199,3 +199,9 @@ def select_artifact(manifest: dict, name: str, variant: str | None = None) -> tu
 def artifact_by_sha256(manifest: dict, sha256: str) -> dict | None:
     """The artifact whose file has this sha256 (boards cache files by hash, not by name)."""
     return next((a for a in manifest.get("artifacts", []) if a.get("sha256") == sha256), None)
+
+
+def ordered_submodels(manifest: dict) -> list:
+    """Sub-models in group order: the order of the fusion head's input slices."""
+    subs = list(manifest["submodels"])
+    return sorted(subs, key=lambda s: s.get("group", subs.index(s)))

@@ -111,7 +111,7 @@ def _infer_accuracy(dep, build, batch):
 
 @pytest.mark.slow
 def test_full_loop_on_three_ssh_boards_reproduces_the_exported_accuracy(boards, digits_build, tmp_path):
-    from edvit_tool import evaluate as ev
+    from edvit_tool.serve import evaluate as ev
 
     _, build = digits_build
     bs = boards(K)
