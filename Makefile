@@ -15,6 +15,7 @@ install: $(BIN)/edvit-tool
 
 board-venv:
 	bash scripts/make-board-venv.sh
+	bash scripts/make-board-venv.sh --tflite-runtime
 
 demo: install
 	$(BIN)/edvit-tool demo
@@ -30,8 +31,9 @@ bench: install board-venv
 	$(BIN)/python bench/compile.py
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/worker_overhead.py
-	$(BIN)/python bench/profile.py
+	$(BIN)/python bench/profile_boards.py
 	$(BIN)/python bench/distributed.py
+	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/paper.py
 
 # README's "Results" block from bench/results/*.json (run after `make bench`)

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-# bench/profile.py would shadow the stdlib `profile` module (torch imports cProfile): drop bench/ from the path.
+# a bench script named like a stdlib module would shadow it (tests/unit/test_bench_names.py): drop bench/.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))

@@ -44,7 +44,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-# bench/profile.py would shadow the stdlib `profile` that torch imports: drop this script's own dir
+# a bench script named like a stdlib module would shadow it (tests/unit/test_bench_names.py): drop our own dir
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -52,7 +52,7 @@ sys.path.insert(0, REPO)
 
 from workers import export_onnx, io_spec, start_local_workers  # noqa: E402
 
-from edvit_tool.coordinator import Coordinator  # noqa: E402
+from edvit_tool.serve.coordinator import Coordinator  # noqa: E402
 from edvit_tool.runtime.protocol import OipClient  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
@@ -258,7 +258,7 @@ def bench_ensemble(k: int, quotas: Quotas, args, workdir: str) -> dict:
 def _predicted_makespans(assignment: dict, compute: dict) -> tuple:
     """What `edvit-tool assign` predicts for these boards: each sub-model costs its measured compute p50 on any
     of them (the boards are identical: same quota), memory is not binding. -> (exact, greedy) makespan ms."""
-    from edvit_tool.assign import solve_exact, solve_greedy
+    from edvit_tool.cluster.assign import solve_exact, solve_greedy
 
     cost = {m: compute[b] / len(ms) for b, ms in assignment.items() for m in ms}
     boards = list(assignment)

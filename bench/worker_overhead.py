@@ -93,7 +93,7 @@ def _pin(cpu):
 
 
 class Worker:
-    def __init__(self, board, shim, build, models, variant=None, cpu=None):
+    def __init__(self, board, shim, build, models, variant=None, cpu=None, extra=()):
         self.tmp = tempfile.mkdtemp(prefix="edvit-bench-")
         tok = os.path.join(self.tmp, "token")
         with open(tok, "w") as f:
@@ -103,6 +103,7 @@ class Worker:
                "--port", "0", "--token-file", tok, "--threads", "1", "--log-level", "warning"]
         if variant:
             cmd += ["--variant", variant]
+        cmd += list(extra)
         t0 = time.perf_counter()
         pre = (lambda: _pin(cpu)) if cpu is not None else None
         self.proc = subprocess.Popen(cmd, cwd=board, env=board_env(board, shim), stdout=subprocess.PIPE, text=True,

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import EdvitError
+from .errors import DataError, EdvitError
 from .export import validate as V
 from .runtime import manifest as mf
 
@@ -28,7 +28,6 @@ from .runtime import manifest as mf
 RUNTIME_OVERHEAD_MB = {"onnx": 60.0, "tflite": 35.0}
 MODEL_MEMORY_FACTOR = 2.0
 ACCURACY_TOLERANCE_PP = 0.5
-PROFILES_DIR_ENV = "EDVIT_DEVICE_PROFILES"
 
 
 @dataclass
@@ -58,12 +57,9 @@ class _Run:
 
 # -- inputs --------------------------------------------------------------------------------------------------
 def _profile_dirs() -> list[str]:
-    dirs = []
-    if os.environ.get(PROFILES_DIR_ENV):
-        dirs.append(os.environ[PROFILES_DIR_ENV])
-    dirs.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "device_profiles"))
-    dirs.append(os.path.join(os.getcwd(), "device_profiles"))
-    return dirs
+    from .config.device_profile import profiles_dir
+
+    return [profiles_dir(), os.path.join(os.getcwd(), "device_profiles")]
 
 
 def load_profile(ref: str) -> dict:
@@ -97,19 +93,26 @@ def load_profile(ref: str) -> dict:
 
 
 def load_eval(path: str, manifest: dict | None) -> tuple[np.ndarray, np.ndarray]:
-    if not os.path.isfile(path):
-        raise EdvitError(f"--eval {path}: not found; give an .npz with x [M,C,H,W] float32 and y [M] int")
+    """--eval: an .npz (x float32 preprocessed, or raw uint8 images; y labels) or a folder of class sub-folders;
+    raw images get the build's own preprocessing (runtime/preprocess.py with the manifest's input spec)."""
+    from .images import load_image_folder, load_npz
+
+    spec = (manifest or {}).get("input")
+    if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list):
+        raise EdvitError(f"--eval {path}: the manifest has no valid input spec to preprocess it with; rebuild")
+    if not os.path.exists(path):
+        raise EdvitError(f"--eval {path}: not found; give an .npz with x (float32 [M,C,H,W] normalised, or uint8 "
+                         "images) and y [M] int, or a folder of class sub-folders")
     try:
-        data = V.load_npz(path, ("x", "y"))
-    except ValueError as e:
-        raise EdvitError(f"--eval {e}; it needs x [M,C,H,W] float32 (normalised like the build's input) and y [M]") \
-            from None
-    x, y = data["x"].astype(np.float32), data["y"].astype(np.int64)
-    want = (manifest or {}).get("input", {}).get("shape")
-    if len(x) != len(y) or len(x) == 0 or (want and list(x.shape[1:]) != list(want)):
-        raise EdvitError(f"--eval {path}: x {list(x.shape)}, y {list(y.shape)}; expected x [M, "
-                         f"{', '.join(map(str, want or ['C', 'H', 'W']))}] and y [M], M > 0")
-    return x, y
+        if os.path.isdir(path):
+            folder = load_image_folder(path, spec, (manifest or {}).get("classes") or [])
+            return folder.x, folder.y
+        x, y = load_npz(path, spec)
+    except DataError as e:
+        raise EdvitError(f"--eval {e}") from None
+    if y is None or len(x) == 0:
+        raise EdvitError(f"--eval {path}: x {list(x.shape)} has no labels y (or no rows); store y [M] int labels")
+    return x.astype(np.float32), y.astype(np.int64)
 
 
 def _safe_rel(root: str, rel: str) -> str | None:

@@ -37,9 +37,11 @@ def check_vit(model, name: str = "") -> None:
     if not isinstance(model, VisionTransformer):
         raise ModelError(f"model.name: {name or type(model).__name__} is a {type(model).__name__}, not a timm "
                          f"VisionTransformer; edvit-tool prunes ViT attention heads/MLPs (use e.g. vit_tiny_patch16_224)")
-    if model.global_pool != "token" or model.cls_token is None:
-        raise ModelError(f"model: {name} uses global_pool={model.global_pool!r}; edvit-tool needs a class-token ViT "
-                         f"(global_pool='token', class_token=True)")
+    pool = model.global_pool
+    if pool not in ("token", "avg") or (pool == "token" and model.cls_token is None):
+        raise ModelError(f"model: {name} uses global_pool={pool!r}"
+                         f"{' without a class token' if pool == 'token' else ''}; edvit-tool needs pooled features "
+                         f"(global_pool 'token' with a class token, or 'avg')")
 
 
 def read_state_dict(path: str) -> dict:

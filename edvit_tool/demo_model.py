@@ -7,7 +7,7 @@ import os
 import torch
 
 from . import checkpoint, finetune
-from .data import load_data, input_spec
+from .compile.data import load_data, input_spec
 
 
 def train_demo_model(recipe: dict, out_path: str, steps: int = 1500, bars=None) -> float:

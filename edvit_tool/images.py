@@ -1,13 +1,14 @@
-"""Images in, model input out: png/jpg files and npz arrays -> preprocessed float32 [N, C, H, W].
+"""Images in, model input out: png/jpg files, image folders and npz arrays -> preprocessed float32 [N, C, H, W].
 
-Follows the manifest input spec (`shape` [C, H, W], `mean`, `std`, `interpolation`) the way compile preprocessed
-its data (data.to_model_input): pixels scaled to [0, 1], RGB -> gray by the channel mean, gray -> RGB by
-repetition, antialiased resize, then (x - mean) / std.
+Every image goes through runtime/preprocess.py with the manifest's input spec — the checkpoint's own timm eval
+transform (resize by crop_pct, centre crop, mean/std), the same code the boards run. Older manifests without
+crop_pct are stretched to H x W as they were built (see runtime/preprocess.py).
 
-npz files: key `x`, either raw uint8 images [N, H, W] / [N, H, W, C] (preprocessed here) or float arrays that are
-already preprocessed ([N, C, H, W], or [N, H, W] for a 1-channel model; resized when the size differs, never
-channel-converted since their normalisation is unknown). Optional `y`: integer labels, for accuracy.
-Host side (PIL + numpy).
+npz files: key `x`, either raw uint8 images ([N, H, W], [N, H, W, C] or [N, C, H, W]; preprocessed here) or float
+arrays that are already preprocessed ([N, C, H, W], or [N, H, W] for a 1-channel model; resized when the size
+differs, never channel-converted since their normalisation is unknown). Optional `y`: integer labels, for accuracy.
+Image folders (eval sets): DIR/<class name>/<image>, class names as in the manifest.
+Host side, torch-free (PIL + numpy).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import numpy as np
 
 from .errors import DataError
+from .runtime import preprocess as pp
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -34,22 +36,20 @@ def _spec_text(spec: dict) -> str:
     return f"[{c}, {h}, {w}] (C, H, W; manifest input.shape)"
 
 
-def _resample(spec: dict):
-    from PIL import Image
-
-    name = str(spec.get("interpolation", "bilinear")).lower()
-    return {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}.get(
-                name, Image.Resampling.BILINEAR)
+def _preprocess(images, spec: dict, names) -> np.ndarray:
+    try:
+        return pp.preprocess_batch(images, spec, names)
+    except pp.ImageError as e:
+        raise DataError(str(e)) from None
 
 
-def _resize(x: np.ndarray, h: int, w: int, spec: dict) -> np.ndarray:
-    """float [N, C, H', W'] -> [N, C, h, w], channel by channel in PIL's float mode (antialiased)."""
+def _resize_float(x: np.ndarray, h: int, w: int, spec: dict) -> np.ndarray:
+    """Already-preprocessed float [N, C, H', W'] -> [N, C, h, w], channel by channel in PIL's float mode."""
     if x.shape[2:] == (h, w):
         return x
     from PIL import Image
 
-    rs = _resample(spec)
+    rs = getattr(Image.Resampling, str(spec.get("interpolation") or "bilinear").upper(), Image.Resampling.BILINEAR)
     out = np.empty(x.shape[:2] + (h, w), dtype=np.float32)
     for i in range(x.shape[0]):
         for c in range(x.shape[1]):
@@ -58,56 +58,22 @@ def _resize(x: np.ndarray, h: int, w: int, spec: dict) -> np.ndarray:
     return out
 
 
-def _match_channels(x: np.ndarray, c: int, where: str, spec: dict) -> np.ndarray:
-    """[N, C', H, W] raw [0, 1] images -> [N, c, H, W]: RGB <-> gray, RGBA drops alpha; anything else rejected."""
-    have = x.shape[1]
-    if have == c:
-        return x
-    if have == 4 and c in (1, 3):  # RGBA / CMYK-like: drop the 4th channel first
-        x, have = x[:, :3], 3
-        if c == 3:
-            return x
-    if have == 3 and c == 1:
-        return x.mean(axis=1, keepdims=True)
-    if have == 1 and c == 3:
-        return np.repeat(x, 3, axis=1)
-    raise DataError(f"{where}: images have {have} channels (array shape {list(x.shape)}), the model takes "
-                    f"{_spec_text(spec)}; give 1-channel (gray) or 3-channel (RGB) images")
-
-
-def preprocess_raw(images: np.ndarray, spec: dict, where: str) -> np.ndarray:
-    """Raw images [N, C', H', W'] with values in [0, 1] -> normalised float32 [N, C, H, W]."""
-    c, h, w = spec["shape"]
-    x = _match_channels(images.astype(np.float32, copy=False), c, where, spec)
-    x = _resize(x, h, w, spec)
-    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, c, 1, 1)
-    std = np.asarray(spec["std"], dtype=np.float32).reshape(1, c, 1, 1)
-    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
-
-
 def load_image(path: str, spec: dict) -> np.ndarray:
     """One image file -> float32 [1, C, H, W]."""
-    from PIL import Image, UnidentifiedImageError
+    return _preprocess([path], spec, [path])
 
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit PNGs (Pillow opens some as "I")
-                arr = (np.asarray(img, dtype=np.float32) / 65535.0)[..., None]
-            elif mode == "F":
-                arr = np.asarray(img, dtype=np.float32)[..., None]
-            else:
-                if mode not in ("L", "RGB", "RGBA"):
-                    img = img.convert("RGBA" if "A" in img.getbands() or "transparency" in img.info else "RGB")
-                arr = np.asarray(img, dtype=np.float32) / 255.0
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: cannot read it as an image ({e}); give a png/jpg file") from None
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    return preprocess_raw(arr.transpose(2, 0, 1)[None], spec, path)
+
+def _raw_channels_last(x: np.ndarray, path: str, spec: dict) -> np.ndarray:
+    """uint8 [N, H, W] / [N, H, W, C] / [N, C, H, W] -> [N, H, W(, C)] for runtime.preprocess."""
+    if x.ndim == 3:
+        return x
+    if x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3):
+        return x
+    if x.ndim == 4 and x.shape[1] in (1, 3, 4):
+        return x.transpose(0, 2, 3, 1)
+    got = f" ({x.shape[-1]} channels?)" if x.ndim == 4 else ""
+    raise DataError(f"{path}: x is uint8 with shape {list(x.shape)}{got}; raw images must be [N, H, W], "
+                    f"[N, H, W, C] or [N, C, H, W] with C 1, 3 or 4, for a model taking {_spec_text(spec)}")
 
 
 def load_npz(path: str, spec: dict) -> tuple:
@@ -126,14 +92,8 @@ def load_npz(path: str, spec: dict) -> tuple:
         raise DataError(f"{path}: cannot read it as an npz archive ({e})") from None
     shape = list(x.shape)
     if x.dtype == np.uint8:
-        if x.ndim == 3:
-            x = x[:, None]
-        elif x.ndim == 4 and x.shape[-1] in (1, 2, 3, 4) and x.shape[1] not in (1, 3):
-            x = x.transpose(0, 3, 1, 2)  # channels-last
-        elif x.ndim != 4:
-            raise DataError(f"{path}: x is uint8 with shape {shape}; raw images must be [N, H, W] or "
-                            f"[N, H, W, C] for a model taking {_spec_text(spec)}")
-        x = preprocess_raw(x / np.float32(255.0), spec, f"{path} (x {shape} uint8)")
+        raw = _raw_channels_last(x, path, spec)
+        x = _preprocess(list(raw), spec, [f"{path}[{i}] (x {shape} uint8)" for i in range(len(raw))])
     elif x.dtype.kind == "f":
         if x.ndim == 3 and c == 1:
             x = x[:, None]
@@ -141,7 +101,7 @@ def load_npz(path: str, spec: dict) -> tuple:
             raise DataError(f"{path}: x is {x.dtype} with shape {shape}, taken as already preprocessed, but the "
                             f"model takes [N, {c}, {h}, {w}] ({_spec_text(spec)}); store raw uint8 images "
                             "instead to have them converted, or preprocess them to that shape")
-        x = _resize(x.astype(np.float32, copy=False), h, w, spec)
+        x = _resize_float(x.astype(np.float32, copy=False), h, w, spec)
     else:
         raise DataError(f"{path}: x has dtype {x.dtype}; expected uint8 raw images or float32 preprocessed ones")
     if y is not None:
@@ -152,12 +112,39 @@ def load_npz(path: str, spec: dict) -> tuple:
     return np.ascontiguousarray(x, dtype=np.float32), y
 
 
-def load_inputs(paths, spec: dict) -> Inputs:
-    """Image files and npz archives, in order -> Inputs. Labels only when every source had them."""
+def load_image_folder(root: str, spec: dict, classes: list) -> Inputs:
+    """ROOT/<class name>/<image> -> Inputs with labels = the class's index in `classes` (the manifest's)."""
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: not a directory; give a folder with one sub-folder per class")
+    index = {str(c): i for i, c in enumerate(classes)}
+    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    unknown = [d for d in subdirs if d not in index]
+    if unknown:
+        known = ", ".join(list(index)[:10]) + (", ..." if len(index) > 10 else "")
+        raise DataError(f"{root}: sub-folder(s) {', '.join(unknown[:5])} are not classes of this build; name them "
+                        f"after the manifest's classes ({known})")
+    paths, labels = [], []
+    for d in subdirs:
+        for name in sorted(os.listdir(os.path.join(root, d))):
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTS:
+                paths.append(os.path.join(root, d, name))
+                labels.append(index[d])
+    if not paths:
+        raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTS)}) in its class sub-folders")
+    return Inputs(paths, _preprocess(paths, spec, paths), np.asarray(labels, dtype=np.int64))
+
+
+def load_inputs(paths, spec: dict, classes: list | None = None) -> Inputs:
+    """Image files, npz archives and (given the manifest's `classes`) image folders, in order -> Inputs. Labels
+    only when every source had them."""
     names, xs, ys = [], [], []
     for path in paths:
         ext = os.path.splitext(path)[1].lower()
-        if ext == ".npz":
+        if classes is not None and os.path.isdir(path):
+            folder = load_image_folder(path, spec, classes)
+            x, y = folder.x, folder.y
+            names += folder.names
+        elif ext == ".npz":
             x, y = load_npz(path, spec)
             names += [f"{path}[{i}]" for i in range(len(x))]
         elif ext in IMAGE_EXTS:
@@ -165,7 +152,7 @@ def load_inputs(paths, spec: dict) -> Inputs:
             names.append(path)
         else:
             raise DataError(f"{path}: unknown input type {ext or '(no extension)'}; give image files "
-                            f"({', '.join(IMAGE_EXTS)}) or an .npz with x (and y)")
+                            f"({', '.join(IMAGE_EXTS)}), an .npz with x (and y) or a folder of class sub-folders")
         xs.append(x)
         ys.append(y)
     if not xs:

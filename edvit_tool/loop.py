@@ -47,7 +47,7 @@ def write_local_boards(run_dir: str, n: int, probe: dict) -> str:
     import yaml
 
     from .config.device_profile import write_measured_profile
-    from .profile import local_names
+    from .cluster.profile import local_names
 
     prof = write_measured_profile(probe, os.path.join(run_dir, "device_profiles"), name="local")
     try:
@@ -67,7 +67,7 @@ def write_local_boards(run_dir: str, n: int, probe: dict) -> str:
 
 
 def _profiles_complete(path: str, names: list, shas: set) -> bool:
-    from .profile import load_profiles
+    from .cluster.profile import load_profiles
 
     try:
         doc = load_profiles(path)
@@ -83,9 +83,9 @@ def assign_plan(build_dir: str, profiles_path: str, boards_file: str, plan_path:
                 replicas: int = 1) -> dict:
     """`edvit-tool assign` as a function: the exact placement (plan.json written) + the greedy baseline's
     makespan beside it (None when greedy gets stuck)."""
-    from . import assign as A
+    from .cluster import assign as A
     from .artifacts import load_manifest
-    from .assign import build_plan_doc
+    from .cluster.plan import build_plan_doc
     from .config.boards import boards_from_yaml
 
     manifest = load_manifest(build_dir)
@@ -107,7 +107,8 @@ def assign_plan(build_dir: str, profiles_path: str, boards_file: str, plan_path:
 def _stop_doc(plan: dict, out: str, transport: str, boards_file: str | None, known_hosts) -> dict:
     """A deployment-shaped doc naming every board of the plan, for `deploy.stop` when deploy was interrupted
     before it wrote deployment.json (its workers may be running all the same)."""
-    from . import deploy as dp
+    from .cluster import deploy as dp
+    from .cluster.deployment import SCHEMA_VERSION
     from .config.boards import boards_from_yaml
 
     cluster = {b.name: b for b in boards_from_yaml(boards_file)} if transport == "ssh" else {}
@@ -122,14 +123,14 @@ def _stop_doc(plan: dict, out: str, transport: str, boards_file: str | None, kno
             b = cluster[name]
             entries.append({"name": name, "transport": "ssh", "target": b.target, "identity": b.identity,
                             "address": b.address, "port": b.worker_port, "models": models, "python": b.python,
-                            "root": dp.REMOTE_ROOT})
-    return {"schema_version": dp.SCHEMA_VERSION, "boards": entries,
+                            "root": b.root})
+    return {"schema_version": SCHEMA_VERSION, "boards": entries,
             "ssh": {"known_hosts": known_hosts, "host_key_policy": "accept-new", "connect_timeout": 10.0}}
 
 
 def _stop(deployment_path: str, deployed: bool, plan: dict, transport: str, boards_file, known_hosts,
           log) -> list:
-    from . import deploy as dp
+    from .cluster import deploy as dp
 
     path = deployment_path
     if not deployed:  # interrupted or failed deploy: stop whatever it may have started, from the plan
@@ -154,12 +155,12 @@ def run_loop(build_dir: str, run_dir: str, boards_file: str | None = None, local
     """Profile, assign, deploy, evaluate, stop. boards_file: real boards over SSH; else `local_boards` (default
     K) local boards, all this machine. Returns the summary also written to run_dir/loop.json; its "ok" is
     False when the accuracy through the deployment differs from the one it must reproduce."""
-    from . import deploy as dp
-    from . import evaluate as ev
-    from . import profile as prof
+    from .cluster import deploy as dp
+    from .cluster import profile as prof
+    from .serve import evaluate as ev
     from .artifacts import load_manifest
     from .config.boards import boards_from_yaml
-    from .coordinator import Coordinator
+    from .serve.coordinator import Coordinator
     from .images import load_npz
     from .runtime import manifest as mf
 

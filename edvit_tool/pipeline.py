@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from . import __version__, checkpoint, finetune, fuse, partition
 from .artifacts import staged_dir, write_manifest
 from .config import recipe as recipe_mod
-from .data import load_data, input_spec
+from .compile.data import load_data, input_spec, stratified_sample
+from .label_order import check_label_order
 from .prune import surgery
 from .prune.importance import compute_importance
 from .prune.plan import plan_keep
@@ -111,57 +112,86 @@ def _save_npz(path: str, **arrays) -> None:
     np.savez(path, **{k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()})
 
 
-def _eval_subset(n: int, cap: int, seed: int) -> torch.Tensor:
-    if n <= cap:
-        return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 3))[:cap].sort().values
-
-
-def _fit_fusion(fcfg: dict, wrapped, model, groups, data, t_fu, te_out, device, seed: int, bars) -> SimpleNamespace:
+def _fit_fusion(fcfg: dict, wrapped, model, groups, data, t_fu, va_out, device, seed: int, bars) -> SimpleNamespace:
     """The chosen fusion head (and what choosing it measured).
 
-    Trained / picked on the fusion split (which no sub-model trained on).
-
-    The split is small, so shifted views of it are added (features through the frozen sub-models, teacher logits
-    from the original). `auto` compares the MLP's k-fold accuracy with the training-free logit fusion there.
+    The MLP's weights are fitted on the fusion split (which no sub-model trained on) plus shifted views of it
+    (features through the frozen sub-models, teacher logits from the original). `auto` keeps whichever of the
+    MLP and the training-free logit fusion is more accurate on the validation split.
     """
     log = bars.log if bars else (lambda s: None)
     n_cls = len(data.classes)
     gen = torch.Generator().manual_seed(seed + 5)
-    views = [data.fusion.x] + [finetune.augment(data.fusion.x, gen, pad=2) for _ in range(fcfg["augment_views"])]
-    fu_views = [[finetune.predict(w, v, device) for w in wrapped] for v in views]   # [view][sub] -> (feat, logit)
-    feats_fu = torch.stack([torch.cat([o[0] for o in vo], 1) for vo in fu_views])    # [V, M, F]
-    logits_fu = torch.stack([torch.cat([o[1] for o in vo], 1) for vo in fu_views])   # [V, M, L]
-    t_fu = torch.stack([t_fu] + [finetune.predict(model, v, device) for v in views[1:]])
-    dims = [o[0].shape[1] for o in fu_views[0]]
+    feats_va = torch.cat([o[0] for o in va_out], 1)
+    logits_va = torch.cat([o[1] for o in va_out], 1)
+    dims = [o[0].shape[1] for o in va_out]
     logit_fusion = fuse.LogitFusion(groups, n_cls)
     with torch.no_grad():
-        acc_logits_fu = finetune.accuracy(logit_fusion(logits_fu[0]), data.fusion.y)
-        acc_logits_te = finetune.accuracy(logit_fusion(torch.cat([o[1] for o in te_out], 1)), data.test.y)
-    kind, cv_acc = fcfg["kind"], None
-    if kind == "auto":
-        cv_acc = fuse.cross_val_mlp_accuracy(feats_fu, data.fusion.y, t_fu, dims, n_cls, fcfg, seed)
-        kind = "mlp" if cv_acc > acc_logits_fu else "logits"
-        log(f"fusion: mlp cross-val {cv_acc:.4f} vs logits {acc_logits_fu:.4f} on the fusion split → {kind}")
-    if kind == "mlp":
+        acc_logits_va = finetune.accuracy(logit_fusion(logits_va), data.val.y)
+    kind, mlp_acc_va, head = fcfg["kind"], None, None
+    if kind in ("auto", "mlp"):
+        feats_views, t_views = [torch.cat([finetune.predict(w, data.fusion.x, device)[0] for w in wrapped], 1)], [t_fu]
+        for _ in range(fcfg["augment_views"]):  # shifted views, decoded chunk by chunk
+            fs, ts = [], []
+            for i in range(0, len(data.fusion), 256):
+                xb = finetune.augment(data.fusion.x[i:i + 256], gen, pad=2)
+                fs.append(torch.cat([finetune.predict(w, xb, device)[0] for w in wrapped], 1))
+                ts.append(finetune.predict(model, xb, device))
+            feats_views.append(torch.cat(fs))
+            t_views.append(torch.cat(ts))
+        feats_fu, t_views = torch.stack(feats_views), torch.stack(t_views)
         advance = bars.task("fusion head", fcfg["steps"]) if bars else None
         v = feats_fu.shape[0]
         head = fuse.train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v),
-                                     t_fu.reshape(-1, t_fu.shape[-1]), dims, n_cls, fcfg, seed, advance)
-        return SimpleNamespace(head=head, kind=kind, source="features", dims=dims, calibration=feats_fu[0],
-                         test_inputs=torch.cat([o[0] for o in te_out], 1), mlp_cv_accuracy=cv_acc,
-                         logits_test_accuracy=acc_logits_te)
-    return SimpleNamespace(head=logit_fusion, kind=kind, source="logits", dims=dims, calibration=logits_fu[0],
-                     test_inputs=torch.cat([o[1] for o in te_out], 1), mlp_cv_accuracy=cv_acc,
-                     logits_test_accuracy=acc_logits_te)
+                                     t_views.reshape(-1, t_views.shape[-1]), dims, n_cls, fcfg, seed, advance)
+        with torch.no_grad():
+            mlp_acc_va = finetune.accuracy(head.eval()(feats_va), data.val.y)
+    if kind == "auto":
+        kind = "mlp" if mlp_acc_va > acc_logits_va else "logits"
+        log(f"fusion: mlp {mlp_acc_va:.4f} vs logits {acc_logits_va:.4f} on the validation split → {kind}")
+    choice = {"mlp_val": mlp_acc_va, "logits_val": acc_logits_va, "kind": kind}
+    if kind == "mlp":
+        return SimpleNamespace(head=head, kind=kind, source="features", dims=dims, val_inputs=feats_va,
+                               choice=choice)
+    return SimpleNamespace(head=logit_fusion, kind=kind, source="logits", dims=dims, val_inputs=logits_va,
+                           choice=choice)
 
 
-def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> SimpleNamespace:
-    t_start = time.perf_counter()
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA (teacher, importance, fine-tuning, fusion); nothing on CPU. Parameters and optimiser
+    state stay fp32; export runs on CPU outside it."""
+    import contextlib
+
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False, resume: bool = False,
+                  jobs: int = 1) -> SimpleNamespace:
+    """Compile `recipe` into `out_dir`. Finished sub-models are kept in `<out_dir>.partial/`; `resume` continues
+    from them after a crash or Ctrl-C."""
+    from .compile.resume import Partial
+
+    device = checkpoint.resolve_device(recipe["device"])
+    partial = Partial(out_dir, recipe, resume, bars.log if bars else (lambda s: None))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    with autocast_for(device):
+        trained = _train_stages(recipe, bars, peer, device, partial, jobs)
+    result = _write_build(recipe, out_dir, bars, trained)
+    partial.done()
+    return result
+
+
+def prepare(recipe: dict, device, bars=None, for_worker: bool = False) -> SimpleNamespace:
+    """Model, data, teacher logits, class groups and the params budget: what every group's training needs.
+    `for_worker`: a --jobs worker (the main process already checked the labels and needs the other splits)."""
     seed = recipe["seed"]
     seed_everything(seed)
     set_threads(recipe["threads"])
-    device = checkpoint.resolve_device(recipe["device"])
     m = recipe["model"]
     if not m["checkpoint"]:
         from .errors import RecipeError
@@ -173,17 +203,23 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
     partition.group_sizes(n_cls, k)  # fail on K > N before any work
     spec = input_spec(model, recipe["data"])
     log = bars.log if bars else (lambda s: None)
-    data = load_data(recipe, spec, n_cls)
-    log(f"data: {len(data.finetune)} fine-tune / {len(data.fusion)} fusion / {len(data.test)} test images, "
-        f"{n_cls} classes")
+    data = load_data(recipe, spec, n_cls, bars)
+    log(f"data: {len(data.finetune)} fine-tune / {len(data.fusion)} fusion / {len(data.val)} validation"
+        f"{' (val/ folder)' if data.val_source == 'folder' else ''} / {len(data.test)} test images, {n_cls} classes")
 
     # The original model is the teacher: its logits are computed once for every split.
     t_ft = finetune.predict(model, data.finetune.x, device)
-    t_fu = finetune.predict(model, data.fusion.x, device)
-    t_te = finetune.predict(model, data.test.x, device)
-    orig_acc = finetune.accuracy(t_te, data.test.y)
+    if recipe["data"]["check_labels"] and not for_worker:
+        # before any real work: a checkpoint whose head order does not fit the labels scores near chance
+        desc = f"{recipe['data']['kind']} {recipe['data']['root'] or ''}".strip()
+        check_label_order(t_ft.argmax(1).numpy(), data.finetune.y.numpy(), data.classes, m["classes"], desc)
+    t_fu = t_va = None
     orig_params = surgery.count_params(model)
-    log(f"original {m['name']}: {orig_params:,} params, test accuracy {orig_acc:.4f}")
+    if not for_worker:
+        t_fu = finetune.predict(model, data.fusion.x, device)
+        t_va = finetune.predict(model, data.val.x, device)
+        log(f"original {m['name']}: {orig_params:,} params, validation accuracy "
+            f"{finetune.accuracy(t_va, data.val.y):.4f}")
 
     sim = None
     if recipe["split"]["strategy"] == "similarity":
@@ -194,35 +230,82 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
 
     ratio = recipe["prune"]["target"]["params_ratio"]
     params_target = int(orig_params * ratio) if ratio is not None else None
+    return SimpleNamespace(**locals())
+
+
+def train_group(st: SimpleNamespace, gi: int, recipe: dict, device, bars=None):
+    """Sub-model gi, seeded by its index alone: the same whatever ran before it (resume, --jobs)."""
+    seed_everything(st.seed + 1000 * (gi + 1))
+    return prune_and_finetune(st.model, st.groups[gi], st.data.finetune.x, st.data.finetune.y, st.t_ft, recipe,
+                              st.params_target, device, st.seed + 1000 * (gi + 1), bars, label=f"g{gi}")
+
+
+def _train_stages(recipe: dict, bars, peer: bool, device, partial, jobs: int = 1) -> SimpleNamespace:
+    t_start = time.perf_counter()
+    st = prepare(recipe, device, bars)
+    model, data, t_ft, groups, params_target = st.model, st.data, st.t_ft, st.groups, st.params_target
+    m, n_cls, orig_params, spec, seed = st.m, st.n_cls, st.orig_params, st.spec, st.seed
+    t_fu, t_va = st.t_fu, st.t_va
+    log = bars.log if bars else (lambda s: None)
+    if jobs > 1:
+        from .compile.jobs import train_groups_in_workers
+
+        train_groups_in_workers(recipe, partial, [gi for gi in range(len(groups)) if not partial.has(f"g{gi}")],
+                                jobs, device, bars)
     subs = []
     for gi, group in enumerate(groups):
-        sub = prune_and_finetune(model, group, data.finetune.x, data.finetune.y, t_ft, recipe, params_target,
-                                 device, seed + 1000 * (gi + 1), bars, label=f"g{gi}")
+        sub = partial.load(f"g{gi}", m["name"], m["kwargs"])
+        if sub is None:
+            sub = train_group(st, gi, recipe, device, bars)
+            partial.save(f"g{gi}", sub)
+        sub = sub.to(device)
         subs.append(sub)
         log(f"g{gi}: {surgery.count_params(sub):,} params ({surgery.count_params(sub) / orig_params:.1%})")
-
+    seed_everything(seed + 7)  # what follows does not depend on how the groups were obtained (resumed or not)
     wrapped = [surgery.SubModelWrapper(s) for s in subs]
-    te_out = [finetune.predict(w, data.test.x, device) for w in wrapped]
-    fu = _fit_fusion(recipe["fusion"], wrapped, model, groups, data, t_fu, te_out, device, seed, bars)
-    # reference/eval.npz holds a seeded random subset (a class-ordered split must not give a class-ordered
-    # subset); exported artifacts are gated against the PyTorch fused accuracy on that same subset.
-    eval_idx = _eval_subset(len(data.test), recipe["data"]["eval_samples"], seed)
+    va_out = [finetune.predict(w, data.val.x, device) for w in wrapped]
+    fu = _fit_fusion(recipe["fusion"], wrapped, model, groups, data, t_fu, va_out, device, seed, bars)
     with torch.no_grad():
-        fused_logits_te = fu.head(fu.test_inputs)
-    fused_acc = finetune.accuracy(fused_logits_te, data.test.y)
-    fused_eval_acc = finetune.accuracy(fused_logits_te[eval_idx], data.test.y[eval_idx])
-    log(f"fused ({fu.kind}) test accuracy {fused_acc:.4f} vs original {orig_acc:.4f}")
+        fused_val_acc = finetune.accuracy(fu.head(fu.val_inputs), data.val.y)
+    log(f"fused ({fu.kind}) validation accuracy {fused_val_acc:.4f}")
 
     peer_info = None
     if peer:
         biggest = max(surgery.count_params(s) for s in subs)
+        seed_everything(seed + 99)
         peer_model = prune_and_finetune(model, list(range(n_cls)), data.finetune.x, data.finetune.y, t_ft, recipe,
                                         biggest, device, seed + 99, bars, label="peer")
         peer_info = {"params": surgery.count_params(peer_model), "bytes": state_bytes(peer_model),
-                     "accuracy": finetune.accuracy(finetune.predict(peer_model, data.test.x, device), data.test.y),
                      "params_budget": biggest}
-        log(f"peer (one class-agnostic pruned ViT at {biggest:,} params): accuracy {peer_info['accuracy']:.4f}")
 
+    # Every choice is made: the test split is read here, once, for the reported figures.
+    t_te = finetune.predict(model, data.test.x, device)
+    orig_acc = finetune.accuracy(t_te, data.test.y)
+    te_out = [finetune.predict(w, data.test.x, device) for w in wrapped]
+    te_inputs = torch.cat([o[0 if fu.source == "features" else 1] for o in te_out], 1)
+    with torch.no_grad():
+        fused_logits_te = fu.head(te_inputs)
+    fused_acc = finetune.accuracy(fused_logits_te, data.test.y)
+    with torch.no_grad():
+        fused_logits_only = fuse.LogitFusion(groups, n_cls)(torch.cat([o[1] for o in te_out], 1))
+    logits_test_acc = finetune.accuracy(fused_logits_only, data.test.y)
+    log(f"test: fused ({fu.kind}) {fused_acc:.4f} vs original {orig_acc:.4f}")
+    if peer_info is not None:
+        peer_info["accuracy"] = finetune.accuracy(finetune.predict(peer_model, data.test.x, device), data.test.y)
+        log(f"peer (one class-agnostic pruned ViT at {peer_info['params_budget']:,} params): test accuracy "
+            f"{peer_info['accuracy']:.4f}")
+
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k != "recipe"})
+
+
+def _write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> SimpleNamespace:
+    """The build dir (staged, renamed into place when complete): checkpoints, reference sets, artifacts, reports."""
+    model, subs, groups, data, fu, device, seed = st.model, st.subs, st.groups, st.data, st.fu, st.device, st.seed
+    m, n_cls, orig_params, spec, peer_info = st.m, st.n_cls, st.orig_params, st.spec, st.peer_info
+    te_out, va_out, t_va, wrapped = st.te_out, st.va_out, st.t_va, st.wrapped
+    orig_acc, fused_acc, logits_test_acc, fused_val_acc = st.orig_acc, st.fused_acc, st.logits_test_acc, st.fused_val_acc
+    t_start = st.t_start
+    log = bars.log if bars else (lambda s: None)
     orig_bytes = state_bytes(model)
     head, kind, dims = fu.head, fu.kind, fu.dims
     submodel_entries = []
@@ -234,6 +317,7 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
             "checkpoint": f"submodels/g{gi}.pt",
             "params_ratio": surgery.count_params(sub) / orig_params,
             "accuracy_in_group": _group_accuracy(te_out[gi][1], data.test.y, group, n_cls),
+            "accuracy_in_group_val": _group_accuracy(va_out[gi][1], data.val.y, group, n_cls),
         })
     manifest = {
         "schema_version": 1, "tool_version": __version__,
@@ -245,9 +329,12 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
         "fusion": {"kind": kind, "source": fu.source, "input_dims": [int(d) for d in head.input_dims],
                    "num_classes": n_cls, "checkpoint": "fusion/fusion.pt",
                    "hidden": recipe["fusion"]["hidden"] if kind == "mlp" else None},
-        "accuracy": {"original": orig_acc, "fused": fused_acc, "fused_logits": fu.logits_test_accuracy,
-                     "fusion_mlp_cv": fu.mlp_cv_accuracy, "fused_eval": fused_eval_acc,
-                     "eval_samples": len(eval_idx), "exported": {}},
+        "accuracy": {"original": orig_acc, "fused": fused_acc, "fused_logits": logits_test_acc,
+                     "original_val": finetune.accuracy(t_va, data.val.y), "fused_val": fused_val_acc,
+                     "fusion_choice": fu.choice, "split_sizes": {
+                         "finetune": len(data.finetune), "fusion": len(data.fusion), "val": len(data.val),
+                         "test": len(data.test), "val_source": data.val_source},
+                     "exported": {}},
         "artifacts": [],
     }
     out_dir = os.path.abspath(out_dir)
@@ -258,12 +345,22 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
         for gi, sub in enumerate(subs):
             checkpoint.save_state_dict(sub, os.path.join(root, "submodels", f"g{gi}.pt"))
         checkpoint.save_state_dict(head, os.path.join(root, "fusion", "fusion.pt"))
+        # val.npz: what the export gate and the float fallback decide on; eval.npz: held-out (test) images for
+        # the exported figures only. Both class-stratified seeded samples (splits can be class-sorted).
+        val_idx = stratified_sample(data.val.y, recipe["data"]["val_samples"], seed + 3)
+        eval_idx = stratified_sample(data.test.y, recipe["data"]["eval_samples"], seed + 4)
+        _save_npz(os.path.join(root, "reference", "val.npz"), x=data.val.x[val_idx], y=data.val.y[val_idx])
         _save_npz(os.path.join(root, "reference", "eval.npz"), x=data.test.x[eval_idx], y=data.test.y[eval_idx])
-        n_cal = recipe["export"]["calibration_samples"]
-        for gi, group in enumerate(groups):
-            in_group = torch.nonzero(finetune.relabel(data.finetune.y, group, n_cls) < len(group)).flatten()
-            _save_npz(os.path.join(root, "reference", f"calib-g{gi}.npz"), x=data.finetune.x[in_group[:n_cal]])
-        _save_npz(os.path.join(root, "reference", "calib-fusion.npz"), x=fu.calibration[:n_cal])
+        manifest["accuracy"].update(eval_samples=len(eval_idx), val_samples=len(val_idx))
+        # Calibration: every sub-model sees every class at inference, so all calibrate on one class-stratified
+        # random sample of all classes from the fine-tune split; the fusion head on those images' features.
+        cal_idx = stratified_sample(data.finetune.y, recipe["export"]["calibration_samples"], seed + 5)
+        cal_x = data.finetune.x[cal_idx]
+        for gi in range(len(groups)):
+            _save_npz(os.path.join(root, "reference", f"calib-g{gi}.npz"), x=cal_x)
+        cal_out = [finetune.predict(w, cal_x, device) for w in wrapped]
+        _save_npz(os.path.join(root, "reference", "calib-fusion.npz"),
+                  x=torch.cat([o[0 if fu.source == "features" else 1] for o in cal_out], 1))
         with open(os.path.join(root, "recipe.resolved.yaml"), "w", encoding="utf-8") as f:
             f.write(recipe_mod.dump(recipe))
         if recipe["export"]["formats"]:
@@ -271,8 +368,7 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
 
             models = {f"g{gi}": surgery.SubModelWrapper(s).cpu().eval() for gi, s in enumerate(subs)}
             models["fusion"] = head.cpu().eval()
-            gate_failures = export_build(root, manifest, models, recipe["export"], recipe["gate"], fused_eval_acc,
-                                         progress=bars)
+            gate_failures = export_build(root, manifest, models, recipe["export"], recipe["gate"], progress=bars)
         elapsed = time.perf_counter() - t_start
         report = write_reports(root, manifest, peer_info, elapsed, gate_failures)
         write_manifest(root, manifest)

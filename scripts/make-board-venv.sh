@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
-# Create the slim "board" venv the loopback test boards run (DESIGN §8): numpy + ai-edge-litert + onnxruntime,
+# Create the slim "board" venv the loopback test boards run (DESIGN §8): numpy + ai-edge-litert + onnxruntime +
+# pillow (image decoding for runtime/preprocess.py),
 # NO torch, so a stray torch import in edvit_tool/runtime fails the tests. Idempotent: a stamp file records the
 # requirement set; rerunning with the same set is a no-op (~50 ms).
 #
 #   scripts/make-board-venv.sh [VENV_DIR]      (default: <repo>/.venv-board, or $EDVIT_BOARD_VENV)
+#   scripts/make-board-venv.sh --tflite-runtime [VENV_DIR]
+#                                              the fallback interpreter's board: numpy<2 + tflite-runtime only
+#                                              (default: <repo>/.venv-board-tflite, or $EDVIT_BOARD_TFLITE_VENV)
 #   BOARD_BASE_PYTHON=/path/to/python3.11 scripts/make-board-venv.sh
 #
 # The board users (pi, pi1, ...) are not root, so the venv and the base interpreter must be world-readable.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${1:-${EDVIT_BOARD_VENV:-$repo/.venv-board}}"
-# Same versions as the host venv, so board figures and host parity use the same interpreters.
-reqs=("numpy==2.4.6" "ai-edge-litert==2.3.0" "onnxruntime==1.32.0")
+if [[ "${1:-}" == "--tflite-runtime" ]]; then
+  shift
+  venv="${1:-${EDVIT_BOARD_TFLITE_VENV:-$repo/.venv-board-tflite}}"
+  # tflite-runtime's last release (2.14.0, cp311 manylinux wheel) is built against numpy 1.x
+  reqs=("numpy==1.26.4" "tflite-runtime==2.14.0" "pillow==13.0.0")
+  imports="import numpy, tflite_runtime.interpreter, PIL"
+else
+  venv="${1:-${EDVIT_BOARD_VENV:-$repo/.venv-board}}"
+  # Same versions as the host venv, so board figures and host parity use the same interpreters.
+  reqs=("numpy==2.4.6" "ai-edge-litert==2.3.0" "onnxruntime==1.32.0" "pillow==13.0.0")
+  imports="import numpy, ai_edge_litert, onnxruntime, PIL"
+fi
 stamp="$venv/.edvit-board-venv"
 want="${reqs[*]}"
 
 if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]] \
-   && "$venv/bin/python" -c "import numpy, ai_edge_litert, onnxruntime" 2>/dev/null; then
+   && "$venv/bin/python" -c "$imports" 2>/dev/null; then
   echo "board venv ok: $venv"
   exit 0
 fi
@@ -59,4 +72,5 @@ chmod -R o+rX "$base_prefix/lib" 2>/dev/null || true
 
 echo "$want" > "$stamp"
 chmod o+r "$stamp"
-echo "board venv ready: $venv ($("$venv/bin/python" -c 'import numpy, onnxruntime, ai_edge_litert, sys; print(sys.version.split()[0], "numpy", numpy.__version__, "onnxruntime", onnxruntime.__version__)'))"
+"$venv/bin/python" -c "$imports"
+echo "board venv ready: $venv ($want)"

@@ -28,7 +28,8 @@ BENCHES = {
     "distributed.json": ("Distributed end-to-end latency (loopback boards, CPU quotas)",
                          ".venv/bin/python bench/distributed.py"),
     "worker_overhead.json": ("Worker request overhead", ".venv/bin/python bench/worker_overhead.py"),
-    "profile.json": ("SSH and profiling costs", ".venv/bin/python bench/profile.py"),
+    "profile.json": ("SSH and profiling costs", ".venv/bin/python bench/profile_boards.py"),
+    "scale.json": ("Compile memory and throughput at scale", ".venv/bin/python bench/scale.py"),
 }
 
 
@@ -118,9 +119,17 @@ def render_profile(d: dict) -> list[str]:
     return _table(["SSH measure", "p50 ms", "p99 ms"], rows)
 
 
+def render_scale(d: dict) -> list[str]:
+    rows = [[r["images"], _f(r["peak_rss_bytes"] / 2 ** 30, ".2f", " GiB"), r.get("seconds", "—")]
+            for r in d.get("compile") or []]
+    tp = d.get("throughput") or {}
+    return _table(["images", "peak RSS", "compile s"], rows) + [
+        "", f"Fine-tune throughput, ours ÷ a plain timm loop: {_f(tp.get('ratio'), '.3f')}. {d.get('model', '')}."]
+
+
 RENDERERS = {"paper.json": render_paper, "compile.json": render_compile, "export.json": render_export,
              "distributed.json": render_distributed, "worker_overhead.json": render_worker_overhead,
-             "profile.json": render_profile}
+             "profile.json": render_profile, "scale.json": render_scale}
 
 
 def section(results_dir: str) -> str:

@@ -32,6 +32,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SSHD = "/usr/sbin/sshd"
 CGROUP_CPU = "/sys/fs/cgroup/cpu"
 BOARD_VENV = os.environ.get("EDVIT_BOARD_VENV", os.path.join(REPO, ".venv-board"))
+# the fallback interpreter's board: numpy<2 + tflite-runtime only (scripts/make-board-venv.sh --tflite-runtime)
+TFLITE_VENV = os.environ.get("EDVIT_BOARD_TFLITE_VENV", os.path.join(REPO, ".venv-board-tflite"))
 MAKE_VENV = os.path.join(REPO, "scripts", "make-board-venv.sh")
 _LOCK = "/tmp/edvit-boards.lock"  # serialises useradd between concurrent test processes
 _USER_LOCK = "/tmp/edvit-boards-user-{}.lock"  # held while a board runs as that user (any process)
@@ -48,11 +50,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_board_venv() -> str:
-    """Path of the board venv's python, creating the venv (scripts/make-board-venv.sh) when missing."""
-    py = os.path.join(BOARD_VENV, "bin", "python")
-    if not os.path.isfile(os.path.join(BOARD_VENV, ".edvit-board-venv")):
-        r = subprocess.run(["bash", MAKE_VENV, BOARD_VENV], capture_output=True, text=True)
+def ensure_board_venv(kind: str = "default") -> str:
+    """Path of a board venv's python, creating the venv (scripts/make-board-venv.sh) when missing.
+    kind "default": numpy + ai-edge-litert + onnxruntime; "tflite-runtime": numpy<2 + tflite-runtime only."""
+    venv, flags = {"default": (BOARD_VENV, []), "tflite-runtime": (TFLITE_VENV, ["--tflite-runtime"])}[kind]
+    py = os.path.join(venv, "bin", "python")
+    if not os.path.isfile(os.path.join(venv, ".edvit-board-venv")):
+        r = subprocess.run(["bash", MAKE_VENV, *flags, venv], capture_output=True, text=True)
         if r.returncode != 0:
             raise BoardSetupError(f"{MAKE_VENV} failed ({r.returncode}): {r.stderr.strip()[-800:]}")
     return py
@@ -337,8 +341,9 @@ class BoardFarm:
         raise BoardSetupError("64 board users are in use; stop other test runs")
 
     def start(self, n: int, cpu_quota=None, known_hosts: str = "prefilled", fresh_home: bool = True,
-              shell: str = "/bin/bash") -> list[Board]:
+              shell: str = "/bin/bash", venv=None) -> list[Board]:
         """Start n boards. cpu_quota: None or a list (per board: None or a fraction of one CPU, e.g. 0.25).
+        venv: None or a list (per board: "default" or "tflite-runtime", the board's Python environment).
 
         known_hosts: "prefilled" (a file holding these boards' keys) or "empty" (a fresh file: accept-new).
         fresh_home: wipe the user's ~/.edvit first so no cache is left from an earlier test.
@@ -346,6 +351,9 @@ class BoardFarm:
         command than dash).
         """
         quotas = list(cpu_quota) if cpu_quota is not None else [None] * n
+        pythons = [ensure_board_venv(k or "default") for k in (venv if venv is not None else [None] * n)]
+        if len(pythons) != n:
+            raise ValueError(f"venv has {len(pythons)} entries for {n} boards")
         if len(quotas) != n:
             raise ValueError(f"cpu_quota has {len(quotas)} entries for {n} boards")
         if any(q is not None for q in quotas) and not cgroup_v1_cpu_available():
@@ -364,7 +372,7 @@ class BoardFarm:
             os.chmod(d, 0o755)
             shutil.copy(self.identity + ".pub", os.path.join(d, "authorized_keys"))
             os.chmod(os.path.join(d, "authorized_keys"), 0o644)
-            b = Board(name=name, user=user, port=0, identity=self.identity, known_hosts=kh, python=self.python,
+            b = Board(name=name, user=user, port=0, identity=self.identity, known_hosts=kh, python=pythons[i],
                       home=pw.pw_dir, dir=d, cpu_quota=quotas[i])
             self.boards.append(b)
             b.kill_user_processes()  # leftovers of an earlier, crashed run would skew timings

@@ -14,7 +14,8 @@ import boards as _boards  # noqa: E402
 
 @pytest.fixture
 def boards():
-    """Factory: `boards(n, cpu_quota=[None, 0.25], known_hosts="prefilled"|"empty")` -> list[Board].
+    """Factory: `boards(n, cpu_quota=[None, 0.25], known_hosts="prefilled"|"empty",
+    venv=["default", "tflite-runtime"])` -> list[Board].
 
     Real sshd processes on 127.0.0.1 (DESIGN §8), one user per board (pi, pi1, ...) so homes and caches are
     separate; all torn down after the test (user processes killed, sshd waited, cgroups removed).

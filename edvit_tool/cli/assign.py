@@ -90,7 +90,7 @@ def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidt
     """
     import json
 
-    from .. import assign as A
+    from ..cluster import assign as A
     from ..artifacts import load_manifest
     from ..config.boards import boards_from_yaml
     from ..errors import EdvitError
@@ -109,7 +109,7 @@ def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidt
     except EdvitError as e:
         greedy_error = str(e)
     from ..artifacts import write_json_atomic
-    from ..assign import build_plan_doc
+    from ..cluster.plan import build_plan_doc
 
     doc = build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer)
     write_json_atomic(out, doc)

@@ -12,9 +12,10 @@ import click
 @click.option("--device-profile", "profiles", multiple=True, metavar="P",
               help="Device profile name (device_profiles/P.yaml) or YAML path; repeatable. Every sub-model "
                    "artifact must fit its memory_budget_mb.")
-@click.option("--eval", "eval_path", type=click.Path(dir_okay=False), metavar="DATA.npz",
-              help="Held-out set (x [M,C,H,W] normalised float32, y [M]): fused accuracy through the artifacts "
-                   "must be within 0.5 pp of the manifest's figure.")
+@click.option("--eval", "eval_path", type=click.Path(), metavar="DATA.npz|DIR",
+              help="Held-out set: .npz with y [M] and x (float32 [M,C,H,W] normalised, or raw uint8 images), or a "
+                   "folder of class sub-folders; raw images get the build's preprocessing. Fused accuracy through "
+                   "the artifacts must be within 0.5 pp of the manifest's figure.")
 @click.option("--junit", "junit", type=click.Path(dir_okay=False), metavar="OUT.xml",
               help="Write a JUnit XML report (one testcase per check) for CI systems.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")

@@ -27,10 +27,16 @@ def _csv(value):
 @click.option("--seed", type=int, default=None, help="Override seed (same seed + same inputs = same build).")
 @click.option("--peer", is_flag=True, help="Also build the class-agnostic peer (one pruned ViT at the largest "
                                            "sub-model's size) and report its accuracy beside the ensemble.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted compile of the same recipe into the same --out: "
+                                             "sub-models finished before the crash or Ctrl-C (kept in OUT.partial/) "
+                                             "are loaded, not trained again.")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+              help="Train the groups' sub-models in this many worker processes (CPU threads are split between "
+                   "them; one GPU each when several are visible). The build is the same as with --jobs 1.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def command(recipe_path, out_dir, checkpoint, groups, strategy, criterion, params_ratio, formats, quant, device,
-            seed, peer, as_json, quiet):
+            seed, peer, resume, jobs, as_json, quiet):
     """Compile a fine-tuned timm ViT into K class-wise pruned sub-models + a fusion head.
 
     \b
@@ -51,7 +57,7 @@ def command(recipe_path, out_dir, checkpoint, groups, strategy, criterion, param
     recipe = recipe_mod.load(recipe_path, overrides)
     out_dir = out_dir or os.path.join("build", recipe["name"])
     with Bars(enabled=not (quiet or as_json)) as bars:
-        result = compile_build(recipe, out_dir, bars=bars, peer=peer)
+        result = compile_build(recipe, out_dir, bars=bars, peer=peer, resume=resume, jobs=jobs)
     if as_json:
         click.echo(json.dumps(result.report, indent=2))
     else:

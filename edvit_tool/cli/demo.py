@@ -103,6 +103,9 @@ def _print_loop(res: dict) -> None:
 @click.option("--retrain", is_flag=True, help="Retrain the demo checkpoint even if one is cached.")
 @click.option("--rebuild", is_flag=True, help="Compile (and profile) again even if the build matches the recipe.")
 @click.option("--train-steps", default=1500, show_default=True, help="Training steps for the demo checkpoint.")
+@click.option("--seed", type=click.IntRange(0), default=None,
+              help="Seed for the demo checkpoint's training and the compile [default: the recipe's]. A seed other "
+                   "than the recipe's gets its own checkpoint and build dir (suffix -seedN).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Override device.")
 @click.option("--no-boards", is_flag=True, help="Stop after compiling: no profile/assign/deploy/infer.")
 @click.option("--ssh-boards", "ssh_boards", type=click.Path(dir_okay=False), default=None,
@@ -113,7 +116,7 @@ def _print_loop(res: dict) -> None:
               help="--ssh-boards: known_hosts file [default: ~/.ssh/known_hosts].")
 @click.option("--runs", default=30, show_default=True, type=click.IntRange(1),
               help="Timed runs per artifact when profiling.")
-def command(recipe_path, out_dir, run_dir, retrain, rebuild, train_steps, device, no_boards, ssh_boards,
+def command(recipe_path, out_dir, run_dir, retrain, rebuild, train_steps, seed, device, no_boards, ssh_boards,
             local_boards, known_hosts, runs):
     """Train a small timm ViT on digits (cached under runs/), compile it with the demo recipe (K=4), then run the
     whole loop: profile the artifacts on K local boards (or --ssh-boards), assign, deploy, send the whole
@@ -135,6 +138,11 @@ def command(recipe_path, out_dir, run_dir, retrain, rebuild, train_steps, device
     from ..report import render_markdown
 
     recipe = recipe_mod.load(recipe_path, {"device": device})
+    if seed is not None and seed != recipe["seed"]:
+        recipe = recipe_mod.load(recipe_path, {"device": device, "seed": seed})
+        stem, ext = os.path.splitext(recipe["model"]["checkpoint"])
+        recipe["model"]["checkpoint"] = f"{os.path.dirname(stem)}-seed{seed}/{os.path.basename(stem)}{ext}"
+        out_dir = f"{out_dir.rstrip('/')}-seed{seed}"
     ckpt = recipe["model"]["checkpoint"]
     with Bars(enabled=True) as bars:
         trained = False

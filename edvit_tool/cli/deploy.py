@@ -33,10 +33,11 @@ Examples:
   edvit-tool status --deployment deployment.json
   edvit-tool stop --deployment deployment.json
 \b
-Each board gets ~/.edvit/releases/<id>/ (runtime, its artifacts, manifest, token), the old worker is stopped,
-~/.edvit/current switched and the new worker started and health-checked. If any board fails, every board goes
-back to its previous release and the error says which board failed and why. The bearer token is written to
-<out>.token (mode 0600) and never printed.
+Each board gets <root>/releases/<id>/ (root: ~/.edvit/boards/<name> or boards.yaml's `root`; runtime, its
+artifacts, manifest, token), the old worker is stopped, <root>/current switched and the new worker started and
+health-checked, all under the board's <root>/deploy.lock (a concurrent deploy waits). If any board fails, or
+the deploy is interrupted, every board goes back to its previous release and the error says which board failed
+and why. The bearer token is written to <out>.token (mode 0600) and never printed.
 """)
 @click.option("--plan", "plan_path", required=True, metavar="FILE", help="plan.json from `edvit-tool assign`.")
 @click.option("--boards", "boards_file", metavar="FILE",
@@ -64,7 +65,7 @@ def command(plan_path, boards_file, transport, out, deadline_ms, timeout_s, know
     """Deploy a plan's sub-models to the boards as one release, all or nothing."""
     import json
 
-    from ..deploy import deploy
+    from ..cluster.deploy import deploy
 
     with BoardProgress(enabled=not as_json) as progress:
         doc = deploy(plan_path, boards_file, transport=transport, out=out, deadline_ms=deadline_ms,

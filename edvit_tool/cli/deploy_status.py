@@ -27,7 +27,7 @@ def command(deployment, http_timeout, as_json):
     """Per board: up/down (health over HTTP), release on the board, models, p50 of recent requests, pid."""
     import json
 
-    from ..deploy import status
+    from ..cluster.deploy import status
 
     rows = status(deployment, http_timeout=http_timeout)
     down = [r["name"] for r in rows if not r["up"]]

@@ -19,7 +19,7 @@ def command(deployment, as_json):
     """Stop the workers of every board in a deployment."""
     import json
 
-    from ..deploy import stop
+    from ..cluster.deploy import stop
 
     rows = stop(deployment)
     if as_json:

@@ -13,9 +13,10 @@ Examples:
   edvit-tool infer --deployment deployment.json photo.jpg --top-k 3 --json
 
 \b
-Images (png/jpg/...) are converted to the build's input spec: resized, RGB<->gray matched, normalised with the
-manifest's mean/std. An .npz holds `x` (raw uint8 images [N,H,W(,C)], or float32 [N,C,H,W] already
-preprocessed) and optionally `y` (labels): then accuracy is printed too. A board that is down or misses the
+Images (png/jpg/...) get the build's own preprocessing (the checkpoint's timm eval transform recorded in the
+manifest: resize by crop_pct, centre crop, mean/std; RGB, or gray for a 1-channel model). An .npz holds `x` (raw
+uint8 images [N,H,W(,C)], or float32 [N,C,H,W] already preprocessed) and optionally `y` (labels); a folder
+holds one sub-folder of images per class (named as the build's classes): then accuracy is printed too. A board that is down or misses the
 deadline is replaced by its replica if it has one; otherwise the answer comes from the other sub-models and is
 marked DEGRADED with the missing groups. Exit 2 when no board answers at all (see `edvit-tool status`).
 """
@@ -24,7 +25,7 @@ marked DEGRADED with the missing groups. Exit 2 when no board answers at all (se
 @click.command("infer", epilog=EPILOG, context_settings={"max_content_width": 110})
 @click.option("--deployment", "deployment", required=True, type=click.Path(dir_okay=False),
               help="deployment.json written by `edvit-tool deploy`.")
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(1), help="Classes shown per image.")
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(1), help="Images per request.")
 @click.option("--deadline-ms", type=click.FloatRange(min=1), default=None,
@@ -32,15 +33,15 @@ marked DEGRADED with the missing groups. Exit 2 when no board answers at all (se
 @click.option("--summary", is_flag=True, help="Only the summary, not one line per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print answers and summary as one JSON document.")
 def command(deployment, images, top_k, batch, deadline_ms, summary, as_json):
-    """Classify IMAGE... (files or .npz) with the deployed ED-ViT ensemble."""
+    """Classify IMAGE... (files, .npz or class folders) with the deployed ED-ViT ensemble."""
     import numpy as np
 
-    from ..coordinator import Coordinator
+    from ..serve.coordinator import Coordinator
     from ..images import load_inputs
     from ..progress import Bars
 
     with Coordinator(deployment, deadline_ms=deadline_ms) as coord:
-        inputs = load_inputs(images, coord.input_spec)
+        inputs = load_inputs(images, coord.input_spec, coord.manifest["classes"])
         answers, request_ms = [], []
         with Bars(enabled=not as_json) as bars:
             advance = bars.task("infer", total=len(inputs.x))

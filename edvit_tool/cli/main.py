@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
 import sys
 
 import click
@@ -42,7 +41,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edvit-tool")
-@click.option("-v", "--verbose", count=True, help="Debug logging (-v).")
+@click.option("-v", "--verbose", count=True,
+              help="Debug logging, including third-party libraries' own logs (TensorFlow, torch.export, ...).")
 def cli(verbose):
     """ED-ViT toolchain: split a timm ViT into class-wise pruned sub-models and run them across edge boards.
 
@@ -53,8 +53,9 @@ def cli(verbose):
       edvit-tool profile --host pi@10.0.0.21 --build build/
       edvit-tool assign / deploy / infer / serve
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from ..logs import configure
+
+    configure(verbose)
 
 
 def main(argv=None) -> int:

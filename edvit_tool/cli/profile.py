@@ -62,7 +62,7 @@ def _split(values) -> list[str]:
 def command(hosts, names, boards_file, local_n, build_dir, artifacts, runs, warmup, threads, identity, known_hosts,
             host_key_policy, python, out, as_json, profile_dir, connect_timeout, bench_timeout):
     """Measure latency, load time, memory and on-board parity of each artifact on each board over SSH."""
-    from .. import profile as prof
+    from ..cluster import profile as prof
     from ..errors import EdvitError
 
     show = not as_json

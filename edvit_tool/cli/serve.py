@@ -1,34 +1,19 @@
 """`edvit-tool serve`: one Open Inference Protocol v2 endpoint for the whole deployed ensemble.
 
-Clients call one URL with any OIP v2 / Triton HTTP client; behind it the coordinator fans each request out to
-the boards and fuses the answers. Model `edvit` (also reachable under the build's model name): input
-`pixel_values` FP32 [B, C, H, W] (preprocessed per the manifest), outputs `logits` and `probabilities` FP32
-[B, N] and `degraded` BOOL [B] (true when a sub-model's slice was missing); response headers `Edvit-Degraded`
-and `Edvit-Missing` say the same. `/metrics`: Prometheus text (requests, images, degraded, failures, latency
-histogram, per-board up / requests / failures).
+Flags only; the HTTP service lives in edvit_tool/serve/server.py.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import signal
-import sys
-import threading
 
 import click
-
-from .. import __version__
-from ..runtime import httpd
-
-log = logging.getLogger("edvit.serve")
-MODEL = "edvit"
-OUTPUTS = ("logits", "probabilities", "degraded")
 
 EPILOG = """\b
 Examples:
   edvit-tool serve --deployment deployment.json --port 8000
-  edvit-tool serve --deployment deployment.json --host 0.0.0.0 --port 8000 --token-file ~/.edvit/serve-token
+  edvit-tool serve --deployment deployment.json --host 0.0.0.0 --port 8000 --token-file ~/.edvit/serve-token \\
+      --tls-cert serve.crt --tls-key serve.key
 
 \b
 Then, from any machine that can reach it (stock Triton client):
@@ -37,169 +22,11 @@ Then, from any machine that can reach it (stock Triton client):
   x = th.InferInput("pixel_values", [1, C, H, W], "FP32"); x.set_data_from_numpy(batch)
   c.infer("edvit", [x]).as_numpy("probabilities")
 Health: /v2/health/live, /v2/health/ready (503 while no board is up). Metrics: /metrics.
+A --host other than loopback needs --token-file (or --insecure). Without --tls-cert the endpoint is plain HTTP,
+and so is the traffic to the boards unless deployment.json's endpoints are https:// (CA: --tls-ca or the
+deployment's tls_ca).
 SIGTERM / Ctrl-C: stop accepting, finish in-flight requests, exit 0.
 """
-
-
-class ServeState(httpd.ServerState):
-    def __init__(self, coord, token: str | None, max_body: int):
-        super().__init__(token, max_body)
-        self.coord = coord
-        self.names = {MODEL, str(coord.manifest.get("model", {}).get("name") or MODEL)}
-
-    def metadata(self, name: str) -> dict:
-        c, h, w = self.coord.input_shape
-        n = len(self.coord.classes)
-        return {"name": name, "versions": ["1"], "platform": "edvit_ensemble",
-                "inputs": [{"name": self.coord.input_name, "datatype": "FP32", "shape": [-1, c, h, w]}],
-                "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, n]},
-                            {"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
-                            {"name": "degraded", "datatype": "BOOL", "shape": [-1]}],
-                "parameters": {"classes": json.dumps(self.coord.classes), "submodels": ",".join(self.coord.models),
-                               "boards": ",".join(self.coord.boards)}}
-
-
-def metrics_text(stats: dict, state: ServeState) -> str:
-    """Prometheus text exposition format 0.0.4."""
-    lines = []
-
-    def metric(name, kind, help_, samples):
-        lines.append(f"# HELP {name} {help_}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            lab = "{" + ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items()) + "}" if labels else ""
-            lines.append(f"{name}{lab} {_num(value)}")
-
-    metric("edvit_requests_total", "counter", "Inference requests sent through the ensemble (one per batch).",
-           [({}, stats["requests"])])
-    metric("edvit_images_total", "counter", "Images classified.", [({}, stats["images"])])
-    metric("edvit_degraded_total", "counter", "Requests answered without every sub-model (degraded).",
-           [({}, stats["degraded"])])
-    metric("edvit_failed_total", "counter", "Requests no board answered.", [({}, stats["failed"])])
-    lines += ["# HELP edvit_request_latency_seconds End-to-end latency of answered requests.",
-              "# TYPE edvit_request_latency_seconds histogram"]
-    for le, n in stats["latency_buckets"]:
-        le_text = "+Inf" if le == float("inf") else repr(le)
-        lines.append(f'edvit_request_latency_seconds_bucket{{le="{le_text}"}} {n}')
-    lines.append(f"edvit_request_latency_seconds_sum {_num(stats['latency_sum_s'])}")
-    lines.append(f"edvit_request_latency_seconds_count {stats['latency_buckets'][-1][1]}")
-    boards = stats["boards"]
-    metric("edvit_board_up", "gauge", "1 when the board is in rotation.",
-           [({"board": b}, int(v["up"])) for b, v in boards.items()])
-    metric("edvit_board_requests_total", "counter", "Requests sent to the board.",
-           [({"board": b}, v["requests"]) for b, v in boards.items()])
-    metric("edvit_board_failures_total", "counter", "Board requests that failed.",
-           [({"board": b}, v["failures"]) for b, v in boards.items()])
-    metric("edvit_board_deadline_misses_total", "counter", "Board requests that missed the deadline.",
-           [({"board": b}, v["deadline_misses"]) for b, v in boards.items()])
-    metric("edvit_http_requests_total", "counter", "HTTP requests to this endpoint (all routes).",
-           [({}, state.http_requests)])
-    return "\n".join(lines) + "\n"
-
-
-def _dumps(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
-
-
-def _esc(v) -> str:
-    return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _num(v) -> str:
-    return repr(float(v)) if isinstance(v, float) else str(int(v))
-
-
-class Handler(httpd.Handler):
-    server_version = f"edvit-serve/{__version__}"
-    logger = log
-    realm = "edvit-serve"
-    token_hint = "the token in the serve --token-file"
-    state: ServeState
-
-    def _known_error(self, e: Exception) -> tuple | None:
-        from ..coordinator import NoBoardAnswered
-        from ..errors import EdvitError
-
-        if isinstance(e, EdvitError):
-            return 503 if isinstance(e, NoBoardAnswered) else 400, str(e)
-        return None
-
-    def _route(self, method, path, parts):
-        from ..runtime import protocol as oip
-
-        st = self.state
-        if method == "GET" and parts == ["v2", "health", "live"]:
-            return 200, b'{"live":true}', oip.JSON_TYPE, None
-        if method == "GET" and parts == ["v2", "health", "ready"]:
-            if not st.draining and st.coord.any_up():
-                return 200, _dumps({"ready": True, "degraded": not st.coord.ready()}), oip.JSON_TYPE, None
-            raise httpd.HttpError(503, "not ready: " + ("shutting down" if st.draining else
-                                                        "no board is up; run `edvit-tool status`"))
-        self._authorise(method)
-        body = self._request_body(method)
-        if method == "GET" and parts == ["metrics"]:
-            text = metrics_text(st.coord.stats(), st).encode("utf-8")
-            return 200, text, "text/plain; version=0.0.4; charset=utf-8", None
-        if method == "GET" and parts == ["v2"]:
-            return 200, _dumps({"name": "edvit-serve", "version": __version__,
-                                         "extensions": ["binary_tensor_data"]}), oip.JSON_TYPE, None
-        model = httpd.model_path(parts)
-        if model is not None:
-            name, rest = model
-            if name not in st.names:
-                raise httpd.HttpError(404, f"unknown model {name!r}; this endpoint serves "
-                                           f"{', '.join(sorted(st.names))}")
-            if method == "GET" and not rest:
-                return 200, _dumps(st.metadata(name)), oip.JSON_TYPE, None
-            if method == "GET" and rest == ["ready"]:
-                if not st.coord.any_up():
-                    raise httpd.HttpError(503, "no board is up; run `edvit-tool status`")
-                return 200, b'{"ready":true}', oip.JSON_TYPE, None
-            if method == "POST" and rest == ["infer"]:
-                return self._infer(name, body)
-        raise httpd.HttpError(404, f"no route {method} {path}; OIP v2 routes live under /v2, metrics at /metrics")
-
-    def _infer(self, name: str, body):
-        import numpy as np
-
-        from ..runtime import protocol as oip
-
-        coord = self.state.coord
-        req = self._decode_request(body)
-        if set(req.inputs) != {coord.input_name}:
-            c, h, w = coord.input_shape
-            raise httpd.HttpError(400, f"inputs are {sorted(req.inputs)}; model {name} takes exactly one input "
-                                       f"{coord.input_name!r} FP32 [B, {c}, {h}, {w}]")
-        x = req.inputs[coord.input_name]
-        if x.dtype != np.float32:
-            raise httpd.HttpError(400, f"input {coord.input_name!r}: datatype {oip.datatype_of(x.dtype)}, "
-                                       "expected FP32")
-        wanted = req.wanted(list(OUTPUTS))
-        res = coord.run(x)
-        outs = {"logits": res.logits, "probabilities": res.probabilities,
-                "degraded": np.full(res.logits.shape[0], res.degraded, dtype=np.bool_)}
-        payload, hlen = oip.encode_response(name, {n: outs[n] for n, _ in wanted}, dict(wanted), request_id=req.id)
-        headers = {"Edvit-Degraded": "true" if res.degraded else "false"}
-        if res.missing:
-            headers["Edvit-Missing"] = ",".join(res.missing)
-        if hlen is None:
-            return 200, payload, oip.JSON_TYPE, headers
-        headers[oip.HEADER_LENGTH] = hlen
-        return 200, payload, oip.BINARY_TYPE, headers
-
-
-class Server(httpd.Server):
-    request_queue_size = 128
-
-
-def make_server(host: str, port: int, state: ServeState) -> Server:
-    from ..errors import EdvitError
-
-    try:
-        return httpd.bind(host, port, Handler, state, Server)
-    except OSError as e:
-        raise EdvitError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick a free --port or an address "
-                         "this machine has") from None
 
 
 @click.command("serve", epilog=EPILOG, context_settings={"max_content_width": 110})
@@ -209,46 +36,58 @@ def make_server(host: str, port: int, state: ServeState) -> Server:
 @click.option("--port", required=True, type=click.IntRange(0, 65535), help="Port (0 = any free one, printed).")
 @click.option("--token-file", type=click.Path(dir_okay=False),
               help="Require 'Authorization: Bearer <token>' with the token in this file (health routes exempt).")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without --token-file.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="PEM certificate: serve HTTPS (with --tls-key).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key of --tls-cert.")
+@click.option("--tls-ca", type=click.Path(dir_okay=False),
+              help="CA file to verify https:// boards against [default: deployment.json's tls_ca].")
 @click.option("--deadline-ms", type=click.FloatRange(min=1), default=None,
               help="Per-request deadline [default: deployment.json's deadline_ms, else 2000].")
 @click.option("--max-body-mb", default=64.0, show_default=True, type=click.FloatRange(min=0.001),
-              help="Request body limit (413 above it).")
+              help="Request body limit for binary tensors (413 above it).")
+@click.option("--max-json-mb", default=None, type=click.FloatRange(min=0.001),
+              help="Request body limit for JSON tensors, which grow ~14x once parsed [default: a quarter of "
+                   "--max-body-mb].")
+@click.option("--max-connections", default=128, show_default=True, type=click.IntRange(min=1),
+              help="Open connections served at once (503 above).")
+@click.option("--max-inflight", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Requests being read, decoded or run at once (the rest wait, then 503).")
+@click.option("--header-timeout-s", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="A request's line and headers must arrive within this many seconds.")
+@click.option("--idle-timeout-s", default=15.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Close keep-alive connections idle this long.")
 @click.option("--drain-s", default=10.0, show_default=True, type=click.FloatRange(min=0),
               help="On SIGTERM, wait this long for in-flight requests.")
 @click.option("--json", "as_json", is_flag=True, help='Print the ready line as JSON ({"event": "ready", ...}).')
-def command(deployment, host, port, token_file, deadline_ms, max_body_mb, drain_s, as_json):
+def command(deployment, host, port, token_file, insecure, tls_cert, tls_key, tls_ca, deadline_ms, max_body_mb,
+            max_json_mb, max_connections, max_inflight, header_timeout_s, idle_timeout_s, drain_s, as_json):
     """Serve the deployed ensemble as one OIP v2 (KServe / Triton HTTP) endpoint."""
-    from ..coordinator import Coordinator, read_token
+    from ..errors import EdvitError
+    from ..runtime import httpd
+    from ..serve import server
+    from ..serve.coordinator import Coordinator, read_token
 
+    if bool(tls_cert) != bool(tls_key):
+        raise EdvitError("--tls-cert and --tls-key go together; give both (PEM files) or neither")
+    server.check_exposure(host, token_file, insecure, tls=bool(tls_cert))
     token = read_token(token_file, "--token-file") if token_file else None
-    coord = Coordinator(deployment, deadline_ms=deadline_ms)
-    try:
-        state = ServeState(coord, token, int(max_body_mb * (1 << 20)))
-        server = make_server(host, port, state)
-        stop = threading.Event()
-        previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        thread.start()
-        h, p = server.server_address[:2]
-        if as_json:
-            click.echo(json.dumps({"event": "ready", "host": h, "port": p, "models": sorted(state.names)}))
-        else:
-            click.echo(f"serving {', '.join(sorted(state.names))} ({len(coord.models)} sub-models on "
-                       f"{len(coord.boards)} boards) on http://{h}:{p}  — metrics at /metrics, Ctrl-C to stop")
-        sys.stdout.flush()
+    tls = None
+    if tls_cert:
         try:
-            while not stop.wait(0.5):
-                pass
-            state.draining = True
-            server.shutdown()
-            if not state.wait_idle(drain_s):
-                log.warning("in-flight requests still running after %.0f s; exiting anyway", drain_s)
-        finally:
-            if thread.is_alive():
-                server.shutdown()
-            server.server_close()
-            for s, h_ in previous.items():
-                signal.signal(s, h_)
-    finally:
-        coord.close()
-    return 0
+            tls = httpd.tls_context(tls_cert, tls_key)
+        except ValueError as e:
+            raise EdvitError(f"--tls-cert/--tls-key: {e}; give a PEM certificate and its key") from None
+    max_body = int(max_body_mb * (1 << 20))
+    max_json = min(max_body, int(max_json_mb * (1 << 20)) if max_json_mb else max(1, max_body // 4))
+    limits = httpd.Limits(max_body=max_body, max_json=max_json, max_connections=max_connections,
+                          max_inflight=max_inflight, header_timeout_s=header_timeout_s, idle_timeout_s=idle_timeout_s)
+
+    def ready(event):
+        if as_json:
+            click.echo(json.dumps(event))
+        else:
+            click.echo(f"serving {', '.join(event['models'])} ({len(coord.models)} sub-models on "
+                       f"{len(coord.boards)} boards) on {event['url']}  — metrics at /metrics, Ctrl-C to stop")
+
+    with Coordinator(deployment, deadline_ms=deadline_ms, tls_ca=tls_ca) as coord:
+        return server.run(coord, host, port, token, limits, tls, drain_s, ready)

@@ -10,6 +10,8 @@
         python: python3            # interpreter on the board (default: the device profile's, else python3)
         address: 10.0.0.21         # optional: address the worker binds to / is reached at (default = host)
         worker_port: 8500          # optional (default 8500)
+        root: ~/.edvit/boards/pi-1   # optional: where deploy keeps this board's releases (default: derived from
+                                     # the name, so boards sharing one login never share releases)
 
 Every problem in the file is collected and raised as one RecipeError, each with its path
 (`boards.yaml: boards[1].port must be an int in 1..65535, got 'x'`).
@@ -27,12 +29,18 @@ from .yamlfile import read_yaml
 from ..errors import EdvitError, RecipeError
 from .device_profile import DeviceProfile, load_device_profile, resolve_path
 
-KEYS = ("name", "host", "port", "user", "identity", "device_profile", "python", "address", "worker_port")
+KEYS = ("name", "host", "port", "user", "identity", "device_profile", "python", "address", "worker_port", "root")
 REQUIRED = ("name", "host", "user", "device_profile")
 # Names end up in remote paths and file names: keep them to a safe alphabet.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9_.:\-\[\]%]+$")
 _USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+_ROOT_RE = re.compile(r"^(~|/)[A-Za-z0-9_./-]*$")
+
+
+def default_root(name: str) -> str:
+    """A board's release root on its machine when boards.yaml gives none: one directory per board name."""
+    return f"~/.edvit/boards/{name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,10 +59,11 @@ class Board:
     python: str
     address: str
     worker_port: int
+    root: str = ""                # release root on the board (`deploy`); default_root(name) when not given
 
     @property
     def target(self) -> str:
-        """'user@host:port' — the form `edvit_tool.remote.ssh` and `profile --host` take."""
+        """'user@host:port' — the form `edvit_tool.cluster.ssh` and `profile --host` take."""
         host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literal
         return f"{self.user}@{host}:{self.port}"
 
@@ -109,6 +118,7 @@ def parse_boards(data, source: str, base_dir: str) -> list[Board]:
     boards: list[Board] = []
     first_name: dict[str, int] = {}
     endpoints: dict[tuple[str, int], int] = {}
+    roots: dict[tuple, int] = {}
     for i, entry in enumerate(entries):
         where = f"boards[{i}]"
         if not isinstance(entry, dict):
@@ -121,7 +131,7 @@ def parse_boards(data, source: str, base_dir: str) -> list[Board]:
         for key in REQUIRED:
             if key not in entry or entry[key] is None:
                 problems.append(f"{where}.{key} is missing")
-        for key in ("name", "host", "user", "identity", "device_profile", "python", "address"):
+        for key in ("name", "host", "user", "identity", "device_profile", "python", "address", "root"):
             v = entry.get(key)
             if v is not None and (not isinstance(v, str) or not v.strip()):
                 problems.append(f"{where}.{key} must be a non-empty string, got {v!r}")
@@ -142,6 +152,12 @@ def parse_boards(data, source: str, base_dir: str) -> list[Board]:
         user = entry.get("user")
         if isinstance(user, str) and user and not _USER_RE.match(user):
             problems.append(f"{where}.user must be a login name (letters, digits, '_', '.', '-'), got {user!r}")
+        root = entry.get("root")
+        if isinstance(root, str) and root and (not _ROOT_RE.match(root) or ".." in root.split("/")
+                                               or root.rstrip("/") in ("~", "") or root.startswith("~") and
+                                               not root.startswith("~/")):
+            problems.append(f"{where}.root must be a directory path under ~/ or absolute (letters, digits, "
+                            f"'_', '.', '-', '/'; no '..'), got {root!r}")
         port = entry.get("port", 22)
         if _bad_int(port, 1, 65535):
             problems.append(f"{where}.port must be an int in 1..65535, got {port!r}")
@@ -176,12 +192,20 @@ def parse_boards(data, source: str, base_dir: str) -> list[Board]:
                             "give each board on one machine its own worker_port")
             continue
         endpoints[ep] = i
+        root = (entry.get("root") or default_root(name)).rstrip("/")
+        login = (user, entry["host"], port, root)
+        if login in roots:
+            problems.append(f"{where}: same login {user}@{entry['host']}:{port} and root {root} as "
+                            f"boards[{roots[login]}]; their releases would collide — give each board its own "
+                            "`root` (or drop `root` to use one per board name)")
+            continue
+        roots[login] = i
         boards.append(Board(name=name, host=entry["host"], port=port, user=user, identity=identity,
                             device_profile=prof_ref, device_profile_path=prof_path,
                             memory_budget_mb=float(prof.memory_budget_mb), cores=prof.cores,
                             threads=prof.threads, preferred_backend=prof.preferred_backend,
                             python=entry.get("python") or prof.python or "python3", address=address,
-                            worker_port=worker_port))
+                            worker_port=worker_port, root=root))
     if problems:
         raise RecipeError(f"{source}: " + "; ".join(problems))
     return boards

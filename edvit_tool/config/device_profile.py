@@ -45,12 +45,12 @@ _ALLOWED = [f.name for f in fields(DeviceProfile)]
 
 
 def profiles_dir() -> str:
-    """Where named profiles live: $EDVIT_DEVICE_PROFILES or <repo>/device_profiles."""
+    """Where named profiles live: $EDVIT_DEVICE_PROFILES or the package's own device_profiles/ (package data,
+    so a name resolves after a plain `pip install`, not only in a source checkout)."""
     env = os.environ.get(PROFILES_DIR_ENV)
     if env:
         return env
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        "device_profiles")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "device_profiles")
 
 
 def available_profiles() -> list[str]:

@@ -72,8 +72,21 @@ SCHEMA: dict = {
         "distort_copies": F(int, 1, _num(1, 20)),  # distorted views per digit (digits + distort only)
         "test_fraction": F(float, 0.2, FRACTION),
         "fusion_fraction": F(float, 0.2, FRACTION),
+        # validation: every choice compile makes (gate, float fallback, fusion kind, early stopping) is made here
+        "val_fraction": F(float, 0.15, FRACTION),
+        "val_samples": F(int, 1000, POS),      # cap on the validation images the export gate runs
+        "check_labels": F(bool, True),         # stop when the checkpoint's head order does not fit the labels
         "mean": F(list, None, nullable=True),
         "std": F(list, None, nullable=True),
+        # eval transform overrides (else the checkpoint's timm pretrained cfg): resize by crop_pct, centre crop
+        "interpolation": F(str, None, nullable=True,
+                           choices=("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")),
+        "crop_pct": F(float, None, _num(0, 4, lo_open=True), nullable=True),
+        "crop_mode": F(str, None, nullable=True, choices=("center", "squash", "border")),
+        # decoded images at model resolution: in RAM up to this size, else a cache file read per batch
+        "ram_cache_mb": F(int, 1024, NONNEG),
+        "cache_dir": F(str, None, nullable=True),   # default $EDVIT_CACHE_DIR or ~/.cache/edvit-tool
+        "workers": F(int, 2, NONNEG),               # DataLoader workers decoding image files
         "max_images_per_class": F(int, None, POS, nullable=True),
         "eval_samples": F(int, 1000, POS),
     },
@@ -213,8 +226,10 @@ def _cross_checks(r: dict, problems: list[str]) -> None:
         problems.append("prune.target needs params_ratio or keep.{heads,mlp,embed}")
     if r["data"]["kind"] in ("imagefolder", "npz") and not r["data"]["root"]:
         problems.append(f"data.root is required for data.kind={r['data']['kind']} (a folder or .npz path)")
-    if r["data"]["test_fraction"] + r["data"]["fusion_fraction"] >= 0.9:
-        problems.append("data.test_fraction + data.fusion_fraction must leave at least 10 % for fine-tuning")
+    d = r["data"]
+    if d["test_fraction"] + d["fusion_fraction"] + d["val_fraction"] >= 0.9:
+        problems.append("data.test_fraction + data.fusion_fraction + data.val_fraction must leave at least 10 % "
+                        "for fine-tuning")
     for key in ("mean", "std"):
         vals = r["data"][key]
         if vals is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):

@@ -1,7 +1,10 @@
 """Export a build's sub-models and fusion head to ONNX / TFLite in every requested quantisation, prove each
 artifact against PyTorch in its real interpreter, measure the fused accuracy through the artifacts and gate it.
 
-    failures = export_build(root, manifest, models, export_cfg, gate, fused_torch_accuracy)
+    failures = export_build(root, manifest, models, export_cfg, gate)
+
+Choices (the gate, the layer-by-layer float fallback) are made on reference/val.npz, the validation split; the
+held-out reference/eval.npz is only run, once per shipped variant, for the reported exported accuracy.
 
 Importing this package is cheap and torch-free (`check` imports export.validate); the heavy modules load inside
 export_build. See DESIGN.md §5 and the manifest schema in runtime/manifest.py.
@@ -33,14 +36,14 @@ def reference_path(rel: str) -> str:
 
 
 def export_build(root: str, manifest: dict, models: dict, export_cfg: dict, gate: dict,
-                 fused_torch_accuracy: float, progress=None) -> list[str]:
+                 progress=None) -> list[str]:
     """Write every artifact into `root`, fill manifest['artifacts'], ['accuracy']['exported'] and ['export'].
 
     models: {"g0": module, ..., "fusion": module} in eval mode. Returns the gate/parity failures (empty = every
     artifact passed); failed artifacts stay in the build marked `status: failed` with the reason.
     Raises ExportError for unusable input (unknown mode, missing model or data, calibration set too small).
     """
-    return _Exporter(root, manifest, models, export_cfg, gate, fused_torch_accuracy, progress).run()
+    return _Exporter(root, manifest, models, export_cfg, gate, progress).run()
 
 
 def _check_simplifier(tool: str) -> None:
@@ -82,7 +85,7 @@ class _Built:
 
 
 class _Exporter:
-    def __init__(self, root, manifest, models, cfg, gate, torch_acc, progress):
+    def __init__(self, root, manifest, models, cfg, gate, progress):
         from .quantize import QUANT_MODES, check_modes
 
         self.root, self.manifest, self.models = root, manifest, models
@@ -98,7 +101,6 @@ class _Exporter:
         self.n_ref = int(cfg.get("reference_samples", 16))
         self.gate = {"max_accuracy_drop_pp": float(gate.get("max_accuracy_drop_pp", 1.0)),
                      "max_quant_drop_pp": float(gate.get("max_quant_drop_pp", 1.0))}
-        self.torch_acc = float(torch_acc)
         self.subs = [sm["name"] for sm in manifest["submodels"]]
         self.names = self.subs + ["fusion"]
         missing = [n for n in self.names if n not in models]
@@ -116,12 +118,12 @@ class _Exporter:
     def _path(self, rel: str) -> str:
         return os.path.join(self.root, rel)
 
-    def _load_eval(self):
+    def _load_split(self, rel: str, what: str):
         from .validate import load_npz
 
-        path = self._path("reference/eval.npz")
+        path = self._path(rel)
         if not os.path.isfile(path):
-            raise ExportError(f"{path}: not found; compile writes the held-out set there (x [M,C,H,W], y [M])")
+            raise ExportError(f"{path}: not found; compile writes the {what} there (x [M,C,H,W], y [M])")
         try:
             data = load_npz(path, ("x", "y"))
         except ValueError as e:
@@ -131,6 +133,39 @@ class _Exporter:
             raise ExportError(f"{path}: x {list(x.shape)}, y {list(y.shape)}; expected x [M, "
                               f"{', '.join(map(str, self.input_shape))}] and y [M] with M > 0")
         return x, y
+
+    def _load_val(self):
+        """The validation images every choice is made on; an older build without them gates on eval.npz (said in
+        the manifest)."""
+        if os.path.isfile(self._path("reference/val.npz")):
+            return self._load_split("reference/val.npz", "validation split"), "validation"
+        self.progress.log("export: reference/val.npz missing (a build from an older edvit-tool): the gate runs on "
+                          "reference/eval.npz, the held-out set — recompile to gate on a validation split")
+        return self._load_split("reference/eval.npz", "held-out set"), "test (older build without val.npz)"
+
+    def _torch_correct(self, y: np.ndarray) -> np.ndarray:
+        """Per validation image: does PyTorch's fused model get it right (what the gate compares against)."""
+        return self.val_torch["fusion"]["logits"].argmax(-1) == y
+
+    def _torch_outputs(self, x: np.ndarray) -> dict:
+        """PyTorch's outputs per model name on x, the fusion head fed PyTorch's sub-model outputs."""
+        import torch
+
+        outs = {}
+        with torch.no_grad():
+            for i in range(0, len(x), 256):
+                t = torch.from_numpy(x[i:i + 256])
+                part = {}
+                for n in self.subs:
+                    f, lo = self.models[n](t)
+                    part[n] = {"features": f.float().numpy(), "logits": lo.float().numpy()}
+                feats = np.concatenate([part[n][self.source] for n in self.subs], axis=1)
+                part["fusion"] = {"features_in": feats,
+                                  "logits": self.models["fusion"](torch.from_numpy(feats)).float().numpy()}
+                for n, d in part.items():
+                    for k, v in d.items():
+                        outs.setdefault(n, {}).setdefault(k, []).append(v)
+        return {n: {k: np.concatenate(v) for k, v in d.items()} for n, d in outs.items()}
 
     def _load_calibration(self) -> dict:
         from .quantize import MIN_CALIBRATION
@@ -193,31 +228,40 @@ class _Exporter:
         if not self.formats:
             return []
         t0 = time.perf_counter()
-        x, y = self._load_eval()
+        (x, y), gate_split = self._load_val()
+        self.eval_x, self.eval_y = self._load_split("reference/eval.npz", "held-out set")
         self.calib = self._load_calibration()
         self.ref_inputs, self.ref_outputs = self._reference(x, y)
+        self.val_x = x
+        self.val_torch = self._torch_outputs(x)
+        self.torch_val_correct = self._torch_correct(y)
+        eval_torch = self._torch_outputs(self.eval_x)["fusion"]["logits"].argmax(-1)
+        self.torch_eval_acc = float(np.mean(eval_torch == self.eval_y))
         os.makedirs(self._path("reference"), exist_ok=True)
         np.savez(self._path("reference/inputs.npz"), **self.ref_inputs)
         for d in ("submodels", "fusion"):
             os.makedirs(self._path(d), exist_ok=True)
         # beside the build, not in /tmp (often a small tmpfs): working copies of big models are big
         self.scratch = tempfile.mkdtemp(prefix=".edvit-export-", dir=os.path.dirname(os.path.abspath(self.root)))
-        artifacts, exported, failures = [], {}, []
+        artifacts, exported, exported_val, failures = [], {}, {}, []
         info = {"reference_samples": len(self.ref_inputs["pixel_values"]),
                 "calibration_samples": {n: int(len(v)) for n, v in self.calib.items()},
-                "gate": dict(self.gate), "fused_torch_accuracy": self.torch_acc}
+                "gate": dict(self.gate), "gate_split": gate_split, "gate_samples": int(len(y)),
+                "fused_torch_accuracy": self.torch_eval_acc,
+                "fused_torch_accuracy_val": float(np.mean(self.torch_val_correct))}
         try:
             for fmt in self.formats:
                 info[fmt] = self._export_fp32(fmt)
-                self.fp32_acc = None
+                self.fp32_correct = None
                 # fp32 always runs (it is what the quantisers start from and what quant drop is measured
                 # against); it is shipped only when asked for
                 for quant in ["fp32"] + [q for q in self.quants if q != "fp32"]:
-                    built, acc, fails = self._variant(fmt, quant, x, y)
+                    built, correct, eval_acc, fails = self._variant(fmt, quant, x, y)
                     if quant == "fp32":
-                        self.fp32_acc = acc
+                        self.fp32_correct = correct
                     if self._ships(quant):
-                        exported[f"{fmt}/{quant}"] = acc
+                        exported[f"{fmt}/{quant}"] = eval_acc
+                        exported_val[f"{fmt}/{quant}"] = float(np.mean(correct))
                         artifacts.extend(built[n].entry for n in self.names)
                         failures.extend(fails)
                     elif fails:  # an unshipped fp32 that fails is still why the quantised ones cannot be trusted
@@ -226,6 +270,7 @@ class _Exporter:
             shutil.rmtree(self.scratch, ignore_errors=True)
         self.manifest["artifacts"] = artifacts
         self.manifest.setdefault("accuracy", {})["exported"] = exported
+        self.manifest["accuracy"]["exported_val"] = exported_val
         info["seconds"] = round(time.perf_counter() - t0, 1)
         self.manifest["export"] = info
         return failures
@@ -291,7 +336,9 @@ class _Exporter:
         return node_groups(self._fp32_file(fmt, name))
 
     def _variant(self, fmt: str, quant: str, x, y):
-        from .validate import fused_accuracy
+        """Build every artifact of fmt/quant, keeping layer groups float until parity and the gate pass (judged
+        on the validation images x, y). Returns (built, per-image correctness on x, held-out accuracy, failures)."""
+        from .validate import fused_predict
 
         groups = {n: self._groups(fmt, quant, n) for n in self.names}
         level = {n: 0 for n in self.names}
@@ -308,12 +355,14 @@ class _Exporter:
                     level[n] += 1
                     del built[n]
                 continue
-            acc = fused_accuracy([built[n].runner for n in self.subs], built["fusion"].runner, self.source, x, y)
-            gate_problems = self._gate(fmt, quant, acc)
+            correct = fused_predict([built[n].runner for n in self.subs], built["fusion"].runner, self.source,
+                                    x) == y
+            acc = float(np.mean(correct))
+            gate_problems = self._gate(fmt, quant, correct)
             if gate_problems and not bad:
                 cands = [n for n in self.names if level[n] < len(groups[n])]
                 if cands:  # keep the worst-matching artifact's next layer group float, then measure again
-                    worst = max(cands, key=lambda n: (1 - built[n].entry["top1_agreement"], built[n].rel_err))
+                    worst = max(cands, key=lambda n: (1 - built[n].entry["top1_agreement_val"], built[n].rel_err))
                     level[worst] += 1
                     self.progress.log(f"export: {fmt}/{quant} fused accuracy {acc:.4f} fails the gate; keeping "
                                       f"{list(groups[worst])[level[worst] - 1]} of {worst} in float")
@@ -329,28 +378,28 @@ class _Exporter:
             for p in built[n].problems:
                 failures.append(f"{n}:{fmt}/{quant}: {p}")
         failures.extend(f"{fmt}/{quant}: {p}" for p in gate_problems)
-        self.progress.log(f"export: {fmt}/{quant} fused accuracy {acc:.4f}"
+        # all choices for this variant are made: now (and only now) run the held-out images, for the report
+        eval_acc = float(np.mean(fused_predict([built[n].runner for n in self.subs], built["fusion"].runner,
+                                               self.source, self.eval_x) == self.eval_y))
+        self.progress.log(f"export: {fmt}/{quant} fused accuracy {acc:.4f} on validation"
                           + (" FAILED" if failures else ""))
         for b in built.values():
             b.runner = None  # release interpreters
-        return built, acc, failures
+        return built, correct, eval_acc, failures
 
-    def _gate(self, fmt: str, quant: str, acc: float) -> list[str]:
-        p = []
-        drop = (self.torch_acc - acc) * 100
-        if drop > self.gate["max_accuracy_drop_pp"] + 1e-9:
-            p.append(f"fused accuracy {acc * 100:.2f} % is {drop:.2f} pp below PyTorch's {self.torch_acc * 100:.2f} % "
-                     f"(gate.max_accuracy_drop_pp {self.gate['max_accuracy_drop_pp']:g})")
-        if quant != "fp32" and self.fp32_acc is not None:
-            qdrop = (self.fp32_acc - acc) * 100
-            if qdrop > self.gate["max_quant_drop_pp"] + 1e-9:
-                p.append(f"fused accuracy {acc * 100:.2f} % is {qdrop:.2f} pp below {fmt}/fp32's "
-                         f"{self.fp32_acc * 100:.2f} % (gate.max_quant_drop_pp {self.gate['max_quant_drop_pp']:g})")
-        return p
+    def _gate(self, fmt: str, quant: str, correct: np.ndarray) -> list[str]:
+        from .validate import drop_problem
+
+        p = [drop_problem(self.torch_val_correct, correct, self.gate["max_accuracy_drop_pp"], "PyTorch",
+                          f"{fmt}/{quant}", "gate.max_accuracy_drop_pp")]
+        if quant != "fp32" and self.fp32_correct is not None:
+            p.append(drop_problem(self.fp32_correct, correct, self.gate["max_quant_drop_pp"], f"{fmt}/fp32",
+                                  f"{fmt}/{quant}", "gate.max_quant_drop_pp"))
+        return [q for q in p if q]
 
     def _build(self, fmt: str, quant: str, name: str, labels: list, groups: dict) -> _Built:
         from ..runtime.manifest import sha256_file
-        from .validate import Runner, compare, parity_problems, tolerance_for
+        from .validate import Runner, agreement_problem, compare, parity_problems, tolerance_for
 
         rel = artifact_path(name, quant, fmt)
         named = self._fp32_file(fmt, name)
@@ -378,6 +427,13 @@ class _Exporter:
         stats = compare(runner.run({input_name: self.ref_inputs[input_name]}), ref)
         tol = tolerance_for(quant, stats["scale"], stats["max_abs_diff"])
         parity = parity_problems(quant, stats, tol)
+        val_in = self.val_torch["fusion"]["features_in"] if name == "fusion" else None
+        val_logits = runner.run({input_name: val_in if val_in is not None else self.val_x})["logits"]
+        val_agree = float(np.mean(val_logits.argmax(-1) == self.val_torch[name]["logits"].argmax(-1)))
+        if quant != "fp32":
+            problem = agreement_problem(val_logits.argmax(-1), self.val_torch[name]["logits"].argmax(-1))
+            if problem:
+                parity.append(problem)
         io = self._io_problems(name, runner)
         ref_rel = reference_path(rel)
         if self._ships(quant):
@@ -386,7 +442,8 @@ class _Exporter:
                  "bytes": os.path.getsize(dst), "sha256": sha256_file(dst),
                  "inputs": runner.inputs, "outputs": runner.outputs, "reference": ref_rel,
                  "tolerance": float(tol), "max_abs_diff": float(stats["max_abs_diff"]),
-                 "top1_agreement": float(stats["top1_agreement"]), "float_layers": list(labels),
+                 "top1_agreement": float(stats["top1_agreement"]), "top1_agreement_val": val_agree,
+                 "float_layers": list(labels),
                  "status": "ok", "reason": ""}
         return _Built(entry, runner, parity, io, stats["max_abs_diff"] / max(1.0, stats["scale"]))
 

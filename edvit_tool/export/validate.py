@@ -6,9 +6,16 @@ at export time and later.
 
 Parity rules (one place, used by export and check):
 - fp32: max |Δ| over all outputs <= FP32_ABS_TOL * max(1, max |reference|) (scale-aware for large outputs).
-- fp16 / int8: top-1 agreement of `logits` with PyTorch >= MIN_TOP1_AGREEMENT, and max |Δ| within the
-  tolerance recorded at export (QUANT_TOL_FACTOR x the measured error, at least QUANT_TOL_FLOOR x scale), so a
-  board whose kernels round differently still passes while a corrupted or swapped artifact does not.
+- fp16 / int8: max |Δ| within the tolerance recorded at export (QUANT_TOL_FACTOR x the measured error, at least
+  QUANT_TOL_FLOOR x scale), so a board whose kernels round differently still passes while a corrupted or swapped
+  artifact does not. These run on the few reference samples (reference/inputs.npz).
+
+Statistical rules (export only, on the validation split: hundreds of images, every class) — one flipped image can
+never fail an artifact, a real degradation does:
+- agreement: an int8/fp16 artifact's top-1 (`logits`) disagrees with PyTorch on more than 1 - MIN_TOP1_AGREEMENT
+  of the images AND significantly so (one-sided binomial z-test at Z_ONE_SIDED).
+- accuracy drop: the fused accuracy through the artifacts is more than the gate's pp below the reference AND the
+  drop is significant (paired, McNemar: images only the reference gets right vs only the artifacts get right).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ FP32_ABS_TOL = 1e-4
 MIN_TOP1_AGREEMENT = 0.95
 QUANT_TOL_FACTOR = 2.0
 QUANT_TOL_FLOOR = 0.02
+Z_ONE_SIDED = 1.645  # 95 % one-sided
 FORMAT_EXT = {"onnx": ".onnx", "tflite": ".tflite"}
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -162,13 +170,46 @@ def tolerance_for(quant: str, scale: float, measured: float) -> float:
 
 
 def parity_problems(quant: str, stats: dict, tolerance: float) -> list[str]:
-    """Why an artifact fails parity (empty = it passes)."""
+    """Why an artifact fails parity on the reference samples (empty = it passes): max |Δ| only — a handful of
+    samples says nothing statistically about top-1 agreement (see agreement_problem)."""
     p = []
     if not stats["max_abs_diff"] <= tolerance:  # also catches NaN
         p.append(f"max |Δ| vs PyTorch {stats['max_abs_diff']:.3g} > tolerance {tolerance:.3g}")
-    if quant != "fp32" and stats["top1_agreement"] < MIN_TOP1_AGREEMENT:
-        p.append(f"top-1 agreement with PyTorch {stats['top1_agreement']:.3f} < {MIN_TOP1_AGREEMENT}")
     return p
+
+
+def agreement_problem(pred: np.ndarray, ref_pred: np.ndarray, min_agreement: float = MIN_TOP1_AGREEMENT,
+                      what: str = "validation images") -> str | None:
+    """A problem when top-1 agreement is below `min_agreement` beyond what chance explains (None: it passes)."""
+    n = len(pred)
+    if n == 0:
+        return None
+    d = int(np.sum(np.asarray(pred) != np.asarray(ref_pred)))
+    p0 = 1.0 - min_agreement
+    allowed = n * p0 + Z_ONE_SIDED * np.sqrt(n * p0 * (1 - p0))
+    if d > allowed:
+        return (f"top-1 agreement with PyTorch {1 - d / n:.3f} on {n} {what} ({d} differ; the gate allows up to "
+                f"{int(allowed)} at agreement {min_agreement})")
+    return None
+
+
+def drop_problem(ref_correct: np.ndarray, got_correct: np.ndarray, max_drop_pp: float, ref_name: str,
+                 got_name: str, gate_key: str) -> str | None:
+    """A problem when `got`'s accuracy is more than max_drop_pp below `ref`'s and the paired difference is
+    significant (one-sided McNemar at Z_ONE_SIDED), else None."""
+    ref_correct, got_correct = np.asarray(ref_correct, bool), np.asarray(got_correct, bool)
+    n = len(ref_correct)
+    if n == 0:
+        return None
+    lost = int(np.sum(ref_correct & ~got_correct))   # only the reference is right
+    won = int(np.sum(~ref_correct & got_correct))    # only the artifacts are right
+    drop_pp = 100.0 * (lost - won) / n
+    significant = (lost - won) > Z_ONE_SIDED * np.sqrt(max(1, lost + won))
+    if drop_pp > max_drop_pp + 1e-9 and significant:
+        return (f"fused accuracy {100 * got_correct.mean():.2f} % is {drop_pp:.2f} pp below {ref_name}'s "
+                f"{100 * ref_correct.mean():.2f} % on {n} validation images ({lost} lost, {won} gained: "
+                f"significant; {gate_key} {max_drop_pp:g})")
+    return None
 
 
 # -- fused accuracy ----------------------------------------------------------------------------------------

@@ -418,5 +418,13 @@ class SubModelWrapper(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        return feats, self.model.head(feats)
+        m = self.model
+        tokens = m.forward_features(x)
+        if m.global_pool == "avg":
+            # timm's .mean() exports as ReduceMean with opset-18 attributes under opset 17 (the checker refuses
+            # it); a sum over the patch tokens exports as ReduceSum, valid since opset 13
+            patches = tokens[:, m.num_prefix_tokens:]
+            feats = m.head_drop(m.fc_norm(patches.sum(dim=1) * (1.0 / patches.shape[1])))
+        else:
+            feats = m.forward_head(tokens, pre_logits=True)
+        return feats, m.head(feats)

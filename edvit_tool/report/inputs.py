@@ -68,7 +68,7 @@ def _loop_beside(*paths) -> str | None:
 
 def load_inputs(build_dir: str, profiles: str | None = None, plan: str | None = None,
                 deployment: str | None = None) -> ReportInputs:
-    from ..assign import validate_profiles
+    from ..cluster.assign import validate_profiles
     from ..runtime import manifest as mf
 
     if not os.path.isdir(build_dir):

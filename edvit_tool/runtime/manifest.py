@@ -8,7 +8,10 @@ Shape (schema_version 1), all paths relative to the build dir:
       "schema_version": 1, "tool_version": "0.1.0", "created": "<iso time>",
       "model": {"name": str, "kwargs": {...}, "params": int, "bytes": int, "flops": int},
       "input": {"name": "pixel_values", "shape": [C, H, W], "layout": "NCHW", "dtype": "float32",
-                "mean": [..C], "std": [..C], "interpolation": "bilinear"},
+                "mean": [..C], "std": [..C], "interpolation": "bicubic", "value_range": [0.0, 1.0],
+                "crop_pct": 0.9, "crop_mode": "center", "resize_size": [H', W'], "image_mode": "RGB"|"L"},
+                                                # the checkpoint's timm eval transform, applied by
+                                                # runtime/preprocess.py (no crop_pct: an older build, stretched)
       "classes": [str, ...],                    # N class names, index = class id
       "groups": [[int, ...], ...],              # K groups of class ids
       "submodels": [{"name": "g0", "group": 0, "classes": [int], "arch": {...},
@@ -146,39 +149,6 @@ def artifact_key(art: dict) -> str:
     return f"{art['name']}:{art['format']}/{art['quant']}"
 
 
-def preprocess(image, spec: dict):
-    """uint8/float HWC or CHW image (numpy) -> normalised float32 [C, H, W] per the manifest input spec.
-
-    Nearest-neighbour resize only (numpy has no good resampler); the host uses PIL for real images.
-    """
-    import numpy as np
-
-    c, h, w = spec["shape"]
-    arr = np.asarray(image, dtype=np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    elif arr.ndim == 3 and arr.shape[-1] in (1, 3) and arr.shape[0] not in (1, 3):
-        arr = arr.transpose(2, 0, 1)
-    if arr.ndim != 3:
-        raise ValueError(f"image must be 2-D or 3-D, got shape {arr.shape}")
-    if arr.shape[0] != c:
-        if arr.shape[0] == 3 and c == 1:
-            arr = arr.mean(axis=0, keepdims=True)
-        elif arr.shape[0] == 1 and c == 3:
-            arr = np.repeat(arr, 3, axis=0)
-        else:
-            raise ValueError(f"image has {arr.shape[0]} channels, the model takes {c}")
-    if arr.shape[1:] != (h, w):
-        ys = (np.arange(h) * arr.shape[1] / h).astype(int)
-        xs = (np.arange(w) * arr.shape[2] / w).astype(int)
-        arr = arr[:, ys][:, :, xs]
-    if arr.max() > 1.0:
-        arr = arr / 255.0
-    mean = np.asarray(spec["mean"], dtype=np.float32)[:, None, None]
-    std = np.asarray(spec["std"], dtype=np.float32)[:, None, None]
-    return ((arr - mean) / std).astype(np.float32)
-
-
 def load_path(path: str) -> tuple:
     """A build dir or a manifest file (any name) -> (manifest, the dir its relative paths start from)."""
     if os.path.isdir(path):
@@ -229,3 +199,9 @@ def select_artifact(manifest: dict, name: str, variant: str | None = None) -> tu
 def artifact_by_sha256(manifest: dict, sha256: str) -> dict | None:
     """The artifact whose file has this sha256 (boards cache files by hash, not by name)."""
     return next((a for a in manifest.get("artifacts", []) if a.get("sha256") == sha256), None)
+
+
+def ordered_submodels(manifest: dict) -> list:
+    """Sub-models in group order: the order of the fusion head's input slices."""
+    subs = list(manifest["submodels"])
+    return sorted(subs, key=lambda s: s.get("group", subs.index(s)))

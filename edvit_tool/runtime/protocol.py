@@ -18,7 +18,9 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import re
 import socket
+import ssl
 import sys
 
 import numpy as np
@@ -32,6 +34,7 @@ DATATYPES = {
 _BY_DTYPE = {dt: name for name, dt in DATATYPES.items()}  # np.dtype keys: '<f4' == 'float32' == float32
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_TYPE = "application/json"
+_DIGITS = re.compile(r"[0-9]{1,15}\Z")
 BINARY_TYPE = "application/octet-stream"
 
 
@@ -79,16 +82,22 @@ def _split(body: bytes, header_length) -> tuple:
     if header_length is None or header_length == "":
         hlen = len(body)
     else:
-        try:
+        # ASCII digits only: int() takes '²', '+5', '1_0' and spends seconds on 100k digits
+        if isinstance(header_length, int) and not isinstance(header_length, bool):
+            hlen = header_length
+        elif isinstance(header_length, str) and _DIGITS.match(header_length):
             hlen = int(header_length)
-        except (TypeError, ValueError):
-            raise ProtocolError(400, f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        else:
+            raise ProtocolError(400, f"{HEADER_LENGTH} must be 1-15 ASCII digits, got {str(header_length)[:40]!r}")
         if not 0 < hlen <= len(body):
             raise ProtocolError(400, f"{HEADER_LENGTH} is {hlen} but the body has {len(body)} bytes")
     try:
-        header = json.loads(bytes(view[:hlen]))
+        # a whole-JSON body is parsed in place: bytes(view) would add a copy of it to the peak memory
+        header = json.loads(body if hlen == len(body) and isinstance(body, bytes) else bytes(view[:hlen]))
     except (ValueError, UnicodeDecodeError) as e:
         raise ProtocolError(400, f"body is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ProtocolError(400, "body JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError(400, "body must be a JSON object")
     return header, view[hlen:]
@@ -279,6 +288,14 @@ def error_body(message: str) -> bytes:
     return _json_dumps({"error": message})
 
 
+def first_non_finite(arrays: dict) -> str | None:
+    """The name of the first floating-point tensor holding NaN or Inf, else None."""
+    for name, a in arrays.items():
+        if a.dtype.kind in "fc" and a.size and not np.isfinite(a).all():
+            return name
+    return None
+
+
 # ---- client ------------------------------------------------------------------------------------------------
 
 class _NoDelayConnection(http.client.HTTPConnection):
@@ -289,18 +306,39 @@ class _NoDelayConnection(http.client.HTTPConnection):
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class _NoDelayTlsConnection(http.client.HTTPSConnection):
+    def connect(self):
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 _DROPPED = (http.client.RemoteDisconnected, http.client.BadStatusLine, BrokenPipeError, ConnectionResetError,
             ConnectionAbortedError)
+
+
+def client_tls_context(ca_file: str) -> ssl.SSLContext:
+    """A client TLS context that trusts only the CA (or self-signed certificate) in `ca_file`, checking the
+    server's name; ValueError naming the file when it does not load."""
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(f"cannot load CA file {ca_file} ({e})") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 class OipClient:
     """Keep-alive HTTP/1.1 client for one OIP v2 server. Not thread-safe: one per thread (or per board).
 
     A request on a reused connection that the server had closed is retried once on a fresh one.
+    ssl_context: speak HTTPS, verifying the server against it (see client_tls_context).
+    max_response: refuse (ProtocolError 0) answers larger than this many bytes, without reading them.
     """
 
-    def __init__(self, host: str, port: int, token: str | None = None, timeout: float = 10.0):
+    def __init__(self, host: str, port: int, token: str | None = None, timeout: float = 10.0,
+                 ssl_context: ssl.SSLContext | None = None, max_response: int | None = None):
         self.host, self.port, self.timeout = host, int(port), timeout
+        self.ssl_context, self.max_response = ssl_context, max_response
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._conn = None
         self._used = False
@@ -316,24 +354,51 @@ class OipClient:
     def __exit__(self, *exc):
         self.close()
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple:
-        """(status, headers as a case-insensitive message, body bytes). Transport failures -> ProtocolError(0)."""
+    def _connect(self):
+        if self.ssl_context is not None:
+            return _NoDelayTlsConnection(self.host, self.port, timeout=self.timeout, context=self.ssl_context)
+        return _NoDelayConnection(self.host, self.port, timeout=self.timeout)
+
+    def _read(self, resp) -> bytes:
+        cap = self.max_response
+        if cap is None:
+            return resp.read()
+        length = resp.getheader("Content-Length")
+        if length is not None and (not _DIGITS.match(length) or int(length) > cap):
+            raise _TooLarge(f"answer of {length[:20]} bytes is over the {cap}-byte limit")
+        data = resp.read(cap + 1)
+        if len(data) > cap:
+            raise _TooLarge(f"answer is over the {cap}-byte limit")
+        return data
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                timeout: float | None = None) -> tuple:
+        """(status, headers as a case-insensitive message, body bytes). Transport failures -> ProtocolError(0).
+
+        timeout: for this request's socket reads (default: the client's)."""
         hdrs = dict(self._auth)
         hdrs.update(headers or {})
         for attempt in (0, 1):
             if self._conn is None:
-                self._conn = _NoDelayConnection(self.host, self.port, timeout=self.timeout)
+                self._conn = self._connect()
                 self._used = False
             reused = self._used
             try:
+                if self._conn.sock is not None:
+                    self._conn.sock.settimeout(timeout or self.timeout)
+                else:
+                    self._conn.timeout = timeout or self.timeout
                 self._conn.request(method, path, body=body, headers=hdrs)
                 resp = self._conn.getresponse()
-                data = resp.read()
+                data = self._read(resp)
             except _DROPPED as e:
                 self.close()
                 if reused and attempt == 0:
                     continue  # the server dropped an idle keep-alive connection: retry once, fresh
                 raise ProtocolError(0, f"{self.host}:{self.port}: connection dropped ({e!r})") from None
+            except _TooLarge as e:
+                self.close()  # the rest of the answer is unread: this connection is done
+                raise ProtocolError(0, f"{self.host}:{self.port}: {method} {path}: {e}") from None
             except (OSError, http.client.HTTPException) as e:
                 self.close()
                 raise ProtocolError(0, f"{self.host}:{self.port}: {method} {path} failed ({e!r})") from None
@@ -382,6 +447,10 @@ class OipClient:
         if status != 200:
             raise ProtocolError(status, _error_message(data))
         return decode_response(data, rh.get(HEADER_LENGTH))
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def _error_message(data: bytes) -> str:

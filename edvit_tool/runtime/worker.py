@@ -8,7 +8,11 @@ GET /v2 (server metadata), GET /v2/models/<m>[/versions/1] (model metadata), GET
 GET /v2/models/<m>/stats (ours: request count, errors, p50 of the last 1000 answered requests' time in the
 worker from headers read to answer ready, and of the interpreter call alone),
 POST /v2/models/<m>[/versions/1]/infer (JSON tensors and the binary-tensor extension).
-Everything else needs `Authorization: Bearer <token file contents>`.
+Everything else needs `Authorization: Bearer <token file contents>`. Inputs with NaN/Inf are refused (400).
+
+Traffic is plain HTTP unless --tls-cert/--tls-key are given: on a LAN anyone on the path can read the tensors
+and the bearer token. Limits (httpd.Limits): --max-connections, --max-inflight per model, --max-body-mb for
+binary tensors and a lower --max-json-mb for JSON, --header-timeout-s, --idle-timeout-s.
 
 Stdout carries exactly one JSON line, `{"event": "ready", "host", "port", "pid", "models": {...}}` once serving
 (port 0 -> the real port), or `{"event": "error", "message"}` before exiting 2. Logs go to stderr.
@@ -113,6 +117,9 @@ class ServedModel:
                 raise httpd.HttpError(400, f"input {name!r}: shape {list(arr.shape)}, expected {shape} "
                                       "(first dim = batch, any size >= 1)")
             batches.add(arr.shape[0])
+        bad = oip.first_non_finite(inputs)
+        if bad is not None:  # NaN/Inf would flow through the model into the fusion head unnoticed
+            raise httpd.HttpError(400, f"input {bad!r} holds NaN or Inf; send finite values")
         if len(batches) > 1:
             raise httpd.HttpError(400, f"inputs disagree on the batch size: {sorted(batches)}")
 
@@ -131,22 +138,12 @@ def _median(values: list):
 
 
 class WorkerState(httpd.ServerState):
-    def __init__(self, models: dict, token: str, max_body: int):
-        super().__init__(token, max_body)
+    def __init__(self, models: dict, token: str, limits: httpd.Limits):
+        super().__init__(token, limits)
         self.models = models
 
     def ready(self) -> bool:
         return all(m.model is not None for m in self.models.values())
-
-
-class _Headers(dict):
-    """Request headers, names lower-cased; `get` is case-insensitive like http.client's message."""
-
-    def get(self, name, default=None):
-        return dict.get(self, name.lower(), default)
-
-
-_SINGLE = ("content-length", "authorization", "transfer-encoding", oip.HEADER_LENGTH.lower())
 
 
 class Handler(httpd.Handler):
@@ -157,57 +154,6 @@ class Handler(httpd.Handler):
     state: WorkerState                  # set on the subclass made by make_server
     _served: ServedModel | None = None  # per request: the model an infer hit (for its stats)
     _infer_ms: float | None = None
-
-    def parse_request(self) -> bool:
-        """Lean HTTP/1.x request-line and header parsing.
-
-        The stdlib's version runs every request's headers through the email package (~60 µs here, several
-        times that on a Pi) — a large share of the worker's per-request budget. Same contract: on False an
-        error was sent (or the line was empty) and the connection closes.
-        """
-        self.command, self.request_version, self.close_connection = None, "HTTP/0.9", True
-        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        words = self.requestline.split()
-        if not words:
-            return False
-        if len(words) != 3 or not words[2].startswith("HTTP/"):
-            self.send_error(400, f"Bad request line {self.requestline[:80]!r}")
-            return False
-        self.command, self.path, version = words
-        if version not in ("HTTP/1.0", "HTTP/1.1"):
-            self.send_error(505, f"Unsupported HTTP version {version[:20]!r}")
-            return False
-        self.request_version = version
-        headers = _Headers()
-        for _ in range(101):
-            line = self.rfile.readline(65537)
-            if len(line) > 65536:
-                self.send_error(431, "Header line too long")
-                return False
-            if line in (b"\r\n", b"\n", b""):
-                break
-            name, sep, value = line.decode("iso-8859-1").partition(":")
-            key = name.lower()
-            # no folded lines, no space before the colon: both are request-smuggling vectors (RFC 9112 §5)
-            if not sep or not key or key != key.strip() or " " in key or "\t" in key:
-                self.send_error(400, "Malformed header line")
-                return False
-            value = value.strip()
-            if key in headers:
-                if key in _SINGLE and headers[key] != value:
-                    self.send_error(400, f"Conflicting {name} headers")
-                    return False
-                value = headers[key] if key in _SINGLE else f"{headers[key]}, {value}"
-            headers[key] = value
-        else:
-            self.send_error(431, "Too many headers")
-            return False
-        self.headers = headers
-        conn = headers.get("connection", "").lower()
-        self.close_connection = conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive")
-        if version == "HTTP/1.1" and headers.get("expect", "").lower() == "100-continue":
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits for this before large bodies
-        return True
 
     def _finished(self, method: str, status: int, t0: float, ready: float | None) -> None:
         if self._served is not None:
@@ -224,11 +170,15 @@ class Handler(httpd.Handler):
                 return 200, b'{"ready":true}', oip.JSON_TYPE, None
             raise httpd.HttpError(503, "not ready: " + ("shutting down" if st.draining else "loading models"))
         self._authorise(method)
-        body = self._request_body(method)
+        model = httpd.model_path(parts)
+        if model is not None and method == "POST" and model[1] == ["infer"] and model[0] in st.models:
+            served = self._served = st.models[model[0]]
+            with st.slot(served.name):  # the body is read only with a slot: bounded memory under load
+                return self._infer(served, self._request_body(method))
+        self._request_body(method)  # a POST to another route: read, so the connection stays usable
         if parts == ["v2"] and method == "GET":
             return 200, oip._json_dumps({"name": "edvit-worker", "version": __version__,
                                          "extensions": ["binary_tensor_data"]}), oip.JSON_TYPE, None
-        model = httpd.model_path(parts)
         if model is not None:
             name, rest = model
             served = st.models.get(name)
@@ -242,9 +192,6 @@ class Handler(httpd.Handler):
                 return 200, b'{"ready":true}', oip.JSON_TYPE, None
             if method == "GET" and rest == ["stats"]:
                 return 200, oip._json_dumps(served.stats()), oip.JSON_TYPE, None
-            if method == "POST" and rest == ["infer"]:
-                self._served = served
-                return self._infer(served, body)
         raise httpd.HttpError(404, f"no route {method} {path}; OIP v2 routes live under /v2")
 
     def _infer(self, served: ServedModel, body) -> tuple:
@@ -264,9 +211,9 @@ class Handler(httpd.Handler):
         return 200, payload, oip.BINARY_TYPE, {oip.HEADER_LENGTH: hlen}
 
 
-def make_server(host: str, port: int, state: WorkerState) -> httpd.Server:
+def make_server(host: str, port: int, state: WorkerState, tls=None) -> httpd.Server:
     try:
-        return httpd.bind(host, port, Handler, state)
+        return httpd.bind(host, port, Handler, state, ssl_context=tls)
     except OSError as e:
         raise WorkerError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick a free port or an address "
                           "this board has") from None
@@ -367,13 +314,38 @@ def parse_args(argv):
     p.add_argument("--backend", choices=backends.BACKENDS, help="force an interpreter")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per model")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit (413 above it)")
+    p.add_argument("--max-json-mb", type=float, default=None,
+                   help="limit for JSON bodies, which grow ~14x once parsed (default: a quarter of --max-body-mb)")
+    p.add_argument("--max-connections", type=int, default=64, help="open connections served at once (503 above)")
+    p.add_argument("--max-inflight", type=int, default=2,
+                   help="requests per model being read, decoded or run at once (the rest wait, then 503)")
+    p.add_argument("--header-timeout-s", type=float, default=10.0,
+                   help="a request's line and headers must arrive within this many seconds")
+    p.add_argument("--idle-timeout-s", type=float, default=15.0, help="close keep-alive connections idle this long")
+    p.add_argument("--tls-cert", help="PEM certificate: serve HTTPS instead of plain HTTP (with --tls-key)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--drain-s", type=float, default=10.0, help="on SIGTERM, wait this long for in-flight requests")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--pidfile", help="write our pid here; removed on exit")
     a = p.parse_args(argv)
     if a.threads < 1 or a.max_body_mb <= 0 or not 0 <= a.port <= 65535:
         raise WorkerError("--threads must be >= 1, --max-body-mb > 0 and --port in 0..65535")
+    if a.max_json_mb is not None and a.max_json_mb <= 0:
+        raise WorkerError("--max-json-mb must be > 0")
+    problem = limits_from(a).check()
+    if problem:
+        raise WorkerError(f"--max-connections / --max-inflight / --*-timeout-s: {problem}")
+    if bool(a.tls_cert) != bool(a.tls_key):
+        raise WorkerError("--tls-cert and --tls-key go together; give both (PEM files) or neither")
     return a
+
+
+def limits_from(a) -> httpd.Limits:
+    max_body = int(a.max_body_mb * (1 << 20))
+    max_json = int(a.max_json_mb * (1 << 20)) if a.max_json_mb else max(1, max_body // 4)
+    return httpd.Limits(max_body=max_body, max_json=min(max_json, max_body), max_connections=a.max_connections,
+                        max_inflight=a.max_inflight, header_timeout_s=a.header_timeout_s,
+                        idle_timeout_s=a.idle_timeout_s)
 
 
 def serve(argv=None) -> int:
@@ -388,12 +360,18 @@ def serve(argv=None) -> int:
     if not names or len(set(names)) != len(names):
         raise WorkerError(f"--models {args.models!r}: give distinct model names, e.g. g0,g1")
     served = resolve_models(manifest, base_dir, names, args.variant, args.artifact_dir)
-    state = WorkerState(served, read_token(args.token_file), int(args.max_body_mb * (1 << 20)))
+    state = WorkerState(served, read_token(args.token_file), limits_from(args))
+    tls = None
+    if args.tls_cert:
+        try:
+            tls = httpd.tls_context(args.tls_cert, args.tls_key)
+        except ValueError as e:
+            raise WorkerError(f"--tls-cert/--tls-key: {e}; give a PEM certificate and its key") from None
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server = make_server(args.host, args.port, state)
+    server = make_server(args.host, args.port, state, tls)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     try:
         if args.pidfile:
@@ -401,7 +379,7 @@ def serve(argv=None) -> int:
         thread.start()  # live answers while models load; ready only after
         load_models(served, args.backend, args.threads)
         host, port = server.server_address[:2]
-        _emit({"event": "ready", "host": host, "port": port, "pid": os.getpid(),
+        _emit({"event": "ready", "host": host, "port": port, "pid": os.getpid(), "tls": tls is not None,
                "models": {n: {"artifact": mf.artifact_key(s.art), "backend": s.model.backend_name}
                           for n, s in served.items()}})
         log.info("serving %s on %s:%d", ", ".join(served), host, port)

@@ -185,3 +185,31 @@ def test_bad_arguments_are_user_errors(build, tmp_path, capsys):
     assert "--device-profile no-such-board" in err and "rpi4b" in err
     assert main(["check", build, "--eval", str(tmp_path / "missing.npz")]) == 2
     assert "--eval" in capsys.readouterr().err
+
+
+def test_eval_on_raw_images_gets_the_builds_preprocessing(build, tmp_path, capsys):
+    """--eval with raw uint8 images (npz) or a folder of PNGs per class: check preprocesses them with the
+    manifest's spec (runtime/preprocess.py). Same pixels both ways -> the same accuracy, close to the float set's
+    (an unpreprocessed 0-255 input would collapse to chance)."""
+    import numpy as np
+    from PIL import Image
+
+    ev = np.load(os.path.join(build, "reference", "eval.npz"))
+    spec = json.load(open(os.path.join(build, "manifest.json")))["input"]
+    mean, std = spec["mean"][0], spec["std"][0]
+    pixels = np.clip(np.round((ev["x"][:, 0] * std + mean) * 255), 0, 255).astype(np.uint8)  # [M, H, W]
+    order = np.argsort(ev["y"], kind="stable")  # the folder's order: int8-dynamic scales depend on the batch
+    np.savez(tmp_path / "raw.npz", x=pixels[order], y=ev["y"][order])
+    for i, (img, label) in enumerate(zip(pixels, ev["y"])):
+        os.makedirs(tmp_path / "folder" / str(label), exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "folder" / str(label) / f"{i:04d}.png")
+
+    def accuracies(path):
+        main(["check", build, "--eval", path, "--json"])
+        return {c["name"]: float(c["message"].split()[0]) for c in _json(capsys)["checks"]
+                if c["group"] == "accuracy"}
+
+    floats = accuracies(os.path.join(build, "reference", "eval.npz"))
+    raw, folder = accuracies(str(tmp_path / "raw.npz")), accuracies(str(tmp_path / "folder"))
+    assert raw == folder and set(raw) == set(floats) and raw
+    assert all(abs(raw[k] - floats[k]) <= 0.02 for k in raw), (raw, floats)

@@ -7,6 +7,7 @@ openssh-server (tests/boards.py); the boards run the slim board venv (no torch).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import pwd
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from boards import free_port, worker_pids
-from edvit_tool import deploy as dp
+from edvit_tool.cluster import deploy as dp
 from edvit_tool.errors import EdvitError
 from edvit_tool.runtime import manifest as mf
 from edvit_tool.runtime.protocol import OipClient
@@ -70,8 +71,13 @@ def _infer_matches_reference(build, doc, token=None):
                     np.testing.assert_allclose(out["features"], ref["features"][:2], atol=1e-3)
 
 
-def _current(board) -> str:
-    return os.path.basename(os.readlink(os.path.join(board.home, ".edvit", "current")))
+def _root(board, name) -> str:
+    """The board's release root: one per board name under the login's ~/.edvit/boards/."""
+    return os.path.join(board.home, ".edvit", "boards", name)
+
+
+def _current(board, name) -> str:
+    return os.path.basename(os.readlink(os.path.join(_root(board, name), "current")))
 
 
 @pytest.mark.slow
@@ -111,8 +117,8 @@ def test_deploy_status_rollback_and_stop_on_three_ssh_boards(boards, tiny_build,
         assert b["transport"] == "ssh" and b["target"] == board.target and b["release"] == rel1
         assert b["endpoint"] == f"http://127.0.0.1:{ports[NAMES.index(b['name'])]}"
         assert b["variant"] == "onnx/fp32" and b["pid"] in _worker_pids(uids)
-        assert _current(board) == rel1
-        rdir = os.path.join(board.home, ".edvit", "releases", rel1)
+        assert _current(board, b["name"]) == rel1
+        rdir = os.path.join(_root(board, b["name"]), "releases", rel1)
         assert stat.S_IMODE(os.stat(os.path.join(rdir, "token")).st_mode) == 0o600
         shipped = json.load(open(os.path.join(rdir, "manifest.json")))
         assert not mf.validate(shipped) and {a["name"] for a in shipped["artifacts"]} == set(b["models"])
@@ -134,7 +140,7 @@ def test_deploy_status_rollback_and_stop_on_three_ssh_boards(boards, tiny_build,
     for b in doc2["boards"]:
         assert b["uploads"]["files"] == 0 and b["uploads"]["bytes"] == 0 and b["uploads"]["cached"] > 0
         assert b["previous_release"] == rel1
-    assert all(_current(board) == rel2 for board in bs)
+    assert all(_current(board, name) == rel2 for board, name in zip(bs, NAMES))
     assert len(_worker_pids(uids)) == 3  # the old workers are gone, one new one per board
     _infer_matches_reference(tiny_build, doc2)
 
@@ -159,7 +165,7 @@ def test_deploy_status_rollback_and_stop_on_three_ssh_boards(boards, tiny_build,
         assert f"{name}: back on release {rel2}, serving" in err
     assert token not in r.stdout + err
     assert json.load(open(out))["release"] == rel2  # deployment.json (and its token) still describe rel2
-    assert all(_current(board) == rel2 for board in bs)
+    assert all(_current(board, name) == rel2 for board, name in zip(bs, NAMES))
     r = _cli("status", "--deployment", out, "--json")
     assert r.returncode == 0, r.stderr
     assert all(row["up"] and row["release"] == rel2 for row in json.loads(r.stdout))
@@ -270,3 +276,117 @@ def test_an_unreachable_board_fails_the_deploy_before_anything_changes(tiny_buil
     first = str(e.value).splitlines()[0]
     assert "failed on pi-1; nothing was changed on any board" in first
     assert "connection refused" in str(e.value) and not os.path.exists(tmp_path / "deployment.json")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_activation_rolls_every_board_back_to_the_release_whose_token_is_saved(tiny_build, tmp_path,
+                                                                                             monkeypatch):
+    """Issue 11, item 2. The interrupt is injected where a real Ctrl-C lands most often (waiting for a worker to
+    get ready); a real one cannot be timed from a test. Without the rollback the boards would run the new
+    release while deployment.json and its token still describe the old one: nobody could call them."""
+    plan = _plan_by_hand(tiny_build, tmp_path / "plan.json", [("g0", "a"), ("g1", "b")])
+    out = str(tmp_path / "run" / "deployment.json")
+    doc1 = dp.deploy(plan, transport="local", out=out)
+    token1 = open(doc1["token_file"]).read()
+    try:
+        real = dp._wait_ready
+
+        def ctrl_c_once_b_is_ready(b, token, *args, **kw):
+            real(b, token, *args, **kw)
+            if token is not None and b.name == "b":  # the rollback's own readiness waits pass no token
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(dp, "_wait_ready", ctrl_c_once_b_is_ready)
+        with pytest.raises(KeyboardInterrupt):
+            dp.deploy(plan, transport="local", out=out)
+        monkeypatch.undo()
+        assert json.load(open(out))["release"] == doc1["release"] and open(doc1["token_file"]).read() == token1
+        for b in doc1["boards"]:
+            assert os.readlink(os.path.join(b["root"], "current")) == os.path.join("releases", doc1["release"])
+        _infer_matches_reference(tiny_build, doc1)  # every board answers the saved token again
+        assert all(row["up"] and row["release"] == doc1["release"] for row in dp.status(out))
+    finally:
+        dp.stop(out)
+
+
+def _one_login_boards_yaml(path, board, ports, profile):
+    """Two boards on ONE login (two workers on one bigger machine)."""
+    lines = ["boards:"] + [
+        f"  - {{name: {name}, host: 127.0.0.1, port: {board.port}, user: {board.user}, identity: {board.identity}, "
+        f"device_profile: {profile}, python: {board.python}, worker_port: {port}}}"
+        for name, port in zip(("pi-a", "pi-b"), ports)]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.slow
+def test_boards_sharing_a_login_deploy_side_by_side_and_concurrent_deploys_take_turns(boards, tiny_build, tmp_path):
+    """Issue 11, items 5 and 3: two boards on one login each get their own root; two deploys at once take turns
+    on each board's deploy lock (the second sees the first's release as its previous one), and a deploy that
+    cannot get the lock in time fails naming the holder, changing nothing."""
+    from edvit_tool.cluster.transport import SshTransport
+    from edvit_tool.runtime.protocol import ProtocolError
+
+    b, = boards(1)
+    kh, uid = b.known_hosts, pwd.getpwnam(b.user).pw_uid
+    byaml = _one_login_boards_yaml(tmp_path / "boards.yaml", b, [free_port(), free_port()], _device_profile(tmp_path))
+    plan = _plan_by_hand(tiny_build, tmp_path / "plan.json", [("g0", "pi-a"), ("g1", "pi-b")], byaml)
+    outs = [str(tmp_path / f"d{i}" / "deployment.json") for i in (1, 2)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        docs = list(pool.map(lambda o: dp.deploy(plan, out=o, known_hosts=kh), outs))
+    assert docs[0]["release"] != docs[1]["release"]
+    current = {_current(b, n) for n in ("pi-a", "pi-b")}
+    assert len(current) == 1
+    last = next(d for d in docs if d["release"] in current)
+    first = next(d for d in docs if d is not last)
+    assert [e["previous_release"] for e in last["boards"]] == [first["release"]] * 2
+    assert [e["previous_release"] for e in first["boards"]] == [None, None]
+    assert len({e["root"] for e in last["boards"]}) == 2 and len(_worker_pids({uid})) == 2
+    _infer_matches_reference(tiny_build, last)
+    entry = last["boards"][0]
+    with OipClient(entry["address"], entry["port"], token=open(first["token_file"]).read().strip(), timeout=10) as c:
+        with pytest.raises(ProtocolError) as e:
+            c.infer("g0", {"pixel_values": np.zeros([1] + list(json.load(open(
+                os.path.join(tiny_build, "manifest.json")))["input"]["shape"]), np.float32)})
+        assert e.value.status == 401  # the earlier deploy's token is not the one serving
+
+    holder = SshTransport("pi-a", b.target, b.python, root=entry["root"], identity=b.identity, known_hosts=kh,
+                          runtime_dir=entry["runtime"])
+    holder.connect()
+    try:
+        with holder.lock(5, by="a test holding the lock"):
+            with pytest.raises(EdvitError) as e:
+                dp.deploy(plan, out=str(tmp_path / "d3" / "deployment.json"), known_hosts=kh, lock_wait_s=1)
+    finally:
+        holder.close()
+    msg = str(e.value)
+    assert "nothing was changed on any board" in msg.splitlines()[0]
+    assert "another deploy holds" in msg and "deploy.lock" in msg and "a test holding the lock" in msg
+    assert {_current(b, n) for n in ("pi-a", "pi-b")} == current and len(_worker_pids({uid})) == 2
+    dp.stop(outs[0])
+    assert _worker_pids({uid}) == []
+
+
+@pytest.mark.slow
+def test_a_corrupted_cached_file_is_caught_on_the_board_and_sent_again(boards, tiny_build, tmp_path):
+    """Issue 11, item 4: a cache entry of the right size but wrong bytes used to be trusted forever."""
+    b, = boards(1)
+    kh = b.known_hosts
+    byaml = _one_login_boards_yaml(tmp_path / "boards.yaml", b, [free_port(), free_port()], _device_profile(tmp_path))
+    plan = _plan_by_hand(tiny_build, tmp_path / "plan.json", [("g0", "pi-a")], byaml)
+    out = str(tmp_path / "deployment.json")
+    dp.deploy(plan, out=out, known_hosts=kh)
+    sha = mf.artifact(json.load(open(os.path.join(tiny_build, "manifest.json"))), "g0", "onnx", "fp32")["sha256"]
+    cached = os.path.join(b.home, ".edvit", "cache", sha, "g0.fp32.onnx")
+    size = os.path.getsize(cached)
+    os.remove(cached)  # the old release keeps its hard link; the cache gets same-size garbage
+    with open(cached, "wb") as f:
+        f.write(b"\0" * size)
+    try:
+        doc = dp.deploy(plan, out=out, known_hosts=kh)
+        up = doc["boards"][0]["uploads"]
+        assert up["resent"] == 1 and up["files"] == 0
+        assert mf.sha256_file(cached) == sha
+        _infer_matches_reference(tiny_build, doc)
+    finally:
+        dp.stop(out)

@@ -92,8 +92,8 @@ def build(tmp_path_factory):
 def run_files(build, tmp_path_factory):
     """profiles.json (2 local boards, onnx/fp32 only, few runs), plan.json (assign), deployment.json (local
     workers, stopped again at once: the report only reads the file)."""
-    from edvit_tool import deploy as dp
-    from edvit_tool import profile as prof
+    from edvit_tool.cluster import deploy as dp
+    from edvit_tool.cluster import profile as prof
     from edvit_tool.loop import assign_plan, write_local_boards
 
     run = str(tmp_path_factory.mktemp("report-run"))

@@ -18,7 +18,7 @@ import pytest
 
 from workers import BUILD_CACHE, REPO, make_coord_build, start_local_workers
 
-from edvit_tool.coordinator import Coordinator
+from edvit_tool.serve.coordinator import Coordinator
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -137,6 +137,65 @@ def test_token_is_required_and_bad_input_is_a_400(stack):
     with pytest.raises(InferenceServerException, match="limit"):  # --max-body-mb 1
         _infer(c, np.zeros((1100, 1, 16, 16), np.float32))
     assert c.is_server_ready()  # still serving
+
+
+def test_non_finite_pixels_are_a_400(stack):
+    x = stack["x"][:2].copy()
+    x[1, 0, 5, 5] = np.inf
+    for binary in (True, False):
+        with pytest.raises(InferenceServerException, match="NaN or Inf") as e:
+            _infer(stack["client"], x, binary=binary)
+        assert int(e.value.status()) == 400
+
+
+def _serve(dep, tmp, *args):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "edvit_tool.cli.main", "serve", "--deployment", dep, *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_a_non_loopback_bind_without_a_token_is_refused(stack, tmp_path):
+    r = _serve(stack["dep"], tmp_path, "--host", "0.0.0.0", "--port", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "Error: --host 0.0.0.0: other machines could call this endpoint without a token" in r.stderr
+    assert "--token-file" in r.stderr and "--insecure" in r.stderr
+    r = _serve(stack["dep"], tmp_path, "--port", "0", "--tls-cert", "x.pem")
+    assert r.returncode == 2 and "--tls-cert and --tls-key go together" in r.stderr
+
+
+def test_serve_over_tls_answers_verified_clients(stack, tmp_path):
+    import ssl
+
+    from tls_certs import make_self_signed
+
+    from edvit_tool.runtime.protocol import OipClient, client_tls_context
+
+    cert, key = make_self_signed(str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "edvit_tool.cli.main", "serve", "--deployment", stack["dep"],
+                             "--port", "0", "--json", "--tls-cert", cert, "--tls-key", key],
+                            stdout=subprocess.PIPE, stderr=open(tmp_path / "serve.log", "wb"), text=True, env=env)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        event = json.loads(proc.stdout.readline() if ready else "{}")
+        assert event.get("tls") is True and event["url"].startswith("https://"), event
+        x = stack["x"][:3]
+        with Coordinator(stack["dep"]) as coord:
+            want = coord.run(x)
+        with OipClient("127.0.0.1", event["port"], ssl_context=client_tls_context(cert)) as c:
+            assert c.ready()
+            got = c.infer("edvit", {"pixel_values": x}, ["probabilities"])["probabilities"]
+        np.testing.assert_allclose(got, want.probabilities, atol=1e-6)
+        ctx = ssl.create_default_context(cafile=cert)
+        with urllib.request.urlopen(f"https://127.0.0.1:{event['port']}/v2/health/live", timeout=5,
+                                    context=ctx) as r:
+            assert r.status == 200
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(f"https://127.0.0.1:{event['port']}/v2/health/live", timeout=5,
+                                   context=ssl.create_default_context())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
 
 
 def test_dead_board_gives_degraded_answers_then_sigterm_exits_cleanly(stack):

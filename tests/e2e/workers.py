@@ -241,11 +241,12 @@ def write_deployment(path: str, build: str, workers: LocalWorkers, replicas: dic
 
 def start_local_workers(build_dir: str, assignment: dict, variant: str | None = "onnx/fp32", workdir: str | None = None,
                         deadline_ms: int = 2000, replicas: dict | None = None, extra_args=(),
-                        prefix: dict | None = None) -> tuple:
+                        prefix: dict | None = None, worker_build: str | None = None) -> tuple:
     """Start one worker per board of `assignment` ({board: [models]}) -> (deployment.json path, LocalWorkers).
 
-    extra_args: more worker flags (e.g. --threads 2); prefix: {board: argv prefix}. The caller owns teardown:
-    `workers.close()` (or use it as a context manager)."""
+    extra_args: more worker flags (e.g. --threads 2); prefix: {board: argv prefix}; worker_build: the build the
+    workers serve when it is not `build_dir` (e.g. one with broken sub-models; the deployment still names
+    build_dir). The caller owns teardown: `workers.close()` (or use it as a context manager)."""
     workdir = workdir or tempfile.mkdtemp(prefix="edvit-workers-")
     os.makedirs(workdir, exist_ok=True)
     token_file = os.path.join(workdir, "token")
@@ -255,7 +256,61 @@ def start_local_workers(build_dir: str, assignment: dict, variant: str | None = 
             f.write(secrets.token_urlsafe(24) + "\n")
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    workers = LocalWorkers(build_dir, assignment, variant, workdir, token_file, extra_args, env, prefix)
+    workers = LocalWorkers(worker_build or build_dir, assignment, variant, workdir, token_file, extra_args, env,
+                           prefix)
     workers.start()
     path = write_deployment(os.path.join(workdir, "deployment.json"), build_dir, workers, replicas, deadline_ms)
     return path, workers
+
+
+def _broken_onnx(path: str, kind: str, n_logits: int) -> None:
+    """A sub-model that loads and runs but answers badly: kind 'nan' -> NaN features, 'float64' -> FP64 ones."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def const(name, value, shape):
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name + "_v", TensorProto.FLOAT,
+                                                                                shape, [value] * int(np.prod(shape))))
+
+    nodes = [helper.make_node("ReduceMean", ["pixel_values"], ["m"], axes=[1, 2, 3], keepdims=1),
+             helper.make_node("Constant", [], ["rs"], value=helper.make_tensor(
+                 "rs_v", TensorProto.INT64, [2], [-1, 1])),
+             helper.make_node("Reshape", ["m", "rs"], ["r"]),
+             const("zf", 0.0, [1, FEAT]), const("one", 1.0, [1, FEAT]), const("zl", 0.0, [1, n_logits]),
+             helper.make_node("Mul", ["r", "zf"], ["z"]), helper.make_node("Mul", ["r", "zl"], ["logits"])]
+    if kind == "nan":
+        nodes += [helper.make_node("Sub", ["z", "one"], ["neg"]), helper.make_node("Sqrt", ["neg"], ["features"])]
+        ftype = TensorProto.FLOAT
+    else:
+        nodes += [helper.make_node("Add", ["z", "one"], ["ones"]),
+                  helper.make_node("Cast", ["ones"], ["features"], to=TensorProto.DOUBLE)]
+        ftype = TensorProto.DOUBLE
+    graph = helper.make_graph(
+        nodes, f"broken_{kind}", [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["b", *SHAPE])],
+        [helper.make_tensor_value_info("features", ftype, ["b", FEAT]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", n_logits])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by any onnxruntime we support
+    onnx.save(model, path)
+
+
+def make_broken_build(good: str, root: str, broken: dict) -> str:
+    """A copy of the build `good` whose sub-models in `broken` ({name: 'nan' | 'float64'}) are replaced by ones
+    that answer NaN features or FP64 features; manifest hashes updated, so workers serve them."""
+    import shutil
+
+    from edvit_tool.runtime.manifest import sha256_file
+
+    shutil.copytree(good, root)
+    with open(os.path.join(root, "manifest.json")) as f:
+        manifest = json.load(f)
+    for art in manifest["artifacts"]:
+        if art["name"] in broken:
+            path = os.path.join(root, art["file"])
+            _broken_onnx(path, broken[art["name"]], art["outputs"][1]["shape"][1])
+            art["sha256"], art["bytes"] = sha256_file(path), os.path.getsize(path)
+            if broken[art["name"]] == "float64":  # declared so: the worker checks outputs against the manifest
+                art["outputs"][0]["dtype"] = "float64"
+    with open(os.path.join(root, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+    return root

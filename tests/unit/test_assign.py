@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edvit_tool import assign as A
+from edvit_tool.cluster import assign as A
 from edvit_tool.config.boards import Board, boards_from_yaml, validate_plan_boards
 from edvit_tool.errors import EdvitError
 

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from edvit_tool.assign import Plan
+from edvit_tool.cluster.assign import Plan
 from edvit_tool.config.boards import boards_from_yaml, validate_plan_boards
 from edvit_tool.errors import EdvitError, RecipeError
 
@@ -178,3 +178,37 @@ def test_plan_for_a_board_not_in_boards_yaml_is_rejected(cluster):
     plan = Plan({"g0": ["pi-1", "pi-7"]}, 1.0, {"pi-1": 1.0, "pi-7": 1.0}, "milp-highs")
     with pytest.raises(EdvitError, match="pi-7"):
         validate_plan_boards(plan, boards, boards_file=os.path.basename(path))
+
+
+def test_two_boards_on_one_login_get_a_root_each_and_an_explicit_shared_root_is_refused(cluster):
+    """Two workers on one bigger machine (issue 11, item 5): by default each board's releases live under its own
+    ~/.edvit/boards/<name>, so they never collide; the same `root` given twice is refused, naming both."""
+    path = _write(cluster, """
+        boards:
+          - {name: big-a, host: 10.0.0.9, user: pi, device_profile: profiles/tiny.yaml, worker_port: 8500}
+          - {name: big-b, host: 10.0.0.9, user: pi, device_profile: profiles/tiny.yaml, worker_port: 8501}
+          - {name: big-c, host: 10.0.0.9, user: pi, device_profile: profiles/tiny.yaml, worker_port: 8502,
+             root: /srv/edvit/c}
+    """)
+    roots = [b.root for b in boards_from_yaml(path)]
+    assert roots == ["~/.edvit/boards/big-a", "~/.edvit/boards/big-b", "/srv/edvit/c"]
+    path = _write(cluster, """
+        boards:
+          - {name: big-a, host: 10.0.0.9, user: pi, device_profile: profiles/tiny.yaml, worker_port: 8500,
+             root: ~/edvit}
+          - {name: big-b, host: 10.0.0.9, user: pi, device_profile: profiles/tiny.yaml, worker_port: 8501,
+             root: ~/edvit/}
+    """)
+    with pytest.raises(RecipeError) as e:
+        boards_from_yaml(path)
+    assert "boards[1]: same login pi@10.0.0.9:22 and root ~/edvit as boards[0]" in str(e.value)
+
+
+@pytest.mark.parametrize("root", ["../x", "~/a/../../b", "relative/dir", "~other/x", "~", "/tmp/$(id)"])
+def test_a_root_outside_the_allowed_shape_is_refused(cluster, root):
+    path = _write(cluster, f"""
+        boards:
+          - {{name: pi-1, host: 10.0.0.9, user: pi, device_profile: profiles/tiny.yaml, root: '{root}'}}
+    """)
+    with pytest.raises(RecipeError, match=r"boards\[0\]\.root must be a directory path"):
+        boards_from_yaml(path)

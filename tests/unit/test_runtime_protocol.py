@@ -137,10 +137,27 @@ def test_bad_json_and_bad_header_length():
         oip.decode_request(b'{"inputs": [')
     with pytest.raises(ProtocolError, match="body has 2 bytes"):
         oip.decode_request(b"{}", 10)
-    with pytest.raises(ProtocolError, match="must be an integer"):
-        oip.decode_request(b"{}", "ten")
+    for bad in ("ten", "\u00b2", "+2", "1_0", " 2", "9" * 5000):  # '²'.isdigit() and int('1_0') are true
+        with pytest.raises(ProtocolError, match="must be 1-15 ASCII digits") as e:
+            oip.decode_request(b"{}", bad)
+        assert e.value.status == 400
     with pytest.raises(ProtocolError, match="must be a JSON object"):
         oip.decode_request(b"[1]")
+
+
+def test_deeply_nested_json_is_a_400_not_a_recursion_error():
+    with pytest.raises(ProtocolError, match="nested too deeply") as e:
+        oip.decode_request(b"[" * 100_000 + b"]" * 100_000)
+    assert e.value.status == 400
+
+
+def test_first_non_finite_names_the_tensor_with_nan_or_inf():
+    ok = {"a": np.ones(3, np.float32), "i": np.arange(3)}
+    assert oip.first_non_finite(ok) is None
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.zeros((2, 2), np.float16)
+        x[1, 1] = bad
+        assert oip.first_non_finite({**ok, "x": x}) == "x"
 
 
 def test_unknown_requested_output_is_named():
@@ -223,6 +240,16 @@ def test_client_retries_once_when_the_server_dropped_keep_alive(echo_server):
         for _ in range(3):
             np.testing.assert_array_equal(c.infer("m", {"x": x}, binary=False)["x"], x)
     assert len({p for _, _, p in _Echo.seen}) == 3  # a fresh connection each time, no error surfaced
+
+
+def test_client_refuses_an_answer_over_its_size_cap_without_reading_it(echo_server):
+    big = np.zeros((64, 1024), np.float32)  # a 256 KiB answer
+    with oip.OipClient("127.0.0.1", echo_server.server_address[1], max_response=64 << 10) as c:
+        with pytest.raises(ProtocolError, match="over the 65536-byte limit") as e:
+            c.infer("m", {"x": big})
+        assert e.value.status == 0 and c._conn is None  # the unread rest is dropped with the connection
+        small = np.ones((2, 2), np.float32)
+        np.testing.assert_array_equal(c.infer("m", {"x": small})["x"], small)  # a fresh connection
 
 
 def test_client_errors_carry_the_status_and_message(echo_server):

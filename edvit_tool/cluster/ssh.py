@@ -6,8 +6,10 @@
 
 - Every remote argument is `shlex.quote`d (exec takes an argv list, never a string).
 - Host keys: known_hosts (default ~/.ssh/known_hosts or the config's UserKnownHostsFile) with policy
-  `accept-new` (an unknown key is added and saved) or `strict` (unknown = error). A CHANGED key is always
-  refused, with the offered key's SHA256 fingerprint and the known_hosts line to fix. No AutoAdd/Warning policy.
+  `accept-new` (an unknown key is added and saved) or `strict` (unknown = error). ~/.ssh/config's
+  `StrictHostKeyChecking yes` makes it strict whatever the caller asked; `no`/`off` never loosens it beyond
+  accept-new. A CHANGED key is always refused, with the offered key's SHA256 fingerprint and the known_hosts
+  line to fix. No AutoAdd/Warning policy.
 - TCP_NODELAY on our socket: without it every small request/response waits for Nagle + delayed ACK (~40 ms).
 - Remote files live under ~/.edvit/; the cache is ~/.edvit/cache/<sha256>/<basename>. Uploads go to a temp name
   and are renamed into place, so a file present in the cache is always complete.
@@ -128,7 +130,7 @@ def _find_known_line(path: str, name: str) -> tuple[int, str] | None:
     return None
 
 
-def _host_key_policy(mode: str, known_hosts: str, where: str):
+def _host_key_policy(mode: str, known_hosts: str, where: str, source: str = "policy"):
     import paramiko
 
     class Policy(paramiko.MissingHostKeyPolicy):
@@ -137,7 +139,7 @@ def _host_key_policy(mode: str, known_hosts: str, where: str):
         def missing_host_key(self, client, hostname, key):
             if mode == "strict":
                 raise SshError(
-                    f"{where}: host key not in {known_hosts} (policy strict); offered {key.get_name()} "
+                    f"{where}: host key not in {known_hosts} ({source} strict); offered {key.get_name()} "
                     f"{key.fingerprint}. Verify it on the board (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), "
                     f"then add it: ssh-keyscan -p PORT HOST >> {known_hosts}")
             client.get_host_keys().add(hostname, key.get_name(), key)
@@ -168,7 +170,10 @@ class SshSession:
         self._config_identities = [os.path.expanduser(p) for p in cfg.get("identityfile", [])]
         kh = known_hosts or (cfg.get("userknownhostsfile", "").split() or [None])[0] or "~/.ssh/known_hosts"
         self.known_hosts = os.path.expanduser(kh)
-        self.host_key_policy = host_key_policy
+        # OpenSSH's `StrictHostKeyChecking yes` in the user's config is a promise we must keep too
+        strict_cfg = str(cfg.get("stricthostkeychecking", "")).strip().lower() in ("yes", "true")
+        self.host_key_policy = "strict" if strict_cfg else host_key_policy
+        self.host_key_policy_source = "~/.ssh/config StrictHostKeyChecking yes" if strict_cfg else "policy"
         self.connect_timeout = connect_timeout
         self.allow_agent = allow_agent
         self._client = None
@@ -219,7 +224,8 @@ class SshSession:
             except (OSError, paramiko.SSHException) as e:
                 sock.close()
                 raise SshError(f"{self.known_hosts}: cannot read known_hosts ({e}); fix or move the file") from None
-        client.set_missing_host_key_policy(_host_key_policy(self.host_key_policy, self.known_hosts, self.where))
+        client.set_missing_host_key_policy(_host_key_policy(self.host_key_policy, self.known_hosts, self.where,
+                                                             self.host_key_policy_source))
         try:
             client.connect(self.host, port=self.port, username=self.user, key_filename=keys or None,
                            sock=sock, timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
@@ -358,6 +364,19 @@ class SshSession:
             raise SshError(f"{self.where}: `{short}` exited with {rc}: {tail}")
         return rc, stdout, stderr
 
+    def open_process(self, script: str):
+        """Start a long-running POSIX sh script whose stdin stays open: a `RemoteProcess` the caller writes to,
+        reads lines from and closes (closing stdin is how the board side learns we are done — or gone)."""
+        import paramiko
+
+        try:
+            chan = self.client.get_transport().open_session(timeout=self.connect_timeout)
+            chan.exec_command(quote_argv(["sh", "-c", script]))
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise SshError(f"{self.where}: cannot start a remote process ({e}); the connection dropped — "
+                           f"retry") from None
+        return RemoteProcess(chan, self.where)
+
     # -- files ----------------------------------------------------------------------------------------------
 
     @property
@@ -472,18 +491,19 @@ class SshSession:
 
     # -- content-addressed cache ---------------------------------------------------------------------------
 
-    def upload_cached(self, local_path: str, sha256: str) -> tuple[str, bool]:
-        """Upload into ~/.edvit/cache/<sha256>/<basename> unless already there.
+    def upload_cached(self, local_path: str, sha256: str, force: bool = False) -> tuple[str, bool]:
+        """Upload into ~/.edvit/cache/<sha256>/<basename> unless a copy of that size is there (force: always).
 
-        Returns (absolute remote path, uploaded?). The caller vouches that sha256 is the file's digest.
+        Returns (absolute remote path, uploaded?). The caller vouches that sha256 is the file's digest; a size
+        match is only a hint — cluster.transport has the board hash every copy it is about to use.
         """
         rel = posixpath.join(CACHE_DIR, sha256, os.path.basename(local_path))
         size = os.path.getsize(local_path)
         try:
-            if self._sftp_call(f"stat {rel}", self.sftp.stat, rel).st_size == size:
+            if not force and self._sftp_call(f"stat {rel}", self.sftp.stat, rel).st_size == size:
                 return self.abspath(rel), False
         except FileNotFoundError:
-            pass
+            pass  # not cached yet: upload below
         self.put(local_path, rel)
         return self.abspath(rel), True
 
@@ -520,6 +540,49 @@ class SshSession:
     def _write_plain(self, remote: str, data: bytes) -> None:
         with self.sftp.open(remote, "wb") as f:
             f.write(data)
+
+
+class RemoteProcess:
+    """A command on the board with an open stdin (see SshSession.open_process)."""
+
+    def __init__(self, chan, where: str):
+        self.chan, self.where, self._buf = chan, where, bytearray()
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.chan.sendall(data)
+        except (OSError, EOFError) as e:
+            raise SshError(f"{self.where}: cannot write to the remote process ({e})") from None
+
+    def readline(self, timeout: float) -> str:
+        """The next stdout line; SshError when none came within `timeout` or the command ended first."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            if self.chan.recv_ready():
+                self._buf += self.chan.recv(1 << 16)
+                continue
+            if self.chan.eof_received:
+                err = self.chan.recv_stderr(1 << 16).decode("utf-8", "replace").strip() \
+                    if self.chan.recv_stderr_ready() else ""
+                raise SshError(f"{self.where}: remote process ended without answering"
+                               + (f": {err.splitlines()[-1]}" if err else ""))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SshError(f"{self.where}: no answer from the remote process within {timeout:g}s")
+            select.select([self.chan.fileno()], [], [], remaining)
+        line, _, rest = bytes(self._buf).partition(b"\n")
+        self._buf = bytearray(rest)
+        return line.decode("utf-8", "replace")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Close its stdin (it sees EOF and exits), wait a little for that, then drop the channel."""
+        try:
+            self.chan.shutdown_write()
+            self.chan.status_event.wait(timeout)
+        except (OSError, EOFError) as e:  # the connection is gone: the board side saw EOF anyway
+            log.debug("%s: closing a remote process: %s", self.where, e)
+        finally:
+            self.chan.close()
 
 
 def _local_user() -> str:

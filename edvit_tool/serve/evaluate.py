@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from .errors import ArtifactError
-from .runtime import backends
-from .runtime import manifest as mf
+from ..errors import ArtifactError
+from ..runtime import backends
+from ..runtime import manifest as mf
 
 
 def _pct(values, q: float) -> float | None:
@@ -37,12 +37,12 @@ def deployed_artifacts(deployment_path: str) -> dict:
     """{build_dir, manifest, submodels: {name: artifact entry} in group order, fusion: artifact entry, source,
     boards: {sub-model: board}} for what `deployment_path` serves. With replicas, the first replica (the one the
     coordinator prefers) counts."""
-    from .coordinator import _ordered_submodels, load_deployment
+    from ..cluster.deployment import load as load_deployment
 
     doc, manifest, build_dir, _token, replicas = load_deployment(deployment_path)
     boards = {b["name"]: b for b in doc["boards"]}
     subs, where = {}, {}
-    for sm in _ordered_submodels(manifest):
+    for sm in mf.ordered_submodels(manifest):
         m = sm["name"]
         b = boards[replicas[m][0]]
         art = None
@@ -115,7 +115,7 @@ def manifest_figure(dep: dict) -> tuple:
     """(the build's exported accuracy for the variant every sub-model runs, or None; whether it is strictly the
     figure of these artifacts, i.e. export measured that variant with the fusion head the deployment runs; a
     note saying which)."""
-    from .export.validate import variant_artifacts
+    from ..export.validate import variant_artifacts
 
     v = plan_variant(dep)
     if v is None:

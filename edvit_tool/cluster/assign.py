@@ -16,7 +16,7 @@ import math
 import statistics
 from typing import Mapping, Sequence
 
-from .errors import ArtifactError, EdvitError
+from ..errors import ArtifactError, EdvitError
 
 INF = math.inf
 MB = float(1 << 20)
@@ -567,44 +567,3 @@ def transfer_costs(manifest: dict, boards, bandwidth_mbps: float) -> dict[str, f
     n = math.prod(manifest["input"]["shape"]) * 4
     ms = n * 8 / (bandwidth_mbps * 1e6) * 1e3
     return {b.name: ms for b in boards}
-
-
-PLAN_SCHEMA_VERSION = 1
-
-
-def build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer) -> dict:
-    """plan.json content for the exact solution (greedy's makespan beside it); used by `assign` and the demo."""
-    import os
-
-    from .runtime import manifest as mf
-
-    by_name = {b.name: b for b in boards}
-    placements = []
-    for s in costs.submodels:
-        for d in exact.assignment[s]:
-            ch = costs.choices[(s, d)]
-            art = ch.artifact
-            placements.append({"submodel": s, "board": d, "artifact": art["file"], "format": art["format"],
-                               "quant": art["quant"], "sha256": art["sha256"], "bytes": art["bytes"],
-                               "predicted_ms": round(ch.latency_ms, 4), "memory_mb": round(ch.memory_mb, 2),
-                               "estimated": ch.estimated, **({"note": ch.note} if ch.note else {})})
-    used = [d for d in costs.boards if any(p["board"] == d for p in placements)]
-    return {
-        "schema_version": PLAN_SCHEMA_VERSION,
-        "build": {"path": os.path.abspath(build_dir),
-                  "manifest_sha256": mf.sha256_file(os.path.join(build_dir, mf.MANIFEST_NAME))},
-        "boards_file": os.path.abspath(boards_file),
-        "objective": "makespan",
-        "replicas": replicas,
-        "bandwidth_mbps": bandwidth_mbps,
-        "solver": exact.solver,
-        "optimal": exact.optimal,
-        "makespan_ms": round(exact.makespan_ms, 4),
-        "greedy_makespan_ms": None if greedy is None else round(greedy.makespan_ms, 4),
-        "placements": placements,
-        "boards": {d: by_name[d].to_dict() | {"predicted_ms": round(exact.per_board_ms[d], 4),
-                                              "transfer_ms": round(transfer[d], 4),
-                                              "memory_mb": round(exact.memory_mb[d], 2)} for d in used},
-        "unused_boards": [d for d in costs.boards if d not in used],
-        "notes": list(costs.notes),
-    }

@@ -1,8 +1,8 @@
 """What SSH to a board costs (DESIGN §7, issue 4 targets), on real loopback sshd boards (tests/boards.py).
 
-    .venv/bin/python bench/profile.py [--n 200] [--mb 64]        (root: it starts sshd boards)
+    .venv/bin/python bench/profile_boards.py [--n 200] [--mb 64]        (root: it starts sshd boards)
 
-Measures with edvit_tool.remote.ssh.SshSession (paramiko, TCP_NODELAY):
+Measures with edvit_tool.cluster.ssh.SshSession (paramiko, TCP_NODELAY):
   * connect: TCP + SSH handshake + key auth (median of 10);
   * exec round trip: `true` on the board, one new channel each (target <= 5 ms p50), with the board user's
     login shell bash (as on a Pi) and sh (dash): sshd runs every command through the login shell;
@@ -31,8 +31,8 @@ sys.path.insert(0, REPO)
 
 import boards as test_boards  # noqa: E402
 
-from edvit_tool import profile as prof  # noqa: E402
-from edvit_tool.remote.ssh import SshSession  # noqa: E402
+from edvit_tool.cluster import profile as prof  # noqa: E402
+from edvit_tool.cluster.ssh import SshSession  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 

@@ -15,6 +15,13 @@ real inference within half the deadline for boards that were down for being slow
 errors (401, 404, bad shapes: a deployment that does not match its build) fail that request's slice only.
 When no sub-model answers at all, `NoBoardAnswered` (exit 2) names every board and why.
 
+A slice that comes back non-finite (NaN/Inf), of the wrong dtype or shape counts as missing too (the
+replica is tried). Calls still queued in the pool at the deadline are cancelled, never sent; answers are read
+with a size cap (a board cannot make us buffer more than its slice needs, plus headroom).
+
+Transport: plain HTTP on the LAN, or HTTPS for `https://` endpoints, verified against the CA file given as
+`tls_ca` (argument, or deployment.json's `tls_ca`).
+
 Host side: numpy + the fusion head's interpreter (via runtime.backends) only — no torch.
 """
 
@@ -28,14 +35,17 @@ import logging
 import os
 import threading
 import time
-from urllib.parse import urlsplit
 
 import numpy as np
 
-from .errors import ArtifactError, EdvitError
-from .runtime import backends
-from .runtime import manifest as mf
-from .runtime import protocol as oip
+from ..cluster.deployment import DeploymentError, read_token  # noqa: F401 (DeploymentError, read_token: re-exported)
+from ..cluster.deployment import load as load_deployment
+from ..cluster.deployment import ordered_submodels as _ordered_submodels
+from ..cluster.deployment import parse_endpoint as _parse_endpoint
+from ..errors import ArtifactError, EdvitError
+from ..runtime import backends
+from ..runtime import manifest as mf
+from ..runtime import protocol as oip
 
 log = logging.getLogger("edvit.coordinator")
 
@@ -43,12 +53,9 @@ DEFAULT_DEADLINE_MS = 2000
 HEALTH_INTERVAL_S = 1.0
 SLOW_STRIKES = 2                      # consecutive deadline misses before a board is taken out of rotation
 MAX_REQUEST_BYTES = 8 << 20           # batches are split so one body stays under the workers' 16 MiB default cap
+RESPONSE_HEADROOM = 1 << 20           # on top of a slice's bytes: the JSON header, error messages
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _WINDOW = 10000                       # latencies kept for percentiles
-
-
-class DeploymentError(EdvitError):
-    """deployment.json is missing, malformed or does not match its build."""
 
 
 class NoBoardAnswered(EdvitError):
@@ -93,6 +100,7 @@ class _Board:
         self.reason = ""
         self.down_since = None
         self.strikes = 0
+        self.cancelled = 0             # calls dropped unsent because the request's deadline had passed
         self.requests = 0
         self.failures = 0
         self.misses = 0
@@ -111,120 +119,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _read_json(path: str, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise DeploymentError(f"{path}: not found; run `edvit-tool deploy --plan plan.json` to create the "
-                              f"{what}") from None
-    except (OSError, ValueError) as e:
-        raise DeploymentError(f"{path}: cannot read it as JSON ({e}); re-run `edvit-tool deploy`") from None
-    if not isinstance(doc, dict):
-        raise DeploymentError(f"{path}: must hold a JSON object; re-run `edvit-tool deploy`")
-    return doc
-
-
-def read_token(path: str, where: str) -> str:
-    """The bearer token in `path` (one word); DeploymentError naming `where` otherwise. Never logged."""
-    from .runtime.httpd import read_token_file
-
-    try:
-        return read_token_file(path)
-    except ValueError as e:
-        raise DeploymentError(f"{where}: token file {path}: {e}; re-run `edvit-tool deploy` or fix its "
-                              "permissions") from None
-
-
-def load_deployment(path: str) -> tuple:
-    """deployment.json -> (doc, manifest, build dir, token or None, {model: [board names]}); every problem named."""
-    doc = _read_json(path, "deployment file")
-    where = path
-    if doc.get("schema_version") != 1:
-        raise DeploymentError(f"{where}: schema_version must be 1, got {doc.get('schema_version')!r}; re-run "
-                              "`edvit-tool deploy` with this version")
-    build = doc.get("build")
-    if not isinstance(build, dict) or not isinstance(build.get("path"), str):
-        raise DeploymentError(f"{where}: build.path is missing; re-run `edvit-tool deploy`")
-    build_dir = build["path"]
-    if not os.path.isabs(build_dir):
-        build_dir = os.path.join(os.path.dirname(os.path.abspath(path)), build_dir)
-    try:
-        manifest = mf.load(build_dir)
-    except mf.ManifestError as e:
-        raise DeploymentError(f"{where}: build.path {build_dir}: {e}") from None
-    want = build.get("manifest_sha256")
-    if want and mf.sha256_file(os.path.join(build_dir, mf.MANIFEST_NAME)) != want:
-        raise DeploymentError(f"{where}: the build at {build_dir} changed since it was deployed (manifest sha256 "
-                              "differs); redeploy it with `edvit-tool deploy`")
-    token = None
-    if doc.get("token_file"):
-        token = read_token(doc["token_file"], where)
-    boards = doc.get("boards")
-    if not isinstance(boards, list) or not boards:
-        raise DeploymentError(f"{where}: boards must be a non-empty list; re-run `edvit-tool deploy`")
-    sub_names = [s["name"] for s in _ordered_submodels(manifest)]
-    names, hosting = set(), {m: [] for m in sub_names}
-    for i, b in enumerate(boards):
-        at = f"{where}: boards[{i}]"
-        if not isinstance(b, dict) or not isinstance(b.get("name"), str) or not b["name"]:
-            raise DeploymentError(f"{at}.name is missing")
-        if b["name"] in names:
-            raise DeploymentError(f"{at}: board name {b['name']!r} appears twice")
-        names.add(b["name"])
-        _parse_endpoint(b.get("endpoint"), f"{at} ({b['name']}).endpoint")
-        models = b.get("models")
-        if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
-            raise DeploymentError(f"{at} ({b['name']}).models must be a non-empty list of sub-model names")
-        for m in models:
-            if m not in hosting:
-                raise DeploymentError(f"{at} ({b['name']}): model {m!r} is not a sub-model of the build "
-                                      f"(it has {', '.join(sub_names)}); redeploy from a plan for this build")
-            hosting[m].append(b["name"])
-    replicas = doc.get("replicas")
-    if replicas is None:
-        replicas = hosting
-    if not isinstance(replicas, dict):
-        raise DeploymentError(f"{where}: replicas must map sub-model -> [board names]")
-    for m in sub_names:
-        reps = replicas.get(m) or hosting[m]
-        if not isinstance(reps, list) or not all(isinstance(r, str) for r in reps):
-            raise DeploymentError(f"{where}: replicas.{m} must be a list of board names, got {reps!r}")
-        if not reps:
-            raise DeploymentError(f"{where}: sub-model {m} is on no board; re-run `edvit-tool assign` and "
-                                  "`edvit-tool deploy`")
-        for bn in reps:
-            if bn not in hosting[m]:
-                raise DeploymentError(f"{where}: replicas.{m} names board {bn!r}, which does not serve {m} "
-                                      f"(boards with {m}: {', '.join(hosting[m]) or 'none'})")
-        replicas[m] = list(reps)
-    return doc, manifest, build_dir, token, {m: replicas[m] for m in sub_names}
-
-
-def _parse_endpoint(endpoint, where: str) -> tuple:
-    if not isinstance(endpoint, str):
-        raise DeploymentError(f"{where} must be a URL like http://10.0.0.21:8001, got {endpoint!r}")
-    u = urlsplit(endpoint)
-    try:
-        port = u.port
-    except ValueError:
-        port = None
-    if u.scheme != "http" or not u.hostname or port is None:
-        raise DeploymentError(f"{where} must be a URL like http://10.0.0.21:8001, got {endpoint!r}")
-    return u.hostname, port
-
-
-def _ordered_submodels(manifest: dict) -> list:
-    """Sub-models in group order: the order of the fusion head's input slices."""
-    subs = list(manifest["submodels"])
-    return sorted(subs, key=lambda s: s.get("group", subs.index(s)))
-
-
 class Coordinator:
     """Thread-safe: any number of threads may call `infer` / `run` at once."""
 
     def __init__(self, deployment_path: str, deadline_ms: float | None = None, fusion_backend: str = "onnxruntime",
-                 health_interval_s: float = HEALTH_INTERVAL_S, max_workers: int | None = None):
+                 health_interval_s: float = HEALTH_INTERVAL_S, max_workers: int | None = None,
+                 tls_ca: str | None = None):
         doc, self.manifest, self.build_dir, self._token, self.replicas = load_deployment(deployment_path)
         self.deployment_path = deployment_path
         self.deployment = doc
@@ -238,7 +138,7 @@ class Coordinator:
         self.classes = list(self.manifest["classes"])
         fusion = self.manifest["fusion"]
         self.source = fusion.get("source", "features")
-        subs = _ordered_submodels(self.manifest)
+        subs = mf.ordered_submodels(self.manifest)
         self.models = [s["name"] for s in subs]
         dims = fusion.get("input_dims") or [s["feature_dim"] for s in subs]
         if len(dims) != len(self.models):
@@ -253,6 +153,7 @@ class Coordinator:
         for b in doc["boards"]:
             host, port = _parse_endpoint(b["endpoint"], b["name"])
             self.boards[b["name"]] = _Board(b["name"], host, port, list(b["models"]), b["endpoint"])
+        self._tls = self._tls_context(tls_ca, doc, deployment_path)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._clients: list = []       # every OipClient made, so close() can close them
@@ -269,6 +170,23 @@ class Coordinator:
         self._closed = False
 
     # -- setup -----------------------------------------------------------------------------------------------
+    def _tls_context(self, tls_ca: str | None, doc: dict, path: str):
+        """The client TLS context for https:// boards (None when every board is plain http)."""
+        https = [b.name for b in self.boards.values() if b.endpoint.startswith("https://")]
+        if not https:
+            return None
+        ca, where = (tls_ca, "--tls-ca") if tls_ca else (doc.get("tls_ca"), f"{path}: tls_ca")
+        if not ca:
+            raise DeploymentError(f"{path}: boards {', '.join(https)} are https:// but no CA file is given to "
+                                  "verify them; set tls_ca in the deployment or pass --tls-ca")
+        if not os.path.isabs(ca) and not tls_ca:
+            ca = os.path.join(os.path.dirname(os.path.abspath(path)), ca)
+        try:
+            return oip.client_tls_context(ca)
+        except ValueError as e:
+            raise DeploymentError(f"{where}: {e}; give the PEM file of the CA that signed the boards' "
+                                  "certificates") from None
+
     def _load_fusion(self, doc: dict, backend: str | None) -> None:
         rel = (doc.get("fusion") or {}).get("artifact")
         arts = [a for a in self.manifest.get("artifacts", []) if a.get("name") == "fusion"]
@@ -340,7 +258,10 @@ class Coordinator:
         if arr.dtype.kind != "f":
             raise EdvitError(f"batch has dtype {arr.dtype}, expected preprocessed float32 (normalised with the "
                              "manifest's mean/std); load images with edvit_tool.images.load_inputs")
-        return np.ascontiguousarray(arr, dtype=np.float32)
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise EdvitError("batch holds NaN or Inf values; send finite, preprocessed pixels")
+        return arr
 
     def stats(self) -> dict:
         """A consistent snapshot of the counters (for /metrics and `status`)."""
@@ -352,6 +273,7 @@ class Coordinator:
                                                .tolist())),
                    "boards": {b.name: {"up": b.up, "reason": b.reason, "endpoint": b.endpoint, "models": b.models,
                                        "requests": b.requests, "failures": b.failures, "deadline_misses": b.misses,
+                                       "cancelled": b.cancelled,
                                        "p50_ms": _percentile(list(b.ms), 50)}
                               for b in self.boards.values()}}
         out["latency_p50_ms"] = _percentile(lat, 50)
@@ -445,10 +367,14 @@ class Coordinator:
                         retry.append(m)
             if retry:
                 dispatch(retry)
-        for fut, (name, ms) in pending.items():  # still running at the deadline: their answers are dropped
+        for fut, (name, ms) in pending.items():
             board_ms[name] = None
-            errors[name] = f"no answer within the {self.deadline_ms:.0f} ms deadline"
-            self._record_miss(name)
+            if fut.cancel():  # still queued in the pool: never sent, no thread spent on it
+                errors[name] = f"not sent: the pool was busy until the {self.deadline_ms:.0f} ms deadline"
+                self._record_cancelled(name)
+            else:  # running: its answer (or its socket timeout at the deadline) is dropped
+                errors[name] = f"no answer within the {self.deadline_ms:.0f} ms deadline"
+                self._record_miss(name)
 
         missing = [m for m in self.models if m not in got]
         if not got:
@@ -492,7 +418,8 @@ class Coordinator:
             b = self.boards[name]
             # the socket timeout bounds how long a hung board can hold this pool thread
             c = clients[name] = oip.OipClient(b.host, b.port, token=self._token,
-                                              timeout=self.deadline_ms / 1000 + 0.5)
+                                              timeout=self.deadline_ms / 1000 + 0.5,
+                                              ssl_context=self._tls if b.endpoint.startswith("https://") else None)
             with self._lock:
                 self._clients.append(c)
         return c
@@ -506,16 +433,22 @@ class Coordinator:
             for m in models:
                 if time.perf_counter() >= deadline:
                     return outs, "deadline passed before all its sub-models ran", False, _ms(t0)
-                status, rh, data = client.request("POST", f"/v2/models/{m}/infer", body, headers)
+                a, b = self._slices[m]
+                client.max_response = n * (b - a) * 4 + RESPONSE_HEADROOM
+                # the socket gives up just after the deadline (the miss is recorded first), so a hung board
+                # frees this pool thread in time
+                left = deadline - time.perf_counter()
+                status, rh, data = client.request("POST", f"/v2/models/{m}/infer", body, headers,
+                                                  timeout=max(0.05, left) + 0.25)
                 if status != 200:
                     msg = _error_text(data)
                     return outs, f"{m}: HTTP {status}: {msg}", status in (502, 503, 504), _ms(t0)
                 arr = oip.decode_response(data, rh.get(oip.HEADER_LENGTH)).get(self.source)
-                a, b = self._slices[m]
-                if arr is None or arr.shape != (n, b - a):
-                    got = "no output" if arr is None else f"shape {list(arr.shape)}"
-                    return outs, (f"{m}: answered {got} for {self.source!r}, expected [{n}, {b - a}]; the board "
-                                  "serves a different build: redeploy"), False, _ms(t0)
+                problem = _slice_problem(arr, n, b - a)
+                if problem:
+                    return outs, (f"{m}: answered {problem} for {self.source!r}, expected finite float32 "
+                                  f"[{n}, {b - a}]; the board serves a different or broken build: redeploy"), \
+                        False, _ms(t0)
                 outs[m] = arr
         except oip.ProtocolError as e:
             return outs, e.message, e.status == 0, _ms(t0)
@@ -534,6 +467,10 @@ class Coordinator:
             if down and b.up:
                 b.up, b.slow, b.reason, b.down_since = False, False, err, time.time()
                 log.warning("board %s out of rotation: %s", name, err)
+
+    def _record_cancelled(self, name: str) -> None:
+        with self._lock:
+            self.boards[name].cancelled += 1
 
     def _record_miss(self, name: str) -> None:
         with self._lock:
@@ -582,7 +519,9 @@ class Coordinator:
         c = probes.get(name)
         if c is None:
             c = probes[name] = oip.OipClient(b.host, b.port, token=self._token,
-                                             timeout=min(1.0, self.deadline_ms / 1000))
+                                             timeout=min(1.0, self.deadline_ms / 1000),
+                                             ssl_context=self._tls if b.endpoint.startswith("https://") else None,
+                                             max_response=RESPONSE_HEADROOM + 4 * self._width)
         try:
             if not c.ready():
                 return False
@@ -596,6 +535,19 @@ class Coordinator:
             return _ms(t0) <= self.deadline_ms / 2
         except oip.ProtocolError:
             return False
+
+
+def _slice_problem(arr, n: int, width: int) -> str | None:
+    """What is wrong with a board's slice (None when it is finite float32 [n, width])."""
+    if arr is None:
+        return "no output"
+    if arr.dtype != np.float32:
+        return f"datatype {oip.datatype_of(arr.dtype)}"
+    if arr.shape != (n, width):
+        return f"shape {list(arr.shape)}"
+    if not np.isfinite(arr).all():
+        return "NaN or Inf values"
+    return None
 
 
 def _error_text(data: bytes) -> str:

@@ -1,0 +1,83 @@
+"""Finished sub-models survive a crash or Ctrl-C: each is saved in `<out>.partial/` as soon as it is trained,
+and `compile --resume` loads those and continues with the next group.
+
+The partial dir is tied to what produced it (the resolved recipe and the checkpoint file's size and mtime): a
+different recipe or checkpoint never resumes from it. Each group seeds its own RNGs, so a resumed build is
+identical to an uninterrupted one with the same seed. The partial dir is removed once the build is in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import torch
+
+from ..checkpoint import save_state_dict
+from ..prune import surgery
+
+
+def partial_dir(out_dir: str) -> str:
+    return os.path.abspath(out_dir).rstrip("/") + ".partial"
+
+
+def fingerprint(recipe: dict) -> str:
+    from ..config import recipe as recipe_mod
+
+    ck = recipe["model"]["checkpoint"]
+    st = os.stat(ck) if ck and os.path.isfile(ck) else None
+    key = recipe_mod.dump(recipe) + (f"\n{st.st_size} {st.st_mtime_ns}" if st else "")
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Partial:
+    def __init__(self, out_dir: str, recipe: dict, resume: bool, log=lambda s: None):
+        self.dir, self.key, self.log = partial_dir(out_dir), fingerprint(recipe), log
+        state = os.path.join(self.dir, "state.json")
+        usable = False
+        if os.path.isfile(state):
+            with open(state, encoding="utf-8") as f:
+                usable = json.load(f).get("fingerprint") == self.key
+        if os.path.isdir(self.dir) and not (resume and usable):
+            if resume:
+                log(f"resume: {self.dir} was made by another recipe or checkpoint; starting over")
+            shutil.rmtree(self.dir)
+        os.makedirs(self.dir, exist_ok=True)
+        with open(state, "w", encoding="utf-8") as f:
+            json.dump({"fingerprint": self.key}, f)
+
+    @classmethod
+    def attach(cls, out_dir: str, recipe: dict) -> "Partial":
+        """The partial dir a running compile made (a --jobs worker writes into it; nothing is reset)."""
+        self = cls.__new__(cls)
+        self.dir, self.key, self.log = partial_dir(out_dir), fingerprint(recipe), (lambda s: None)
+        return self
+
+    def has(self, name: str) -> bool:
+        return os.path.isfile(os.path.join(self.dir, f"{name}.json"))
+
+    def load(self, name: str, model_name: str, kwargs: dict):
+        """The finished sub-model `name`, or None."""
+        meta = os.path.join(self.dir, f"{name}.json")
+        if not os.path.isfile(meta):
+            return None
+        with open(meta, encoding="utf-8") as f:
+            arch = json.load(f)["arch"]
+        net = surgery.build_pruned(model_name, kwargs, arch)
+        net.load_state_dict(torch.load(os.path.join(self.dir, f"{name}.pt"), map_location="cpu", weights_only=True))
+        self.log(f"resume: {name} loaded from {self.dir}")
+        return net.eval()
+
+    def save(self, name: str, model) -> None:
+        """Weights first, then the small json that marks them complete (both renamed into place)."""
+        pt, meta = os.path.join(self.dir, f"{name}.pt"), os.path.join(self.dir, f"{name}.json")
+        save_state_dict(model, pt + ".tmp")
+        os.replace(pt + ".tmp", pt)
+        with open(meta + ".tmp", "w", encoding="utf-8") as f:
+            json.dump({"arch": surgery.vit_arch(model)}, f)
+        os.replace(meta + ".tmp", meta)
+
+    def done(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,83 @@
+"""compile --resume: kill a compile after its first sub-model, resume, and get the build an uninterrupted compile
+with the same seed gives (issue 9)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+KW = {"img_size": 16, "patch_size": 4, "in_chans": 1, "num_classes": 10, "embed_dim": 48, "depth": 2, "num_heads": 3}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from edvit_tool.config import recipe as r
+    from edvit_tool.demo_model import train_demo_model
+
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    rec = r.validate({"model": {"name": "vit_tiny_patch16_224", "kwargs": KW, "checkpoint": str(path)},
+                      "data": {"kind": "digits", "mean": [0.5], "std": [0.5]}})
+    train_demo_model(rec, str(path), steps=300)
+    return path
+
+
+def _compile(recipe, out, *extra):
+    return [sys.executable, "-m", "edvit_tool.cli.main", "compile", "--recipe", str(recipe), "--out", str(out),
+            "-q", *extra]
+
+
+def _tensors(path):
+    return torch.load(path, weights_only=True)
+
+
+def _rec(ckpt):
+    return {"name": "r", "threads": 1,
+           "model": {"name": "vit_tiny_patch16_224", "kwargs": KW, "checkpoint": str(ckpt)},
+           "data": {"kind": "digits", "mean": [0.5], "std": [0.5]}, "split": {"groups": 3},
+           "prune": {"steps": 2, "recovery_steps": 5, "importance_batches": 2},
+           "finetune": {"steps": 60}, "fusion": {"steps": 30, "kind": "mlp", "augment_views": 0}}
+
+
+@pytest.mark.slow
+def test_killed_compile_resumes_to_the_uninterrupted_build(tmp_path, ckpt):
+    rec = _rec(ckpt)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(rec))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert subprocess.run(_compile(recipe, whole), env=env, capture_output=True).returncode == 0
+
+    proc = subprocess.Popen(_compile(recipe, cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / "cut.partial"
+    deadline = time.monotonic() + 600
+    while not (partial / "g0.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (partial / "g0.json").exists() and not (partial / "g2.json").exists(), "killed too late to test resume"
+    assert not cut.exists()   # no half-written build that looks complete
+
+    r = subprocess.run(_compile(recipe, cut, "--resume"), env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not partial.exists()
+    for rel in ("submodels/g0.pt", "submodels/g1.pt", "submodels/g2.pt", "fusion/fusion.pt"):
+        a, b = _tensors(whole / rel), _tensors(cut / rel)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
+
+
+@pytest.mark.slow
+def test_jobs_2_gives_the_build_of_jobs_1(tmp_path, ckpt):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(_rec(ckpt)))
+    for name, jobs in (("one", "1"), ("two", "2")):
+        r = subprocess.run(_compile(recipe, tmp_path / name, "--jobs", jobs), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "two.partial").exists()
+    for rel in ("submodels/g0.pt", "submodels/g1.pt", "submodels/g2.pt", "fusion/fusion.pt"):
+        a, b = _tensors(tmp_path / "one" / rel), _tensors(tmp_path / "two" / rel)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
