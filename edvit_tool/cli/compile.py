@@ -63,6 +63,11 @@ def command(recipe_path, out_dir, checkpoint, groups, strategy, criterion, param
     else:
         click.echo(render_markdown(result.report))
         click.echo(f"Build written to {result.out_dir}")
+    from ..report import write_html_report
+
+    html = write_html_report(result.out_dir)
+    if not as_json:
+        click.echo(f"Report: {html}")
     if result.gate_failures:
         click.echo("Error: accuracy gate failed (artifacts marked failed in the manifest, not shippable): "
                    + "; ".join(result.gate_failures), err=True)
