@@ -70,9 +70,9 @@ def _artifact_table(inp: ReportInputs) -> str:
     for a in inp.manifest.get("artifacts") or []:
         mad = a.get("max_abs_diff")
         rows.append([a["file"], a["format"], a["quant"], _num(a.get("bytes")),
-                     "—" if not isinstance(mad, (int, float)) else f"{mad:.2e}", _pct(a.get("top1_agreement")),
+                     "—" if not isinstance(mad, (int, float)) else f"{mad:.2e}", _pct(a.get("top1_agreement_val", a.get("top1_agreement"))),
                      a.get("status", "ok")])
-    return _table(["artifact", "format", "quant", "bytes", "max abs diff", "top-1 agreement", "status"], rows) \
+    return _table(["artifact", "format", "quant", "bytes", "max abs diff", "top-1 agreement (validation)", "status"], rows) \
         if rows else "<p class='note'>No exported artifacts.</p>"
 
 
