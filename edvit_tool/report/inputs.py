@@ -25,16 +25,9 @@ class ReportInputs:
 
 
 def _read_json(path: str, what: str, fix: str) -> dict:
-    if not os.path.isfile(path):
-        raise ArtifactError(f"{path}: {what} not found; {fix}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: {what} is not valid JSON ({' '.join(str(e).split())}); {fix}") from None
-    if not isinstance(doc, dict):
-        raise ArtifactError(f"{path}: {what} must be a JSON object; {fix}")
-    return doc
+    from ..artifacts import read_json_object
+
+    return read_json_object(path, what, fix)
 
 
 def _check_plan(doc: dict, path: str) -> None:
