@@ -51,52 +51,66 @@ def _flops(model) -> int:
                                   pe.proj.in_channels, model.num_prefix_tokens)
 
 
-def _importance_batches(x, y_rel, n_group, batch_size, count, seed):
+def _importance_batches(train: finetune.TrainSet, y_rel, n_group, batch_size, count, seed):
     """Class-balanced batches of the group's own images only (class-conditional importance)."""
     idx_in = torch.nonzero(y_rel < n_group).flatten()
     sampler = finetune.BalancedBatches(y_rel[idx_in], n_group, batch_size, 0.5, seed)
     for _ in range(count):
         sel = idx_in[sampler()]
-        yield x[sel], y_rel[sel]
+        yield train.take(sel)[0], y_rel[sel]
 
 
-def prune_and_finetune(model, group: list[int], x: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor,
-                       recipe: dict, params_target: int | None, device, seed: int, bars=None, label: str = ""):
-    """One sub-model: group head, iterative class-wise pruning with short recoveries, then KD fine-tuning.
+def teacher_features(model, x: torch.Tensor, device) -> torch.Tensor:
+    """The original's pooled (final-norm CLS) features: the feature-distillation targets."""
+    return finetune.predict(surgery.SubModelWrapper(model), x, device)[0]
 
-    `group` covering every class gives the class-agnostic peer (no "other" output).
+
+def prune_and_finetune(model, group: list[int], train: finetune.TrainSet, recipe: dict, params_target: int | None,
+                       device, seed: int, bars=None, label: str = "", compute: float = 1.0,
+                       validate=None) -> finetune.Student:
+    """One sub-model: group head, iterative class-wise pruning with short recoveries, then distillation.
+
+    Returns the finetune.Student (its `.model` is the pruned timm ViT, `.aux` its N-class head for the fusion).
+    `group` covering every class gives the class-agnostic peer (no "other" output, no aux head). `compute`
+    scales every training phase (the peer gets K sub-models' steps); `validate` enables early stopping.
     """
     pr, ft = recipe["prune"], recipe["finetune"]
-    n_cls = teacher.shape[1]
-    sub = copy.deepcopy(model).to(device)
+    n_cls = train.t_logits.shape[1]
+    base = copy.deepcopy(model).to(device)
     everything = len(group) == n_cls
     if not everything:
-        surgery.replace_head(sub, len(group) + 1, init_from=surgery.group_head_init(sub, group))
-    y_rel = finetune.relabel(y, group, n_cls)
-    t_rel = finetune.group_teacher_logits(teacher, group, ft["temperature"])
+        surgery.replace_head(base, len(group) + 1, init_from=surgery.group_head_init(base, group))
+    aux_init = model.head if not everything and ft["aux_weight"] > 0 else None
+    student = finetune.Student.from_teacher(base, aux_init,
+                                            feature_distill=ft["feature_weight"] > 0 and train.t_feats is not None)
+    student.to(device)
+    y_rel = finetune.relabel(train.y, group, n_cls)
     n_out = len(group) if everything else len(group) + 1
-    p0 = surgery.count_params(sub)
+    p0 = surgery.count_params(base)
     steps = pr["steps"]
     keep = pr["target"]["keep"]
-    recoveries = steps if ft["steps"] == 0 else steps - 1
-    total = recoveries * pr["recovery_steps"] + ft["steps"]
+    rec_steps, ft_steps = int(round(pr["recovery_steps"] * compute)), int(round(ft["steps"] * compute))
+    recoveries = steps if ft_steps == 0 else steps - 1
+    total = recoveries * rec_steps + ft_steps
     advance = bars.task(f"{label} prune+fine-tune", total) if bars else None
     for i in range(1, steps + 1):
-        batches = _importance_batches(x, y_rel, len(group), ft["batch_size"], pr["importance_batches"], seed + i)
-        imp = compute_importance(sub, batches, lambda out, t: F.cross_entropy(out, t), pr["criterion"], device)
+        batches = _importance_batches(train, y_rel, len(group), ft["batch_size"], pr["importance_batches"], seed + i)
+        imp = compute_importance(student.model, batches, lambda out, t: F.cross_entropy(out, t), pr["criterion"],
+                                 device)
         if params_target is not None:
             target = int(round(p0 * (params_target / p0) ** (i / steps)))
-            plan = plan_keep(sub, imp, params_target=target, prune_embed=pr["prune_embed"])
+            plan = plan_keep(student.model, imp, params_target=target, prune_embed=pr["prune_embed"])
         else:
             ratios = {k: v ** (1.0 / steps) for k, v in keep.items() if v is not None}
-            plan = plan_keep(sub, imp, keep_ratios=ratios, prune_embed=pr["prune_embed"])
-        sub = surgery.apply_keep(sub, plan).to(device)
-        if i < steps or ft["steps"] == 0:
-            finetune.kd_finetune(sub, x, y_rel, t_rel, len(group), pr["recovery_steps"], ft, device, seed + 100 * i,
-                                 advance)
-    finetune.kd_finetune(sub, x, y_rel, t_rel, len(group), ft["steps"], ft, device, seed + 7, advance)
-    assert surgery.vit_arch(sub)["num_outputs"] == n_out
-    return sub.eval()
+            plan = plan_keep(student.model, imp, keep_ratios=ratios, prune_embed=pr["prune_embed"])
+        student = student.prune(plan).to(device)
+        if i < steps or ft_steps == 0:
+            finetune.distill_finetune(student, train, group, rec_steps, ft, device, seed + 100 * i, advance)
+    evals = recipe["peer"]["evals"] if validate is not None else 0
+    finetune.distill_finetune(student, train, group, ft_steps, ft, device, seed + 7, advance, validate=validate,
+                              eval_every=max(1, ft_steps // evals) if evals else 0)
+    assert surgery.vit_arch(student.model)["num_outputs"] == n_out
+    return student.eval()
 
 
 def _group_accuracy(logits: torch.Tensor, y: torch.Tensor, group: list[int], n_cls: int) -> float:
@@ -117,13 +131,14 @@ def _eval_subset(n: int, cap: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 3))[:cap].sort().values
 
 
-def _fit_fusion(fcfg: dict, wrapped, model, groups, data, t_fu, te_out, device, seed: int, bars) -> SimpleNamespace:
+def _fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, te_out, device, seed: int,
+                bars) -> SimpleNamespace:
     """The chosen fusion head (and what choosing it measured).
 
-    Trained / picked on the fusion split (which no sub-model trained on).
-
-    The split is small, so shifted views of it are added (features through the frozen sub-models, teacher logits
-    from the original). `auto` compares the MLP's k-fold accuracy with the training-free logit fusion there.
+    Trained / picked on the fusion split (which no sub-model trained on). The split is small, so shifted views
+    of it are added (features through the frozen sub-models, teacher logits from the original). `auto` compares
+    the k-fold accuracy of the MLP and of the ensemble weights with the training-free logit fusion there.
+    `candidates` also holds every kind's test accuracy — for reports and ablations only, never for choosing.
     """
     log = bars.log if bars else (lambda s: None)
     n_cls = len(data.classes)
@@ -134,26 +149,38 @@ def _fit_fusion(fcfg: dict, wrapped, model, groups, data, t_fu, te_out, device, 
     logits_fu = torch.stack([torch.cat([o[1] for o in vo], 1) for vo in fu_views])   # [V, M, L]
     t_fu = torch.stack([t_fu] + [finetune.predict(model, v, device) for v in views[1:]])
     dims = [o[0].shape[1] for o in fu_views[0]]
+    feats_te = torch.cat([o[0] for o in te_out], 1)
+    logits_te = torch.cat([o[1] for o in te_out], 1)
     logit_fusion = fuse.LogitFusion(groups, n_cls)
+    ensemble = fuse.EnsembleFusion.from_students(students, groups, n_cls)
     with torch.no_grad():
         acc_logits_fu = finetune.accuracy(logit_fusion(logits_fu[0]), data.fusion.y)
-        acc_logits_te = finetune.accuracy(logit_fusion(torch.cat([o[1] for o in te_out], 1)), data.test.y)
-    kind, cv_acc = fcfg["kind"], None
+        acc_logits_te = finetune.accuracy(logit_fusion(logits_te), data.test.y)
+    kind, cv = fcfg["kind"], {"logits": acc_logits_fu}
     if kind == "auto":
-        cv_acc = fuse.cross_val_mlp_accuracy(feats_fu, data.fusion.y, t_fu, dims, n_cls, fcfg, seed)
-        kind = "mlp" if cv_acc > acc_logits_fu else "logits"
-        log(f"fusion: mlp cross-val {cv_acc:.4f} vs logits {acc_logits_fu:.4f} on the fusion split → {kind}")
-    if kind == "mlp":
+        cv["mlp"] = fuse.cross_val_mlp_accuracy(feats_fu, data.fusion.y, t_fu, dims, n_cls, fcfg, seed)
+        cv["ensemble"] = fuse.cross_val_ensemble_accuracy(ensemble, feats_fu, data.fusion.y, seed)
+        kind = max(("ensemble", "logits", "mlp"), key=lambda k_: cv[k_])  # ties: fewest fitted numbers
+        log("fusion on the fusion split: " + ", ".join(f"{k_} {v:.4f}" for k_, v in cv.items()) + f" → {kind}")
+    v = feats_fu.shape[0]
+    ensemble.fit(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v))
+    candidates = {"logits": acc_logits_te}
+    with torch.no_grad():
+        candidates["ensemble"] = finetune.accuracy(ensemble(feats_te), data.test.y)
+    mlp = None
+    if kind == "mlp" or fcfg["kind"] == "auto":
         advance = bars.task("fusion head", fcfg["steps"]) if bars else None
-        v = feats_fu.shape[0]
-        head = fuse.train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v),
-                                     t_fu.reshape(-1, t_fu.shape[-1]), dims, n_cls, fcfg, seed, advance)
-        return SimpleNamespace(head=head, kind=kind, source="features", dims=dims, calibration=feats_fu[0],
-                         test_inputs=torch.cat([o[0] for o in te_out], 1), mlp_cv_accuracy=cv_acc,
-                         logits_test_accuracy=acc_logits_te)
-    return SimpleNamespace(head=logit_fusion, kind=kind, source="logits", dims=dims, calibration=logits_fu[0],
-                     test_inputs=torch.cat([o[1] for o in te_out], 1), mlp_cv_accuracy=cv_acc,
-                     logits_test_accuracy=acc_logits_te)
+        mlp = fuse.train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v),
+                                    t_fu.reshape(-1, t_fu.shape[-1]), dims, n_cls, fcfg, seed, advance)
+        with torch.no_grad():
+            candidates["mlp"] = finetune.accuracy(mlp(feats_te), data.test.y)
+    common = dict(kind=kind, dims=dims, mlp_cv_accuracy=cv.get("mlp"), logits_test_accuracy=acc_logits_te,
+                  cv=cv, candidates=candidates)
+    if kind in ("mlp", "ensemble"):
+        head = mlp if kind == "mlp" else ensemble
+        return SimpleNamespace(head=head, source="features", calibration=feats_fu[0], test_inputs=feats_te, **common)
+    return SimpleNamespace(head=logit_fusion, source="logits", calibration=logits_fu[0], test_inputs=logits_te,
+                           **common)
 
 
 def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> SimpleNamespace:
@@ -194,16 +221,20 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
 
     ratio = recipe["prune"]["target"]["params_ratio"]
     params_target = int(orig_params * ratio) if ratio is not None else None
-    subs = []
+    train = finetune.TrainSet(data.finetune.x, data.finetune.y, t_ft, teacher_features(model, data.finetune.x, device))
+    t_sub = time.perf_counter()
+    students = []
     for gi, group in enumerate(groups):
-        sub = prune_and_finetune(model, group, data.finetune.x, data.finetune.y, t_ft, recipe, params_target,
-                                 device, seed + 1000 * (gi + 1), bars, label=f"g{gi}")
-        subs.append(sub)
-        log(f"g{gi}: {surgery.count_params(sub):,} params ({surgery.count_params(sub) / orig_params:.1%})")
+        students.append(prune_and_finetune(model, group, train, recipe, params_target, device, seed + 1000 * (gi + 1),
+                                           bars, label=f"g{gi}"))
+        n = surgery.count_params(students[-1].model)
+        log(f"g{gi}: {n:,} params ({n / orig_params:.1%})")
+    subs = [s.model for s in students]
 
     wrapped = [surgery.SubModelWrapper(s) for s in subs]
     te_out = [finetune.predict(w, data.test.x, device) for w in wrapped]
-    fu = _fit_fusion(recipe["fusion"], wrapped, model, groups, data, t_fu, te_out, device, seed, bars)
+    fu = _fit_fusion(recipe["fusion"], wrapped, students, model, groups, data, t_fu, te_out, device, seed, bars)
+    ensemble_seconds = time.perf_counter() - t_sub
     # reference/eval.npz holds a seeded random subset (a class-ordered split must not give a class-ordered
     # subset); exported artifacts are gated against the PyTorch fused accuracy on that same subset.
     eval_idx = _eval_subset(len(data.test), recipe["data"]["eval_samples"], seed)
@@ -215,13 +246,18 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
 
     peer_info = None
     if peer:
+        from .peer import build_peer
+
         biggest = max(surgery.count_params(s) for s in subs)
-        peer_model = prune_and_finetune(model, list(range(n_cls)), data.finetune.x, data.finetune.y, t_ft, recipe,
-                                        biggest, device, seed + 99, bars, label="peer")
-        peer_info = {"params": surgery.count_params(peer_model), "bytes": state_bytes(peer_model),
-                     "accuracy": finetune.accuracy(finetune.predict(peer_model, data.test.x, device), data.test.y),
-                     "params_budget": biggest}
-        log(f"peer (one class-agnostic pruned ViT at {biggest:,} params): accuracy {peer_info['accuracy']:.4f}")
+        val = getattr(data, "val", None)
+        val_name = "validation split" if val is not None else "fusion split (no validation split in this build)"
+        val = val if val is not None else data.fusion
+        peer_model, peer_info = build_peer(model, train, val.x, val.y, recipe, biggest, k, device, seed + 99, bars,
+                                           val_name)
+        peer_info["accuracy"] = finetune.accuracy(finetune.predict(peer_model, data.test.x, device), data.test.y)
+        peer_info["ensemble_seconds"] = ensemble_seconds
+        log(f"peer (one class-agnostic pruned ViT at {biggest:,} params, {peer_info['train_steps']} steps): "
+            f"accuracy {peer_info['accuracy']:.4f} vs fused {fused_acc:.4f}")
 
     orig_bytes = state_bytes(model)
     head, kind, dims = fu.head, fu.kind, fu.dims
@@ -246,7 +282,8 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False) -> 
                    "num_classes": n_cls, "checkpoint": "fusion/fusion.pt",
                    "hidden": recipe["fusion"]["hidden"] if kind == "mlp" else None},
         "accuracy": {"original": orig_acc, "fused": fused_acc, "fused_logits": fu.logits_test_accuracy,
-                     "fusion_mlp_cv": fu.mlp_cv_accuracy, "fused_eval": fused_eval_acc,
+                     "fusion_mlp_cv": fu.mlp_cv_accuracy, "fusion_cv": fu.cv,
+                     "fusion_candidates_test": fu.candidates, "fused_eval": fused_eval_acc,
                      "eval_samples": len(eval_idx), "exported": {}},
         "artifacts": [],
     }
