@@ -63,16 +63,15 @@ def _digits_colour(seed: int):
         # clutter: two random strokes of random intensity
         yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
         clutter = torch.zeros(n, 1, 16, 16)
-        for _ in range(2):
+        for _ in range(1):
             p = torch.rand(n, 4, generator=g) * 16
             a = torch.atan2(p[:, 3] - p[:, 1], p[:, 2] - p[:, 0])
             dist = ((xx - p[:, 0, None, None]) * torch.sin(a)[:, None, None]
                     - (yy - p[:, 1, None, None]) * torch.cos(a)[:, None, None]).abs()
             clutter += (dist < 0.7).float().unsqueeze(1) * torch.rand(n, 1, 1, 1, generator=g) * 0.6
         m = (m + clutter).clamp(0, 1)
-        fg = torch.rand(n, 3, 1, 1, generator=g)
-        bg = torch.rand(n, 3, 1, 1, generator=g)
-        bg = torch.where((fg - bg).abs().sum(1, keepdim=True) < 0.6, 1 - fg, bg)
+        fg = torch.rand(n, 3, 1, 1, generator=g) * 0.5 + 0.5   # bright strokes on a dark background
+        bg = torch.rand(n, 3, 1, 1, generator=g) * 0.4
         img = bg + (fg - bg) * m + torch.randn(n, 3, 16, 16, generator=g) * 0.1
         views.append(img.clamp(0, 1))
         ids.append(torch.arange(n))
@@ -122,7 +121,7 @@ def _rand_colour(rng):
     return tuple(int(v) for v in rng.integers(40, 256, 3))
 
 
-def _shapes_20(seed: int, n_per_class: int = 180, size: int = 32):
+def _shapes_20(seed: int, n_per_class: int = 150, size: int = 32):
     from PIL import Image, ImageDraw, ImageFilter
 
     rng = np.random.default_rng(seed)
@@ -130,23 +129,23 @@ def _shapes_20(seed: int, n_per_class: int = 180, size: int = 32):
     for cls in range(20):
         kind, outline = cls % 10, cls >= 10
         for _ in range(n_per_class):
-            bg = tuple(int(v) for v in rng.integers(0, 120, 3))
+            bg = tuple(int(v) for v in rng.integers(0, 90, 3))
             im = Image.new("RGB", (size, size), bg)
             dr = ImageDraw.Draw(im)
-            for _ in range(rng.integers(2, 5)):  # distractors: small shapes of any kind
+            for _ in range(rng.integers(0, 3)):  # distractors: small shapes of any kind
                 _draw_shape(dr, int(rng.integers(10)), *rng.uniform(0, size, 2), rng.uniform(2, 4),
                             rng.uniform(0, 6.3), _rand_colour(rng), bool(rng.integers(2)), 1)
-            _draw_shape(dr, kind, *rng.uniform(size * 0.3, size * 0.7, 2), rng.uniform(size * 0.2, size * 0.34),
-                        rng.uniform(0, 6.3), _rand_colour(rng), outline, 2)
+            _draw_shape(dr, kind, *rng.uniform(size * 0.4, size * 0.6, 2), rng.uniform(size * 0.26, size * 0.36),
+                        rng.uniform(0, 6.3), tuple(int(v) for v in rng.integers(150, 256, 3)), outline, 3)
             im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
-            a = np.asarray(im, dtype=np.float32) + rng.normal(0, 14, (size, size, 3))
+            a = np.asarray(im, dtype=np.float32) + rng.normal(0, 10, (size, size, 3))
             xs.append(np.clip(a, 0, 255).astype(np.uint8))
             ys.append(cls)
     names = ["circle", "triangle", "square", "pentagon", "hexagon", "star", "cross", "arrow", "bar", "ell"]
     return np.stack(xs), np.array(ys), [f"{n}-{'outline' if o else 'filled'}" for o in (0, 1) for n in names]
 
 
-def _textures_50(seed: int, n_per_class: int = 90, size: int = 24):
+def _textures_50(seed: int, n_per_class: int = 60, size: int = 24):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     xs, ys, names = [], [], []
@@ -155,21 +154,21 @@ def _textures_50(seed: int, n_per_class: int = 90, size: int = 24):
         oi, fi = divmod(rest, 5)
         names.append(f"{'grating' if kind == 0 else 'checker'}-o{oi}-f{fi}")
         for _ in range(n_per_class):
-            ang = oi * math.pi / 5 + rng.normal(0, 0.08)
-            freq = (0.12 + 0.07 * fi) * rng.uniform(0.93, 1.07)
+            ang = oi * math.pi / 5 + rng.normal(0, 0.12)
+            freq = (0.1 + 0.06 * fi) * rng.uniform(0.9, 1.1)
             u = (xx * math.cos(ang) + yy * math.sin(ang)) * freq * 2 * math.pi + rng.uniform(0, 6.3)
             if kind == 0:
                 pat = 0.5 + 0.5 * np.sin(u)
             else:
                 v = (-xx * math.sin(ang) + yy * math.cos(ang)) * freq * 2 * math.pi + rng.uniform(0, 6.3)
                 pat = (np.sign(np.sin(u) * np.sin(v)) + 1) / 2
-            c1, c2 = rng.uniform(0, 1, 3), rng.uniform(0, 1, 3)
+            c1, c2 = rng.uniform(0, 0.45, 3), rng.uniform(0.55, 1, 3)
             img = c1[:, None, None] + (c2 - c1)[:, None, None] * pat[None]
             for _ in range(rng.integers(0, 3)):  # occluding blocks
                 h, w = rng.integers(4, 10, 2)
                 y0, x0 = rng.integers(0, size - h), rng.integers(0, size - w)
                 img[:, y0:y0 + h, x0:x0 + w] = rng.uniform(0, 1, (3, 1, 1))
-            img = img + rng.normal(0, 0.22, img.shape)
+            img = img + rng.normal(0, 0.3, img.shape)
             xs.append((np.clip(img, 0, 1).transpose(1, 2, 0) * 255).astype(np.uint8))
             ys.append(cls)
     return np.stack(xs), np.array(ys), names
@@ -183,21 +182,21 @@ def _glyphs(seed: int, counts: list[int], size: int = 64):
     letters = [chr(ord("A") + i) for i in range(26)]
     for cls, n in enumerate(counts):
         for _ in range(n):
-            font = ImageFont.load_default(size=int(rng.integers(26, 44)))
+            font = ImageFont.load_default(size=int(rng.integers(30, 46)))
             glyph = Image.new("L", (size, size), 0)
             ImageDraw.Draw(glyph).text((size / 2, size / 2), letters[cls], fill=255, font=font, anchor="mm")
-            glyph = glyph.rotate(rng.uniform(-25, 25), resample=Image.BILINEAR,
-                                 translate=tuple(rng.uniform(-9, 9, 2)))
+            glyph = glyph.rotate(rng.uniform(-20, 20), resample=Image.BILINEAR,
+                                 translate=tuple(rng.uniform(-6, 6, 2)))
             bgv, fgv = rng.uniform(0, 90), rng.uniform(150, 255)
             a = bgv + (fgv - bgv) * np.asarray(glyph, dtype=np.float32) / 255.0
             im = Image.fromarray(a.astype(np.uint8))
             dr = ImageDraw.Draw(im)
-            for _ in range(rng.integers(1, 4)):  # occlusion bars
+            for _ in range(rng.integers(0, 3)):  # occlusion bars
                 x0, y0 = rng.uniform(0, size, 2)
                 dr.line([(x0, y0), (x0 + rng.uniform(-40, 40), y0 + rng.uniform(-40, 40))],
                         fill=int(rng.uniform(0, 255)), width=int(rng.integers(3, 7)))
-            im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
-            a = np.asarray(im, dtype=np.float32) + rng.normal(0, 20, (size, size))
+            im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.3)))
+            a = np.asarray(im, dtype=np.float32) + rng.normal(0, 12, (size, size))
             xs.append(np.clip(a, 0, 255).astype(np.uint8)[..., None])
             ys.append(cls)
     return np.stack(xs), np.array(ys), letters
@@ -237,7 +236,7 @@ def _holdout_dots(seed: int, n_per_class: int = 150, size: int = 40):
                 box = [c[0] - r, c[1] - r, c[0] + r, c[1] + r]
                 (dr.rectangle if square else dr.ellipse)(box, fill=colour)
             im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
-            a = np.asarray(im, dtype=np.float32) + rng.normal(0, 25, (size, size, 3))
+            a = np.asarray(im, dtype=np.float32) + rng.normal(0, 15, (size, size, 3))
             xs.append(np.clip(a, 0, 255).astype(np.uint8))
             ys.append(cls)
     return np.stack(xs), np.array(ys), names
@@ -246,11 +245,11 @@ def _holdout_dots(seed: int, n_per_class: int = 150, size: int = 40):
 # ---------------------------------------------------------------- task table
 
 TASKS = {
-    "digits-colour": dict(size=16, chans=3, patch=4, embed=96, depth=4, heads=4, train_steps=1800, tuning=True),
-    "shapes-20": dict(size=32, chans=3, patch=8, embed=128, depth=4, heads=4, train_steps=1800, tuning=True),
-    "textures-50": dict(size=24, chans=3, patch=6, embed=128, depth=4, heads=4, train_steps=1800, tuning=True),
-    "glyphs-lt": dict(size=64, chans=1, patch=16, embed=160, depth=5, heads=5, train_steps=1800, tuning=True),
-    "holdout-dots": dict(size=40, chans=3, patch=8, embed=96, depth=6, heads=4, train_steps=1800, tuning=False),
+    "digits-colour": dict(size=16, chans=3, patch=4, embed=96, depth=4, heads=4, train_steps=3000, tuning=True),
+    "shapes-20": dict(size=32, chans=3, patch=8, embed=96, depth=4, heads=4, train_steps=2500, tuning=True),
+    "textures-50": dict(size=24, chans=3, patch=6, embed=128, depth=4, heads=4, train_steps=3000, tuning=True),
+    "glyphs-lt": dict(size=64, chans=1, patch=16, embed=128, depth=4, heads=4, train_steps=3000, tuning=True),
+    "holdout-dots": dict(size=40, chans=3, patch=8, embed=96, depth=5, heads=4, train_steps=3000, tuning=False),
 }
 TUNING = [t for t, c in TASKS.items() if c["tuning"]]
 HOLDOUT = [t for t, c in TASKS.items() if not c["tuning"]]
@@ -297,8 +296,20 @@ def recipe_for(task: str) -> dict:
     }
 
 
+def ensure_data(task: str) -> str:
+    """Generate the task's data.npz if missing; returns its path."""
+    folder = os.path.join(TASK_DIR, task)
+    path = os.path.join(folder, "data.npz")
+    if not os.path.isfile(path):
+        os.makedirs(folder, exist_ok=True)
+        x, y, xt, yt, names = generate(task)
+        np.savez(path + ".tmp.npz", x=x, y=y, x_test=xt, y_test=yt, classes=np.array(names))
+        os.replace(path + ".tmp.npz", path)
+    return path
+
+
 def ensure_task(task: str, threads: int = 1, log=print, device: str = "cpu", steps: int | None = None) -> str:
-    """Build the task folder if missing; returns its recipe path."""
+    """Build the task folder if missing (data, trained original, recipe); returns its recipe path."""
     from safetensors.torch import save_file
 
     from edvit_tool import checkpoint, finetune
@@ -308,10 +319,9 @@ def ensure_task(task: str, threads: int = 1, log=print, device: str = "cpu", ste
     recipe_path = os.path.join(folder, "recipe.yaml")
     if os.path.isfile(recipe_path) and os.path.isfile(os.path.join(folder, "model.safetensors")):
         return recipe_path
-    os.makedirs(folder, exist_ok=True)
     t0 = time.perf_counter()
-    x, y, xt, yt, names = generate(task)
-    np.savez(os.path.join(folder, "data.npz"), x=x, y=y, x_test=xt, y_test=yt, classes=np.array(names))
+    with np.load(ensure_data(task), allow_pickle=False) as z:
+        x, y, xt, yt, names = z["x"], z["y"], z["x_test"], z["y_test"], [str(c) for c in z["classes"]]
     recipe = recipe_for(task)
     recipe["model"]["kwargs"]["num_classes"] = len(names)
     torch.set_num_threads(threads)
@@ -332,10 +342,10 @@ def ensure_task(task: str, threads: int = 1, log=print, device: str = "cpu", ste
         yaml.safe_dump(recipe, f, sort_keys=False)
     with open(os.path.join(folder, "original.json"), "w") as f:
         json.dump({"test_accuracy": acc, "train_images": len(y), "test_images": len(yt), "classes": len(names),
-                   "params": sum(p.numel() for p in model.parameters()),
+                   "params": sum(p.numel() for p in model.parameters()), "device": device,
                    "seconds": time.perf_counter() - t0}, f, indent=2)
     log(f"{task}: {len(names)} classes, {len(y)} train / {len(yt)} test images, original {acc:.4f} "
-        f"({time.perf_counter() - t0:.0f} s)")
+        f"({time.perf_counter() - t0:.0f} s on {device})")
     return recipe_path
 
 
@@ -345,8 +355,12 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="where to train the originals (cpu | cuda)")
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the task's)")
+    ap.add_argument("--data-only", action="store_true", help="only generate the data files")
     args = ap.parse_args()
     for t in args.tasks.split(","):
+        if args.data_only:
+            print(ensure_data(t))
+            continue
         ensure_task(t, args.threads, device=args.device, steps=args.steps)
         with open(os.path.join(TASK_DIR, t, "original.json")) as f:
             print(t, json.load(f))
