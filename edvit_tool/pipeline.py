@@ -160,7 +160,7 @@ def _fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, te_out
     if kind == "auto":
         cv["mlp"] = fuse.cross_val_mlp_accuracy(feats_fu, data.fusion.y, t_fu, dims, n_cls, fcfg, seed)
         cv["ensemble"] = fuse.cross_val_ensemble_accuracy(ensemble, feats_fu, data.fusion.y, seed)
-        kind = max(("ensemble", "logits", "mlp"), key=lambda k_: cv[k_])  # ties: fewest fitted numbers
+        kind = max(("logits", "ensemble", "mlp"), key=lambda k_: cv[k_])  # ties: fewest fitted numbers
         log("fusion on the fusion split: " + ", ".join(f"{k_} {v:.4f}" for k_, v in cv.items()) + f" → {kind}")
     v = feats_fu.shape[0]
     ensemble.fit(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v))

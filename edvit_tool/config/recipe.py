@@ -114,7 +114,7 @@ SCHEMA: dict = {
         "evals": F(int, 10, NONNEG),               # early-stopping evaluations on the validation split
     },
     "fusion": {
-        "kind": F(str, "auto", choices=("auto", "mlp", "logits", "ensemble")),
+        "kind": F(str, "mlp", choices=("auto", "mlp", "logits", "ensemble")),
         "hidden": F(int, 128, POS),
         "dropout": F(float, 0.3, _num(0, 1, hi_open=True)),
         "submodel_dropout": F(float, 0.2, _num(0, 1, hi_open=True)),
