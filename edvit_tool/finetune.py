@@ -36,15 +36,25 @@ def relabel(y: torch.Tensor, group: list[int], num_classes: int) -> torch.Tensor
     return table[y]
 
 
-def group_teacher_logits(teacher: torch.Tensor, group: list[int], temperature: float) -> torch.Tensor:
-    """[M, N] teacher logits → [M, |g|+1] so that softmax(out / T) = group probs + summed other probs."""
+def group_teacher_logits(teacher: torch.Tensor, group: list[int], temperature: float,
+                         other: str = "sum") -> torch.Tensor:
+    """[M, N] teacher logits → [M, |g|+1].
+
+    other="sum": softmax(out / T) = group probs + summed other probs (the teacher's distribution, folded).
+    other="max": the "other" logit is the best non-group class's logit, so the sub-model answers "other" only
+    where the teacher's top class is outside the group (a sum over many foreign classes at temperature T
+    outweighs the true class and makes "other" swallow the group's own images).
+    """
     inside = teacher[:, group]
     mask = torch.ones(teacher.shape[1], dtype=torch.bool)
     mask[group] = False
     if not mask.any():
         return inside
-    other = temperature * torch.logsumexp(teacher[:, mask] / temperature, dim=1, keepdim=True)
-    return torch.cat([inside, other], dim=1)
+    if other == "max":
+        rest = teacher[:, mask].max(dim=1, keepdim=True).values
+    else:
+        rest = temperature * torch.logsumexp(teacher[:, mask] / temperature, dim=1, keepdim=True)
+    return torch.cat([inside, rest], dim=1)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 1) -> torch.Tensor:
@@ -209,7 +219,7 @@ def distill_finetune(student: Student, data: TrainSet, group: list[int], steps: 
     for i in range(1, steps + 1):
         idx = batches()
         xb, yb, tl, tf = data.take(idx, gen)
-        tg = group_teacher_logits(tl, group, temp)
+        tg = group_teacher_logits(tl, group, temp, cfg["other_target"])
         out = student(xb.to(device))
         loss = distill_loss(out, yb.to(device), relabel(yb, group, n_cls).to(device), tl.to(device),
                             tg.to(device), None if tf is None else tf.to(device), cfg, feat_scale)

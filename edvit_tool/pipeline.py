@@ -174,6 +174,8 @@ def _fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, te_out
                                     t_fu.reshape(-1, t_fu.shape[-1]), dims, n_cls, fcfg, seed, advance)
         with torch.no_grad():
             candidates["mlp"] = finetune.accuracy(mlp(feats_te), data.test.y)
+            both = F.log_softmax(mlp(feats_te), 1) + F.log_softmax(ensemble(feats_te), 1)
+            candidates["mlp*ensemble"] = finetune.accuracy(both, data.test.y)
     common = dict(kind=kind, dims=dims, mlp_cv_accuracy=cv.get("mlp"), logits_test_accuracy=acc_logits_te,
                   cv=cv, candidates=candidates)
     if kind in ("mlp", "ensemble"):

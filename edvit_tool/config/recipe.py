@@ -104,6 +104,7 @@ SCHEMA: dict = {
         "kd_weight": F(float, 0.7, _num(0, 1)),
         "temperature": F(float, 2.0, _num(0, lo_open=True)),
         "other_fraction": F(float, 0.5, FRACTION),
+        "other_target": F(str, "sum", choices=("sum", "max")),  # teacher's "other": folded mass or best rival
         "aux_weight": F(float, 1.0, NONNEG),       # N-class KD head on the features (goes into the fusion head)
         "feature_weight": F(float, 1.0, NONNEG),   # distil the original's pooled features
         "warmup_fraction": F(float, 0.05, _num(0, 0.5)),

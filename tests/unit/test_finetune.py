@@ -34,6 +34,16 @@ def test_group_teacher_logits_fold_the_rest_into_other():
     assert torch.allclose(q[:, 2], p[:, [0, 2, 3, 5]].sum(1), atol=1e-6)
 
 
+def test_other_as_best_rival_says_other_only_where_the_teacher_looks_outside():
+    t = torch.tensor([[3.0, 1.0, 2.5, 2.4, 2.3, 2.2],    # top class 0 (in the group), many close rivals
+                      [1.0, 0.5, 4.0, 0.0, 0.0, 0.0]])   # top class 2 (outside)
+    folded = finetune.group_teacher_logits(t, [0, 1], temperature=2.0)
+    rival = finetune.group_teacher_logits(t, [0, 1], temperature=2.0, other="max")
+    assert folded[0].argmax() == 2      # the summed foreign mass outweighs the true class...
+    assert rival[0].argmax() == 0       # ...the best rival does not
+    assert rival[1].argmax() == 2 and torch.equal(rival[:, :2], t[:, :2])
+
+
 def test_balanced_batches_split_other_and_cover_every_group_class():
     y_rel = finetune.relabel(torch.tensor([0] * 50 + [1] * 5 + [2] * 200 + [3] * 30), [0, 1, 3], 4)
     b = finetune.BalancedBatches(y_rel, 3, 64, 0.25, seed=0)
