@@ -7,7 +7,7 @@ import os
 import torch
 
 from .errors import ArtifactError
-from .fuse import FusionMLP, LogitFusion
+from .fuse import build_fusion_head
 from .prune import surgery
 
 
@@ -19,7 +19,7 @@ def _load(root: str, rel: str) -> dict:
 
 
 def load_build_models(build_dir: str, manifest: dict) -> dict:
-    """{"g0": SubModelWrapper, ..., "fusion": FusionMLP | LogitFusion}, all in eval mode on CPU."""
+    """{"g0": SubModelWrapper, ..., "fusion": FusionMLP | EnsembleFusion | LogitFusion}, all in eval mode on CPU."""
     m = manifest["model"]
     models = {}
     for sm in manifest["submodels"]:
@@ -31,11 +31,8 @@ def load_build_models(build_dir: str, manifest: dict) -> dict:
                                 f"architecture ({str(e).splitlines()[0]}); rerun `edvit-tool compile`") from None
         models[sm["name"]] = surgery.SubModelWrapper(net.eval()).eval()
     fu = manifest["fusion"]
-    if fu["kind"] == "mlp":
-        head = FusionMLP(fu["input_dims"], fu["num_classes"], fu.get("hidden") or 128)
-        state = _load(build_dir, fu["checkpoint"])
-        head.load_state_dict(state, strict=True)
-    else:
-        head = LogitFusion(manifest["groups"], fu["num_classes"])
+    head = build_fusion_head(fu, manifest["groups"])
+    if fu["kind"] != "logits":
+        head.load_state_dict(_load(build_dir, fu["checkpoint"]), strict=True)
     models["fusion"] = head.eval()
     return models

@@ -1,19 +1,31 @@
-"""Training loops: the KD fine-tune of a sub-model on its group + "other", and plain classifier training
-(the demo's original model).
+"""Training loops: the distillation fine-tune of a (pruned) student on its group + "other", and plain classifier
+training (the demo's original model).
 
 Sub-model targets: its classes relabelled 0..|g|-1 and every other class as |g| ("other"). KD from the original
 model: the teacher's logits restricted to the group, the rest folded into one "other" logit with a
 temperature-aware logsumexp, so softmax(teacher_group / T) is exactly the teacher's tempered distribution
-with the non-group mass summed into "other". Teacher logits are precomputed once (cheaper than a teacher
-forward per step). Batches are class-balanced: a fixed share of "other" images, the rest spread evenly over
-the group's classes — otherwise a sub-model learns to answer "other" for everything.
+with the non-group mass summed into "other".
+
+Besides its |g|+1 head, a student carries two training-time heads on its pooled features (both sliced along with
+the embedding when it is pruned, see `Student.prune`):
+  aux   N-class head, distilled from the teacher's full distribution. It keeps every class visible in the
+        features (the fusion head combines them) instead of collapsing all foreign classes into one "other".
+        It is not part of the sub-model's parameter count: it moves into the fusion head (fuse.EnsembleFusion).
+  proj  linear map to the teacher's pooled features, with a normalised MSE (feature distillation); discarded.
+
+Batches are class-balanced: a share of "other" images, the rest spread evenly over the group's classes —
+otherwise a sub-model learns to answer "other" for everything (and long-tailed data stays long-tailed).
+`TrainSet.take` is the one place the loops read images and teacher targets.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -24,25 +36,56 @@ def relabel(y: torch.Tensor, group: list[int], num_classes: int) -> torch.Tensor
     return table[y]
 
 
-def group_teacher_logits(teacher: torch.Tensor, group: list[int], temperature: float) -> torch.Tensor:
-    """[M, N] teacher logits → [M, |g|+1] so that softmax(out / T) = group probs + summed other probs."""
+def group_teacher_logits(teacher: torch.Tensor, group: list[int], temperature: float,
+                         other: str = "sum") -> torch.Tensor:
+    """[M, N] teacher logits → [M, |g|+1].
+
+    other="sum": softmax(out / T) = group probs + summed other probs (the teacher's distribution, folded).
+    other="max": the "other" logit is the best non-group class's logit, so the sub-model answers "other" only
+    where the teacher's top class is outside the group (a sum over many foreign classes at temperature T
+    outweighs the true class and makes "other" swallow the group's own images).
+    """
     inside = teacher[:, group]
     mask = torch.ones(teacher.shape[1], dtype=torch.bool)
     mask[group] = False
     if not mask.any():
         return inside
-    other = temperature * torch.logsumexp(teacher[:, mask] / temperature, dim=1, keepdim=True)
-    return torch.cat([inside, other], dim=1)
+    if other == "max":
+        rest = teacher[:, mask].max(dim=1, keepdim=True).values
+    else:
+        rest = temperature * torch.logsumexp(teacher[:, mask] / temperature, dim=1, keepdim=True)
+    return torch.cat([inside, rest], dim=1)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 1) -> torch.Tensor:
-    """Random shift by up to `pad` pixels (zero fill in normalised space is fine for small shifts)."""
+    """Random shift by up to `pad` pixels (replicate fill), one shift per batch."""
     if pad <= 0:
         return x
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
     dy, dx = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()
     return padded[:, :, dy:dy + h, dx:dx + w]
+
+
+@dataclasses.dataclass
+class TrainSet:
+    """Training images with the teacher's outputs on them. `take` is the one place loops read data, so a
+    streaming loader (decode + augment per step, teacher on the fly) can replace it."""
+    x: torch.Tensor
+    y: torch.Tensor                        # original class ids
+    t_logits: torch.Tensor                 # teacher logits [M, N]
+    t_feats: torch.Tensor | None = None    # teacher pooled features [M, E] (feature distillation)
+    pad: int = 1                           # augmentation: random shift
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, idx: torch.Tensor, gen: torch.Generator | None = None):
+        xb = self.x[idx]
+        if gen is not None:
+            xb = augment(xb, gen, self.pad)
+        tf = None if self.t_feats is None else self.t_feats[idx]
+        return xb, self.y[idx], self.t_logits[idx], tf
 
 
 class BalancedBatches:
@@ -56,16 +99,62 @@ class BalancedBatches:
         self.gen = torch.Generator().manual_seed(seed)
 
     def __call__(self) -> torch.Tensor:
-        per = max(1, (self.batch_size - self.n_other) // self.n_group)
+        n_in = self.batch_size - self.n_other
+        # every class gets floor(n_in / |g|) images, the remainder goes to random classes
+        per = torch.full((self.n_group,), n_in // self.n_group, dtype=torch.long)
+        extra = n_in - int(per.sum())
+        if extra > 0:
+            per[torch.randperm(self.n_group, generator=self.gen)[:extra]] += 1
         parts = []
         for c in range(self.n_group):
             pool = self.by_class[c]
-            if len(pool):
-                parts.append(pool[torch.randint(len(pool), (per,), generator=self.gen)])
+            if len(pool) and per[c] > 0:
+                parts.append(pool[torch.randint(len(pool), (int(per[c]),), generator=self.gen)])
         if self.n_other:
             pool = self.by_class[-1]
             parts.append(pool[torch.randint(len(pool), (self.n_other,), generator=self.gen)])
         return torch.cat(parts)
+
+
+class Student(nn.Module):
+    """A (pruned) timm ViT + the training-time heads: aux (N classes) and proj (→ teacher features)."""
+
+    def __init__(self, model: nn.Module, aux: nn.Linear | None, proj: nn.Linear | None):
+        super().__init__()
+        self.model, self.aux, self.proj = model, aux, proj
+
+    @classmethod
+    def from_teacher(cls, model: nn.Module, aux_init: nn.Linear | None, feature_distill: bool) -> "Student":
+        """Before any pruning: aux = copy of `aux_init` (the teacher's classifier), proj = identity."""
+        e = model.patch_embed.proj.out_channels
+        aux = copy.deepcopy(aux_init) if aux_init is not None else None
+        proj = None
+        if feature_distill:
+            proj = nn.Linear(e, e)
+            with torch.no_grad():
+                proj.weight.copy_(torch.eye(e))
+                proj.bias.zero_()
+        return cls(model, aux, proj)
+
+    def forward(self, x):
+        feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        aux = self.aux(feats) if self.aux is not None else None
+        proj = self.proj(feats) if self.proj is not None else None
+        return self.model.head(feats), aux, proj
+
+    def prune(self, plan) -> "Student":
+        """Physically prune the ViT (surgery) and slice the side heads' inputs to the kept embedding channels."""
+        from .prune import surgery
+
+        model = surgery.apply_keep(self.model, plan)
+        aux, proj = copy.deepcopy(self.aux), copy.deepcopy(self.proj)
+        if plan.embed is not None:
+            keep = torch.as_tensor(plan.embed, dtype=torch.long)
+            for lin in (aux, proj):
+                if lin is not None:
+                    lin.weight = nn.Parameter(lin.weight.detach()[:, keep].clone())
+                    lin.in_features = len(keep)
+        return Student(model, aux, proj)
 
 
 def _schedule(opt, steps: int, lr: float, warmup_frac: float = 0.05):
@@ -78,41 +167,71 @@ def _schedule(opt, steps: int, lr: float, warmup_frac: float = 0.05):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _step(model, opt, sched, loss, progress) -> None:
+def _step(model, opt, sched, loss, progress, clip: float = 1.0) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
     sched.step()
     if progress is not None:
         progress(1, loss=loss.item())
 
 
-def kd_finetune(model, x: torch.Tensor, y_rel: torch.Tensor, teacher_rel: torch.Tensor | None, n_group: int,
-                steps: int, cfg: dict, device: torch.device, seed: int, progress=None, lr: float | None = None):
-    """Fine-tune `model` (returns logits over n_group (+1 other)) with CE + KD; in place, returns the model."""
+def _kd(out: torch.Tensor, target: torch.Tensor, temp: float) -> torch.Tensor:
+    return F.kl_div(F.log_softmax(out / temp, 1), F.log_softmax(target / temp, 1), log_target=True,
+                    reduction="batchmean") * temp * temp
+
+
+def distill_loss(student_out, yb, y_rel, t_logits, t_group, t_feats, cfg: dict, feat_scale: float) -> torch.Tensor:
+    """CE + KD on the group head, KD + CE on the aux head, normalised MSE on projected features."""
+    logits, aux, proj = student_out
+    temp, kd_w = cfg["temperature"], cfg["kd_weight"]
+    loss = (1 - kd_w) * F.cross_entropy(logits, y_rel, label_smoothing=0.05) + kd_w * _kd(logits, t_group, temp)
+    if aux is not None and cfg["aux_weight"] > 0:
+        aux_loss = (1 - kd_w) * F.cross_entropy(aux, yb, label_smoothing=0.05) + kd_w * _kd(aux, t_logits, temp)
+        loss = loss + cfg["aux_weight"] * aux_loss
+    if proj is not None and t_feats is not None and cfg["feature_weight"] > 0:
+        loss = loss + cfg["feature_weight"] * F.mse_loss(proj, t_feats) / feat_scale
+    return loss
+
+
+def distill_finetune(student: Student, data: TrainSet, group: list[int], steps: int, cfg: dict,
+                     device: torch.device, seed: int, progress=None, validate=None, eval_every: int = 0):
+    """Fine-tune `student` in place on its group (+ "other") with the distillation loss; returns it.
+
+    validate: optional callable(student) -> score (higher is better), run every `eval_every` steps and at the
+    end; the best-scoring weights are kept (early stopping on a validation split).
+    """
     if steps <= 0:
-        return model
-    model.to(device).train()
-    lr = lr or cfg["lr"]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
-    sched = _schedule(opt, steps, lr)
-    batches = BalancedBatches(y_rel, n_group, cfg["batch_size"], cfg["other_fraction"], seed)
+        return student
+    n_cls = data.t_logits.shape[1]
+    student.to(device).train()
+    lr = cfg["lr"]
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
+    sched = _schedule(opt, steps, lr, cfg["warmup_fraction"])
+    y_rel_all = relabel(data.y, group, n_cls)
+    batches = BalancedBatches(y_rel_all, len(group), cfg["batch_size"], cfg["other_fraction"], seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    temp, kd_w = cfg["temperature"], cfg["kd_weight"] if teacher_rel is not None else 0.0
-    for _ in range(steps):
+    temp = cfg["temperature"]
+    feat_scale = float(data.t_feats.pow(2).mean()) + 1e-8 if data.t_feats is not None else 1.0
+    best = (-math.inf, None)
+    for i in range(1, steps + 1):
         idx = batches()
-        xb = augment(x[idx], gen).to(device)
-        yb = y_rel[idx].to(device)
-        out = model(xb)
-        loss = F.cross_entropy(out, yb, label_smoothing=0.05)
-        if kd_w > 0:
-            t = teacher_rel[idx].to(device)
-            kd = F.kl_div(F.log_softmax(out / temp, 1), F.log_softmax(t / temp, 1), log_target=True,
-                          reduction="batchmean") * temp * temp
-            loss = (1 - kd_w) * loss + kd_w * kd
-        _step(model, opt, sched, loss, progress)
-    return model.eval()
+        xb, yb, tl, tf = data.take(idx, gen)
+        tg = group_teacher_logits(tl, group, temp, cfg["other_target"])
+        out = student(xb.to(device))
+        loss = distill_loss(out, yb.to(device), relabel(yb, group, n_cls).to(device), tl.to(device),
+                            tg.to(device), None if tf is None else tf.to(device), cfg, feat_scale)
+        _step(student, opt, sched, loss, progress, cfg["clip_grad"])
+        if validate is not None and (i == steps or (eval_every and i % eval_every == 0)):
+            score = validate(student)
+            student.train()
+            if score > best[0]:
+                best = (score, copy.deepcopy(student.state_dict()))
+    if best[1] is not None:
+        student.load_state_dict(best[1])
+    return student.eval()
 
 
 def train_classifier(model, x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int, lr: float,
@@ -141,9 +260,10 @@ def predict(model, x: torch.Tensor, device: torch.device, batch_size: int = 256)
     outs = []
     for i in range(0, len(x), batch_size):
         out = model(x[i:i + batch_size].to(device))
-        outs.append(out.float().cpu() if isinstance(out, torch.Tensor) else tuple(o.float().cpu() for o in out))
+        outs.append(out.float().cpu() if isinstance(out, torch.Tensor)
+                    else tuple(None if o is None else o.float().cpu() for o in out))
     if isinstance(outs[0], tuple):
-        return tuple(torch.cat(parts) for parts in zip(*outs))
+        return tuple(None if parts[0] is None else torch.cat(parts) for parts in zip(*outs))
     return torch.cat(outs)
 
 

@@ -6,9 +6,15 @@ mlp    — a small MLP on the sub-models' features, trained on the `fusion` spli
          board is missing), feature noise, weight decay and KD from the original model's logits.
 logits — training-free product of experts: score(c) = log p_g(c) + Σ_{h≠g} log p_h(other), for c in group g.
          A missing sub-model's slice is zeros → its log-softmax is uniform, a constant shift for its classes.
+ensemble — on the sub-models' features: Σ_k a_k · log_softmax(aux_k(f_k)) + b · (the `logits` product of experts
+         on the sub-models' own heads, copied in) + a class bias. aux_k is sub-model k's N-class head, distilled
+         from the original during its fine-tune (finetune.Student); only a_k, b and the bias (K + 1 + N numbers)
+         are fitted on the fusion split, so it cannot overfit a small split the way an MLP can.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn as nn
@@ -46,13 +52,97 @@ class LogitFusion(nn.Module):
         self.register_buffer("weight", w)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        # fixed slices rather than torch.split: Split-18 has no down-converter to opset 17 in onnx
-        bounds, start = [], 0
-        for d in self.input_dims:
-            bounds.append((start, start + d))
-            start += d
+        bounds = _bounds(self.input_dims)
         logp = torch.cat([F.log_softmax(features[:, a:b], dim=1) for a, b in bounds], dim=1)
         return logp @ self.weight.t()
+
+
+def _bounds(dims: list[int]) -> list[tuple[int, int]]:
+    # fixed slices rather than torch.split: Split-18 has no down-converter to opset 17 in onnx
+    out, start = [], 0
+    for d in dims:
+        out.append((start, start + d))
+        start += d
+    return out
+
+
+class EnsembleFusion(nn.Module):
+    """Weighted product of the sub-models' N-class (aux) experts and of their group-head product of experts."""
+
+    def __init__(self, input_dims: list[int], groups: list[list[int]], num_classes: int):
+        super().__init__()
+        self.input_dims = list(input_dims)
+        self.aux = nn.ModuleList(nn.Linear(d, num_classes) for d in input_dims)
+        self.heads = nn.ModuleList(nn.Linear(d, len(g) + 1) for d, g in zip(input_dims, groups))
+        self.poe = LogitFusion(groups, num_classes)
+        self.aux_weight = nn.Parameter(torch.ones(len(groups)))
+        self.poe_weight = nn.Parameter(torch.ones(1))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    @classmethod
+    def from_students(cls, students, groups: list[list[int]], num_classes: int) -> "EnsembleFusion":
+        dims = [s.model.head.in_features for s in students]
+        fusion = cls(dims, groups, num_classes)
+        with torch.no_grad():
+            for k, s in enumerate(students):
+                fusion.heads[k].load_state_dict(s.model.head.state_dict())
+                if s.aux is not None:
+                    fusion.aux[k].load_state_dict(s.aux.state_dict())
+                else:  # no aux head trained: this sub-model speaks through the product of experts only
+                    fusion.aux[k].weight.zero_()
+                    fusion.aux[k].bias.zero_()
+        return fusion
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out, group_logits = self.bias, []
+        for k, (a, b) in enumerate(_bounds(self.input_dims)):
+            f = features[:, a:b]
+            out = out + self.aux_weight[k] * F.log_softmax(self.aux[k](f), dim=1)
+            group_logits.append(self.heads[k](f))
+        return out + self.poe_weight * self.poe(torch.cat(group_logits, dim=1))
+
+    def fit(self, features: torch.Tensor, y: torch.Tensor, steps: int = 300, lr: float = 0.05) -> "EnsembleFusion":
+        """Fit only the combination weights and the class bias (full batch; the experts stay frozen)."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        free = [self.aux_weight, self.poe_weight, self.bias]
+        for p in free:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(free, lr=lr)
+        self.train()
+        for _ in range(steps):
+            loss = F.cross_entropy(self(features), y) + 1e-3 * self.bias.pow(2).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        for p in self.parameters():
+            p.requires_grad_(True)
+        return self.eval()
+
+
+def cross_val_ensemble_accuracy(fusion: EnsembleFusion, features: torch.Tensor, y: torch.Tensor, seed: int,
+                                folds: int = 4) -> float:
+    """Held-out accuracy of fitting the ensemble weights (same folds as the MLP's, plain view only)."""
+    gen = torch.Generator().manual_seed(seed)
+    m = features.shape[1]
+    perm = torch.randperm(m, generator=gen)
+    correct = 0
+    for f in range(folds):
+        val = perm[f::folds]
+        train = torch.cat([perm[g::folds] for g in range(folds) if g != f])
+        head = copy.deepcopy(fusion).fit(_flat(features[:, train]), y[train].repeat(features.shape[0]))
+        with torch.no_grad():
+            correct += int((head(features[0, val]).argmax(1) == y[val]).sum())
+    return correct / m
+
+
+def build_fusion_head(fusion: dict, groups: list[list[int]]) -> nn.Module:
+    """The (untrained) fusion module a manifest's `fusion` entry describes, ready for load_state_dict."""
+    if fusion["kind"] == "mlp":
+        return FusionMLP(fusion["input_dims"], fusion["num_classes"], fusion.get("hidden") or 128)
+    if fusion["kind"] == "ensemble":
+        return EnsembleFusion(fusion["input_dims"], groups, fusion["num_classes"])
+    return LogitFusion(groups, fusion["num_classes"])
 
 
 def submodel_dropout_mask(n: int, dims: list[int], p: float, gen: torch.Generator) -> torch.Tensor:

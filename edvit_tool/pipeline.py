@@ -52,52 +52,66 @@ def _flops(model) -> int:
                                   pe.proj.in_channels, model.num_prefix_tokens)
 
 
-def _importance_batches(x, y_rel, n_group, batch_size, count, seed):
+def _importance_batches(train: finetune.TrainSet, y_rel, n_group, batch_size, count, seed):
     """Class-balanced batches of the group's own images only (class-conditional importance)."""
     idx_in = torch.nonzero(y_rel < n_group).flatten()
     sampler = finetune.BalancedBatches(y_rel[idx_in], n_group, batch_size, 0.5, seed)
     for _ in range(count):
         sel = idx_in[sampler()]
-        yield x[sel], y_rel[sel]
+        yield train.take(sel)[0], y_rel[sel]
 
 
-def prune_and_finetune(model, group: list[int], x: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor,
-                       recipe: dict, params_target: int | None, device, seed: int, bars=None, label: str = ""):
-    """One sub-model: group head, iterative class-wise pruning with short recoveries, then KD fine-tuning.
+def teacher_features(model, x: torch.Tensor, device) -> torch.Tensor:
+    """The original's pooled (final-norm CLS) features: the feature-distillation targets."""
+    return finetune.predict(surgery.SubModelWrapper(model), x, device)[0]
 
-    `group` covering every class gives the class-agnostic peer (no "other" output).
+
+def prune_and_finetune(model, group: list[int], train: finetune.TrainSet, recipe: dict, params_target: int | None,
+                       device, seed: int, bars=None, label: str = "", compute: float = 1.0,
+                       validate=None) -> finetune.Student:
+    """One sub-model: group head, iterative class-wise pruning with short recoveries, then distillation.
+
+    Returns the finetune.Student (its `.model` is the pruned timm ViT, `.aux` its N-class head for the fusion).
+    `group` covering every class gives the class-agnostic peer (no "other" output, no aux head). `compute`
+    scales every training phase (the peer gets K sub-models' steps); `validate` enables early stopping.
     """
     pr, ft = recipe["prune"], recipe["finetune"]
-    n_cls = teacher.shape[1]
-    sub = copy.deepcopy(model).to(device)
+    n_cls = train.t_logits.shape[1]
+    base = copy.deepcopy(model).to(device)
     everything = len(group) == n_cls
     if not everything:
-        surgery.replace_head(sub, len(group) + 1, init_from=surgery.group_head_init(sub, group))
-    y_rel = finetune.relabel(y, group, n_cls)
-    t_rel = finetune.group_teacher_logits(teacher, group, ft["temperature"])
+        surgery.replace_head(base, len(group) + 1, init_from=surgery.group_head_init(base, group))
+    aux_init = model.head if not everything and ft["aux_weight"] > 0 else None
+    student = finetune.Student.from_teacher(base, aux_init,
+                                            feature_distill=ft["feature_weight"] > 0 and train.t_feats is not None)
+    student.to(device)
+    y_rel = finetune.relabel(train.y, group, n_cls)
     n_out = len(group) if everything else len(group) + 1
-    p0 = surgery.count_params(sub)
+    p0 = surgery.count_params(base)
     steps = pr["steps"]
     keep = pr["target"]["keep"]
-    recoveries = steps if ft["steps"] == 0 else steps - 1
-    total = recoveries * pr["recovery_steps"] + ft["steps"]
+    rec_steps, ft_steps = int(round(pr["recovery_steps"] * compute)), int(round(ft["steps"] * compute))
+    recoveries = steps if ft_steps == 0 else steps - 1
+    total = recoveries * rec_steps + ft_steps
     advance = bars.task(f"{label} prune+fine-tune", total) if bars else None
     for i in range(1, steps + 1):
-        batches = _importance_batches(x, y_rel, len(group), ft["batch_size"], pr["importance_batches"], seed + i)
-        imp = compute_importance(sub, batches, lambda out, t: F.cross_entropy(out, t), pr["criterion"], device)
+        batches = _importance_batches(train, y_rel, len(group), ft["batch_size"], pr["importance_batches"], seed + i)
+        imp = compute_importance(student.model, batches, lambda out, t: F.cross_entropy(out, t), pr["criterion"],
+                                 device)
         if params_target is not None:
             target = int(round(p0 * (params_target / p0) ** (i / steps)))
-            plan = plan_keep(sub, imp, params_target=target, prune_embed=pr["prune_embed"])
+            plan = plan_keep(student.model, imp, params_target=target, prune_embed=pr["prune_embed"])
         else:
             ratios = {k: v ** (1.0 / steps) for k, v in keep.items() if v is not None}
-            plan = plan_keep(sub, imp, keep_ratios=ratios, prune_embed=pr["prune_embed"])
-        sub = surgery.apply_keep(sub, plan).to(device)
-        if i < steps or ft["steps"] == 0:
-            finetune.kd_finetune(sub, x, y_rel, t_rel, len(group), pr["recovery_steps"], ft, device, seed + 100 * i,
-                                 advance)
-    finetune.kd_finetune(sub, x, y_rel, t_rel, len(group), ft["steps"], ft, device, seed + 7, advance)
-    assert surgery.vit_arch(sub)["num_outputs"] == n_out
-    return sub.eval()
+            plan = plan_keep(student.model, imp, keep_ratios=ratios, prune_embed=pr["prune_embed"])
+        student = student.prune(plan).to(device)
+        if i < steps or ft_steps == 0:
+            finetune.distill_finetune(student, train, group, rec_steps, ft, device, seed + 100 * i, advance)
+    evals = recipe["peer"]["evals"] if validate is not None else 0
+    finetune.distill_finetune(student, train, group, ft_steps, ft, device, seed + 7, advance, validate=validate,
+                              eval_every=max(1, ft_steps // evals) if evals else 0)
+    assert surgery.vit_arch(student.model)["num_outputs"] == n_out
+    return student.eval()
 
 
 def _group_accuracy(logits: torch.Tensor, y: torch.Tensor, group: list[int], n_cls: int) -> float:
@@ -112,12 +126,15 @@ def _save_npz(path: str, **arrays) -> None:
     np.savez(path, **{k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()})
 
 
-def _fit_fusion(fcfg: dict, wrapped, model, groups, data, t_fu, va_out, device, seed: int, bars) -> SimpleNamespace:
+def _fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, va_out, device, seed: int,
+                bars) -> SimpleNamespace:
     """The chosen fusion head (and what choosing it measured).
 
-    The MLP's weights are fitted on the fusion split (which no sub-model trained on) plus shifted views of it
-    (features through the frozen sub-models, teacher logits from the original). `auto` keeps whichever of the
-    MLP and the training-free logit fusion is more accurate on the validation split.
+    Fitted on the fusion split (which no sub-model trained on) plus shifted views of it (features through the
+    frozen sub-models, teacher logits from the original): the MLP, and the ensemble head's combination weights
+    (its experts are the sub-models' own heads and aux N-class heads). `auto` keeps whichever of logits /
+    ensemble / mlp is most accurate on the validation split (ties: fewest fitted numbers). Every candidate head
+    is returned so the report can show each one's test figure — read after every choice is made.
     """
     log = bars.log if bars else (lambda s: None)
     n_cls = len(data.classes)
@@ -126,35 +143,37 @@ def _fit_fusion(fcfg: dict, wrapped, model, groups, data, t_fu, va_out, device, 
     logits_va = torch.cat([o[1] for o in va_out], 1)
     dims = [o[0].shape[1] for o in va_out]
     logit_fusion = fuse.LogitFusion(groups, n_cls)
-    with torch.no_grad():
-        acc_logits_va = finetune.accuracy(logit_fusion(logits_va), data.val.y)
-    kind, mlp_acc_va, head = fcfg["kind"], None, None
+    ensemble = fuse.EnsembleFusion.from_students(students, groups, n_cls)
+    feats_views, t_views = [torch.cat([finetune.predict(w, data.fusion.x, device)[0] for w in wrapped], 1)], [t_fu]
+    for _ in range(fcfg["augment_views"]):  # shifted views, decoded chunk by chunk
+        fs, ts = [], []
+        for i in range(0, len(data.fusion), 256):
+            xb = finetune.augment(data.fusion.x[i:i + 256], gen, pad=2)
+            fs.append(torch.cat([finetune.predict(w, xb, device)[0] for w in wrapped], 1))
+            ts.append(finetune.predict(model, xb, device))
+        feats_views.append(torch.cat(fs))
+        t_views.append(torch.cat(ts))
+    feats_fu, t_views = torch.stack(feats_views), torch.stack(t_views)
+    v = feats_fu.shape[0]
+    ensemble.fit(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v))
+    heads = {"logits": logit_fusion, "ensemble": ensemble}
+    kind = fcfg["kind"]
     if kind in ("auto", "mlp"):
-        feats_views, t_views = [torch.cat([finetune.predict(w, data.fusion.x, device)[0] for w in wrapped], 1)], [t_fu]
-        for _ in range(fcfg["augment_views"]):  # shifted views, decoded chunk by chunk
-            fs, ts = [], []
-            for i in range(0, len(data.fusion), 256):
-                xb = finetune.augment(data.fusion.x[i:i + 256], gen, pad=2)
-                fs.append(torch.cat([finetune.predict(w, xb, device)[0] for w in wrapped], 1))
-                ts.append(finetune.predict(model, xb, device))
-            feats_views.append(torch.cat(fs))
-            t_views.append(torch.cat(ts))
-        feats_fu, t_views = torch.stack(feats_views), torch.stack(t_views)
         advance = bars.task("fusion head", fcfg["steps"]) if bars else None
-        v = feats_fu.shape[0]
-        head = fuse.train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v),
-                                     t_views.reshape(-1, t_views.shape[-1]), dims, n_cls, fcfg, seed, advance)
-        with torch.no_grad():
-            mlp_acc_va = finetune.accuracy(head.eval()(feats_va), data.val.y)
+        heads["mlp"] = fuse.train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v),
+                                             t_views.reshape(-1, t_views.shape[-1]), dims, n_cls, fcfg, seed,
+                                             advance).eval()
+    inputs_va = {"logits": logits_va, "ensemble": feats_va, "mlp": feats_va}
+    with torch.no_grad():
+        val_acc = {k_: finetune.accuracy(h(inputs_va[k_]), data.val.y) for k_, h in heads.items()}
     if kind == "auto":
-        kind = "mlp" if mlp_acc_va > acc_logits_va else "logits"
-        log(f"fusion: mlp {mlp_acc_va:.4f} vs logits {acc_logits_va:.4f} on the validation split → {kind}")
-    choice = {"mlp_val": mlp_acc_va, "logits_val": acc_logits_va, "kind": kind}
-    if kind == "mlp":
-        return SimpleNamespace(head=head, kind=kind, source="features", dims=dims, val_inputs=feats_va,
-                               choice=choice)
-    return SimpleNamespace(head=logit_fusion, kind=kind, source="logits", dims=dims, val_inputs=logits_va,
-                           choice=choice)
+        kind = max(("logits", "ensemble", "mlp"), key=lambda k_: val_acc.get(k_, -1.0))
+        log("fusion on the validation split: " + ", ".join(f"{k_} {a:.4f}" for k_, a in val_acc.items())
+            + f" → {kind}")
+    choice = {"kind": kind, **{f"{k_}_val": a for k_, a in val_acc.items()}}
+    source = "logits" if kind == "logits" else "features"
+    return SimpleNamespace(head=heads[kind], kind=kind, source=source, dims=dims, val_inputs=inputs_va[kind],
+                           choice=choice, heads=heads)
 
 
 def autocast_for(device: torch.device):
@@ -230,53 +249,61 @@ def prepare(recipe: dict, device, bars=None, for_worker: bool = False) -> Simple
 
     ratio = recipe["prune"]["target"]["params_ratio"]
     params_target = int(orig_params * ratio) if ratio is not None else None
+    ft = recipe["finetune"]
+    t_feats = teacher_features(model, data.finetune.x, device) if ft["feature_weight"] > 0 else None
+    train = finetune.TrainSet(data.finetune.x, data.finetune.y, t_ft, t_feats)
     return SimpleNamespace(**locals())
 
 
-def train_group(st: SimpleNamespace, gi: int, recipe: dict, device, bars=None):
-    """Sub-model gi, seeded by its index alone: the same whatever ran before it (resume, --jobs)."""
+def train_group(st: SimpleNamespace, gi: int, recipe: dict, device, bars=None) -> finetune.Student:
+    """Sub-model gi (a finetune.Student), seeded by its index alone: the same whatever ran before it (resume,
+    --jobs)."""
     seed_everything(st.seed + 1000 * (gi + 1))
-    return prune_and_finetune(st.model, st.groups[gi], st.data.finetune.x, st.data.finetune.y, st.t_ft, recipe,
-                              st.params_target, device, st.seed + 1000 * (gi + 1), bars, label=f"g{gi}")
+    return prune_and_finetune(st.model, st.groups[gi], st.train, recipe, st.params_target, device,
+                              st.seed + 1000 * (gi + 1), bars, label=f"g{gi}")
 
 
 def _train_stages(recipe: dict, bars, peer: bool, device, partial, jobs: int = 1) -> SimpleNamespace:
     t_start = time.perf_counter()
     st = prepare(recipe, device, bars)
     model, data, t_ft, groups, params_target = st.model, st.data, st.t_ft, st.groups, st.params_target
-    m, n_cls, orig_params, spec, seed = st.m, st.n_cls, st.orig_params, st.spec, st.seed
+    m, n_cls, orig_params, spec, seed, k, train = st.m, st.n_cls, st.orig_params, st.spec, st.seed, st.k, st.train
     t_fu, t_va = st.t_fu, st.t_va
     log = bars.log if bars else (lambda s: None)
+    t_sub = time.perf_counter()
     if jobs > 1:
         from .compile.jobs import train_groups_in_workers
 
         train_groups_in_workers(recipe, partial, [gi for gi in range(len(groups)) if not partial.has(f"g{gi}")],
                                 jobs, device, bars)
-    subs = []
+    students = []
     for gi, group in enumerate(groups):
-        sub = partial.load(f"g{gi}", m["name"], m["kwargs"])
-        if sub is None:
-            sub = train_group(st, gi, recipe, device, bars)
-            partial.save(f"g{gi}", sub)
-        sub = sub.to(device)
-        subs.append(sub)
-        log(f"g{gi}: {surgery.count_params(sub):,} params ({surgery.count_params(sub) / orig_params:.1%})")
+        student = partial.load(f"g{gi}", m["name"], m["kwargs"])
+        if student is None:
+            student = train_group(st, gi, recipe, device, bars)
+            partial.save(f"g{gi}", student)
+        students.append(student.to(device).eval())
+        n = surgery.count_params(student.model)
+        log(f"g{gi}: {n:,} params ({n / orig_params:.1%})")
+    subs = [s.model for s in students]
     seed_everything(seed + 7)  # what follows does not depend on how the groups were obtained (resumed or not)
     wrapped = [surgery.SubModelWrapper(s) for s in subs]
     va_out = [finetune.predict(w, data.val.x, device) for w in wrapped]
-    fu = _fit_fusion(recipe["fusion"], wrapped, model, groups, data, t_fu, va_out, device, seed, bars)
+    fu = _fit_fusion(recipe["fusion"], wrapped, students, model, groups, data, t_fu, va_out, device, seed, bars)
+    ensemble_seconds = time.perf_counter() - t_sub
     with torch.no_grad():
         fused_val_acc = finetune.accuracy(fu.head(fu.val_inputs), data.val.y)
     log(f"fused ({fu.kind}) validation accuracy {fused_val_acc:.4f}")
 
     peer_info = None
     if peer:
+        from .peer import build_peer
+
         biggest = max(surgery.count_params(s) for s in subs)
         seed_everything(seed + 99)
-        peer_model = prune_and_finetune(model, list(range(n_cls)), data.finetune.x, data.finetune.y, t_ft, recipe,
-                                        biggest, device, seed + 99, bars, label="peer")
-        peer_info = {"params": surgery.count_params(peer_model), "bytes": state_bytes(peer_model),
-                     "params_budget": biggest}
+        peer_model, peer_info = build_peer(model, train, data.val.x, data.val.y, recipe, biggest, k, device,
+                                           seed + 99, bars, "validation split")
+        peer_info["ensemble_seconds"] = ensemble_seconds
 
     # Every choice is made: the test split is read here, once, for the reported figures.
     t_te = finetune.predict(model, data.test.x, device)
@@ -286,14 +313,16 @@ def _train_stages(recipe: dict, bars, peer: bool, device, partial, jobs: int = 1
     with torch.no_grad():
         fused_logits_te = fu.head(te_inputs)
     fused_acc = finetune.accuracy(fused_logits_te, data.test.y)
-    with torch.no_grad():
-        fused_logits_only = fuse.LogitFusion(groups, n_cls)(torch.cat([o[1] for o in te_out], 1))
-    logits_test_acc = finetune.accuracy(fused_logits_only, data.test.y)
+    feats_te, logits_te = torch.cat([o[0] for o in te_out], 1), torch.cat([o[1] for o in te_out], 1)
+    with torch.no_grad():  # every candidate head's test figure, for the report and ablations (never for choosing)
+        candidates_test = {k_: finetune.accuracy(h(logits_te if k_ == "logits" else feats_te), data.test.y)
+                           for k_, h in fu.heads.items()}
+    logits_test_acc = candidates_test["logits"]
     log(f"test: fused ({fu.kind}) {fused_acc:.4f} vs original {orig_acc:.4f}")
     if peer_info is not None:
         peer_info["accuracy"] = finetune.accuracy(finetune.predict(peer_model, data.test.x, device), data.test.y)
-        log(f"peer (one class-agnostic pruned ViT at {peer_info['params_budget']:,} params): test accuracy "
-            f"{peer_info['accuracy']:.4f}")
+        log(f"peer (one class-agnostic pruned ViT at {peer_info['params_budget']:,} params, "
+            f"{peer_info['train_steps']} steps): test accuracy {peer_info['accuracy']:.4f} vs fused {fused_acc:.4f}")
 
     return SimpleNamespace(**{k: v for k, v in locals().items() if k != "recipe"})
 
@@ -304,6 +333,7 @@ def _write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> Simpl
     m, n_cls, orig_params, spec, peer_info = st.m, st.n_cls, st.orig_params, st.spec, st.peer_info
     te_out, va_out, t_va, wrapped = st.te_out, st.va_out, st.t_va, st.wrapped
     orig_acc, fused_acc, logits_test_acc, fused_val_acc = st.orig_acc, st.fused_acc, st.logits_test_acc, st.fused_val_acc
+    students = st.students
     t_start = st.t_start
     log = bars.log if bars else (lambda s: None)
     orig_bytes = state_bytes(model)
@@ -331,9 +361,9 @@ def _write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> Simpl
                    "hidden": recipe["fusion"]["hidden"] if kind == "mlp" else None},
         "accuracy": {"original": orig_acc, "fused": fused_acc, "fused_logits": logits_test_acc,
                      "original_val": finetune.accuracy(t_va, data.val.y), "fused_val": fused_val_acc,
-                     "fusion_choice": fu.choice, "split_sizes": {
-                         "finetune": len(data.finetune), "fusion": len(data.fusion), "val": len(data.val),
-                         "test": len(data.test), "val_source": data.val_source},
+                     "fusion_choice": fu.choice, "fusion_candidates_test": st.candidates_test,
+                     "split_sizes": {"finetune": len(data.finetune), "fusion": len(data.fusion),
+                                     "val": len(data.val), "test": len(data.test), "val_source": data.val_source},
                      "exported": {}},
         "artifacts": [],
     }

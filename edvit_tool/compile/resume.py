@@ -15,7 +15,6 @@ import shutil
 
 import torch
 
-from ..checkpoint import save_state_dict
 from ..prune import surgery
 
 
@@ -59,24 +58,36 @@ class Partial:
         return os.path.isfile(os.path.join(self.dir, f"{name}.json"))
 
     def load(self, name: str, model_name: str, kwargs: dict):
-        """The finished sub-model `name`, or None."""
+        """The finished sub-model `name` (a finetune.Student: the pruned ViT + its aux head), or None."""
+        from ..finetune import Student
+
         meta = os.path.join(self.dir, f"{name}.json")
         if not os.path.isfile(meta):
             return None
         with open(meta, encoding="utf-8") as f:
-            arch = json.load(f)["arch"]
-        net = surgery.build_pruned(model_name, kwargs, arch)
-        net.load_state_dict(torch.load(os.path.join(self.dir, f"{name}.pt"), map_location="cpu", weights_only=True))
+            info = json.load(f)
+        net = surgery.build_pruned(model_name, kwargs, info["arch"])
+        state = torch.load(os.path.join(self.dir, f"{name}.pt"), map_location="cpu", weights_only=True)
+        net.load_state_dict(state["model"])
+        aux = None
+        if info.get("aux"):
+            aux = torch.nn.Linear(*info["aux"])
+            aux.load_state_dict(state["aux"])
         self.log(f"resume: {name} loaded from {self.dir}")
-        return net.eval()
+        return Student(net.eval(), aux, None)
 
-    def save(self, name: str, model) -> None:
+    def save(self, name: str, student) -> None:
         """Weights first, then the small json that marks them complete (both renamed into place)."""
         pt, meta = os.path.join(self.dir, f"{name}.pt"), os.path.join(self.dir, f"{name}.json")
-        save_state_dict(model, pt + ".tmp")
+        state = {"model": {k: v.detach().cpu().contiguous() for k, v in student.model.state_dict().items()}}
+        aux = None
+        if student.aux is not None:
+            state["aux"] = {k: v.detach().cpu().contiguous() for k, v in student.aux.state_dict().items()}
+            aux = [student.aux.in_features, student.aux.out_features]
+        torch.save(state, pt + ".tmp")
         os.replace(pt + ".tmp", pt)
         with open(meta + ".tmp", "w", encoding="utf-8") as f:
-            json.dump({"arch": surgery.vit_arch(model)}, f)
+            json.dump({"arch": surgery.vit_arch(student.model), "aux": aux}, f)
         os.replace(meta + ".tmp", meta)
 
     def done(self) -> None:

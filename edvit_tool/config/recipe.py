@@ -117,9 +117,18 @@ SCHEMA: dict = {
         "kd_weight": F(float, 0.7, _num(0, 1)),
         "temperature": F(float, 2.0, _num(0, lo_open=True)),
         "other_fraction": F(float, 0.5, FRACTION),
+        "other_target": F(str, "sum", choices=("sum", "max")),  # teacher's "other": folded mass or best rival
+        "aux_weight": F(float, 1.0, NONNEG),       # N-class KD head on the features (goes into the fusion head)
+        "feature_weight": F(float, 1.0, NONNEG),   # distil the original's pooled features
+        "warmup_fraction": F(float, 0.05, _num(0, 0.5)),
+        "clip_grad": F(float, 1.0, NONNEG),        # 0 = no clipping
+    },
+    "peer": {
+        "compute": F(str, "ensemble", choices=("ensemble", "submodel")),  # steps: K sub-models' or one's
+        "evals": F(int, 10, NONNEG),               # early-stopping evaluations on the validation split
     },
     "fusion": {
-        "kind": F(str, "auto", choices=("auto", "mlp", "logits")),
+        "kind": F(str, "mlp", choices=("auto", "mlp", "logits", "ensemble")),
         "hidden": F(int, 128, POS),
         "dropout": F(float, 0.3, _num(0, 1, hi_open=True)),
         "submodel_dropout": F(float, 0.2, _num(0, 1, hi_open=True)),
