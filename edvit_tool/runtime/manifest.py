@@ -18,7 +18,7 @@ Shape (schema_version 1), all paths relative to the build dir:
                      "params": int, "bytes": int, "flops": int, "feature_dim": int,
                      "num_outputs": int, "checkpoint": "submodels/g0.pt",
                      "accuracy_in_group": float}],
-      "fusion": {"kind": "mlp"|"logits", "source": "features"|"logits", "input_dims": [int per sub-model],
+      "fusion": {"kind": "mlp"|"ensemble"|"logits", "source": "features"|"logits", "input_dims": [int per sub-model],
                  "num_classes": int, "checkpoint": "fusion/fusion.pt"},
       "files": {"<relpath>": {"bytes": int, "sha256": str}},   # every file in the build except manifest.json
       "artifacts": [{"name": "g0"|"fusion", "file": relpath, "format": "onnx"|"tflite",
