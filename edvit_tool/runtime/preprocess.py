@@ -135,6 +135,21 @@ def open_image(image, where: str = "image", max_pixels: int = MAX_PIXELS):
     return img
 
 
+def image_size(data, where: str = "image", max_pixels: int = MAX_PIXELS) -> tuple:
+    """(width, height) from an image file's header, without decoding it; ImageError when it is not an image or
+    claims more than max_pixels pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(bytes(data)) if isinstance(data, (bytes, bytearray, memoryview)) else data) as img:
+            w, h = img.size
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as e:
+        raise ImageError(f"{where}: cannot read it as an image ({e}); give a png/jpg file") from None
+    if w * h > max_pixels:
+        raise ImageError(f"{where}: {w}x{h} pixels is more than {max_pixels}; downscale the image first")
+    return w, h
+
+
 def _from_array(arr: np.ndarray, where: str):
     """uint8 [H, W] or [H, W, 1|3|4] (channels last) -> PIL image in L / RGB / RGBA."""
     from PIL import Image

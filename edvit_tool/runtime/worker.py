@@ -115,7 +115,7 @@ class ServedModel:
         spec = self.image_spec
         name = spec.get("name", "pixel_values") if spec else None
         arr = inputs.get(name) if name else None
-        if arr is None or wire.wire_of(arr) == "fp32":
+        if arr is None or wire.wire_of(arr) in (None, "fp32"):  # other dtypes: validate() names them
             return inputs, None
         t0 = time.perf_counter()
         try:

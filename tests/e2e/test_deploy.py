@@ -205,9 +205,10 @@ def _plan_by_hand(build, path, placements, boards_file=None):
 def test_local_transport_deploys_serves_and_stops_without_ssh(tiny_build, tmp_path):
     plan = _plan_by_hand(tiny_build, tmp_path / "plan.json", [("g0", "a"), ("g1", "b")])
     out = str(tmp_path / "run" / "deployment.json")
-    r = _cli("deploy", "--plan", plan, "--transport", "local", "--out", out)
+    r = _cli("deploy", "--plan", plan, "--transport", "local", "--out", out, "--wire", "uint8")
     assert r.returncode == 0, r.stderr
     doc = json.load(open(out))
+    assert doc["wire"] == "uint8"
     assert [b["transport"] for b in doc["boards"]] == ["local", "local"]
     assert [b["models"] for b in doc["boards"]] == [["g0"], ["g1"]]
     for b in doc["boards"]:
@@ -217,6 +218,12 @@ def test_local_transport_deploys_serves_and_stops_without_ssh(tiny_build, tmp_pa
     pids = [b["pid"] for b in doc["boards"]]
     try:
         _infer_matches_reference(tiny_build, doc)
+        img = tmp_path / "cat.png"
+        from PIL import Image
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
+        r = _cli("infer", "--deployment", out, str(img), "--json")   # a file, sent as uint8 pixels per --wire
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["summary"]["wire"] == "uint8"
         r = _cli("status", "--deployment", out, "--json")
         assert r.returncode == 0, r.stderr
         assert all(row["up"] and row["pid"] in pids for row in json.loads(r.stdout))

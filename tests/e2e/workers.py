@@ -216,8 +216,9 @@ class LocalWorkers:
 
 
 def write_deployment(path: str, build: str, workers: LocalWorkers, replicas: dict | None = None,
-                     deadline_ms: int = 2000, ports: dict | None = None) -> str:
-    """deployment.json as `deploy --transport local` writes it (ports: override endpoints, e.g. dead ones)."""
+                     deadline_ms: int = 2000, ports: dict | None = None, wire: str | None = None) -> str:
+    """deployment.json as `deploy --transport local` writes it (ports: override endpoints, e.g. dead ones;
+    wire: the deployment's input format, None = not recorded, as older deployments)."""
     from edvit_tool.runtime.manifest import sha256_file
 
     ports = ports or workers.ports
@@ -234,6 +235,8 @@ def write_deployment(path: str, build: str, workers: LocalWorkers, replicas: dic
            "manifest_sha256": sha256_file(os.path.join(build, "manifest.json"))},
            "token_file": workers.token_file, "fusion": {"artifact": "fusion/fusion.fp32.onnx"},
            "boards": boards, "replicas": replicas, "deadline_ms": deadline_ms}
+    if wire is not None:
+        doc["wire"] = wire
     with open(path, "w") as f:
         json.dump(doc, f, indent=2)
     return path
