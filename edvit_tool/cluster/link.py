@@ -31,7 +31,8 @@ def measure_link(tr, address: str, max_mb: float = 32.0, min_seconds: float = 0.
                  timeout: float = 20.0) -> dict:
     """Round trip and host -> board throughput to `address` (see the module docstring). EdvitError on failure."""
     with _ONE_AT_A_TIME:
-        proc = tr.open_module(LINKTEST, ["--host", address, "--max-mb", f"{max_mb + 2:g}",
+        # the growing blocks sum to < 4/3 max_mb: the probe's own cap leaves room for them
+        proc = tr.open_module(LINKTEST, ["--host", address, "--max-mb", f"{2 * max_mb + 1:g}",
                                          "--timeout", f"{timeout:g}"])
         try:
             key = secrets.token_hex(16)
