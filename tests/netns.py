@@ -118,6 +118,14 @@ class Link:
             _run(["tc", "qdisc", "add", "dev", self.host_dev, "root", *tbf])          # host -> board
             _run(ns + ["tc", "qdisc", "add", "dev", self.board_dev, "root", *tbf])    # board -> host
 
+    def set_rate(self, rate_mbit: float) -> None:
+        """Reshape both ends of the running link to rate_mbit."""
+        tbf = tbf_args(rate_mbit, self.burst_kb, self.latency_ms)
+        verb = "replace" if self.rate_mbit else "add"
+        _run(["tc", "qdisc", verb, "dev", self.host_dev, "root", *tbf])
+        _run(["ip", "netns", "exec", self.ns, "tc", "qdisc", verb, "dev", self.board_dev, "root", *tbf])
+        self.rate_mbit = rate_mbit
+
     def close(self) -> None:
         """Remove the veth pair (both ends) and the namespace; safe to call twice."""
         if "veth" in self._made:

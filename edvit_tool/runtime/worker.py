@@ -6,7 +6,7 @@
 Routes: GET /v2/health/live, /v2/health/ready (200 once every model is loaded; no token needed for these two),
 GET /v2 (server metadata), GET /v2/models/<m>[/versions/1] (model metadata), GET /v2/models/<m>/ready,
 GET /v2/models/<m>/stats (ours: request count, errors, p50 of the last 1000 answered requests' time in the
-worker from headers read to answer ready, and of the interpreter call alone),
+worker from headers read to answer ready, of the interpreter call alone, and of image preprocessing),
 POST /v2/models/<m>[/versions/1]/infer (JSON tensors and the binary-tensor extension).
 Everything else needs `Authorization: Bearer <token file contents>`. Inputs with NaN/Inf are refused (400).
 
