@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install board-venv demo test test-fast bench clean
+.PHONY: install board-venv demo test test-fast bench results clean
 
 $(BIN)/edvit-tool: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: install board-venv
 	$(BIN)/python bench/distributed.py
 	$(BIN)/python bench/links.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/paper.py
+
+# README's "Results" block from bench/results/*.json (run after `make bench`)
+results:
+	$(BIN)/python scripts/results_section.py
 
 clean:
 	rm -rf build runs/digits-build .pytest_cache

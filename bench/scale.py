@@ -138,11 +138,37 @@ def _throughput(root: str, depth: int, steps: int, batch: int = 32) -> dict:
     return {"plain_steps_per_s": p, "ours_steps_per_s": o, "ratio": o / p, "batch": batch, "threads": 1}
 
 
+def _jobs(recipe_path: str, name: str) -> dict:
+    """Compile wall time for (--jobs 1, 1 thread), (--jobs 2, 2 threads split 1+1), (--jobs 1, 2 threads)."""
+    import yaml
+
+    with open(recipe_path) as f:
+        rec = yaml.safe_load(f)
+    rec["export"] = {"formats": []}
+    out = {}
+    for label, jobs, threads in (("jobs1_threads1", 1, 1), ("jobs2_threads2", 2, 2), ("jobs1_threads2", 1, 2)):
+        rec["threads"] = threads
+        path = os.path.join(WORK, f"{name}-{label}.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(rec, f)
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "edvit_tool.cli.main", "compile", "--recipe", path, "--out",
+                            os.path.join(WORK, f"build-{name}-{label}"), "--jobs", str(jobs), "-q"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"compile failed: {r.stderr[-2000:]}")
+        out[label] = round(time.perf_counter() - t0, 1)
+    out["ratio_jobs2_vs_jobs1_1thread"] = out["jobs2_threads2"] / out["jobs1_threads1"]
+    out["ratio_jobs2_vs_jobs1_2threads"] = out["jobs2_threads2"] / out["jobs1_threads2"]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="2000,20000")
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--no-jobs", action="store_true", help="skip the --jobs timings")
     a = ap.parse_args()
     os.makedirs(WORK, exist_ok=True)
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -156,9 +182,25 @@ def main() -> int:
         rows.append({"images": n, "generate_seconds": round(gen_s, 1), **r})
         print(f"N={n:>6}: peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB, compile {r['seconds']:.0f} s", flush=True)
     tp = _throughput(_dataset(sizes[0]), a.depth, 6)
+    jobs = {}
+    if not a.no_jobs:
+        digits = os.path.join(REPO, "recipes", "digits.yaml")
+        if os.path.isfile(os.path.join(REPO, "runs", "digits-vit", "model.safetensors")):
+            import yaml
+
+            with open(digits) as f:
+                d = yaml.safe_load(f)
+            d["model"]["checkpoint"] = os.path.join(REPO, "runs", "digits-vit", "model.safetensors")
+            path = os.path.join(WORK, "digits.yaml")
+            with open(path, "w") as f:
+                yaml.safe_dump(d, f)
+            jobs["digits"] = _jobs(path, "digits")
+        else:
+            print("jobs timing on digits skipped: run `make demo` first (it trains runs/digits-vit)")
+        jobs["vit_s"] = _jobs(_recipe(_dataset(sizes[0]), ckpt, a.depth, max(8, a.steps), "jobs-vit-s"), "vit-s")
     res = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
            f"{os.cpu_count()} cores", "model": f"vit_small_patch16_224 structure, depth {a.depth}, random weights",
-           "compile": rows, "throughput": tp}
+           "compile": rows, "throughput": tp, "jobs_seconds": jobs}
     if len(rows) >= 2:
         res["rss_ratio_largest_vs_smallest"] = rows[-1]["peak_rss_bytes"] / rows[0]["peak_rss_bytes"]
     print("\n| images | peak RSS | compile s |\n|---:|---:|---:|")
@@ -169,6 +211,9 @@ def main() -> int:
               f"{res['rss_ratio_largest_vs_smallest']:.3f} (target ≤ 1.15)")
     print(f"fine-tune throughput, ours ÷ plain timm loop: {tp['ratio']:.3f} "
           f"({tp['ours_steps_per_s']:.2f} vs {tp['plain_steps_per_s']:.2f} steps/s, batch {tp['batch']}, 1 thread)")
+    for name, j in jobs.items():
+        print(f"{name}: --jobs 2 (1 thread each) ÷ --jobs 1 (1 thread) = {j['ratio_jobs2_vs_jobs1_1thread']:.2f} "
+              f"(target ≤ 0.6); ÷ --jobs 1 (2 threads) = {j['ratio_jobs2_vs_jobs1_2threads']:.2f} (target ≤ 1)")
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "scale.json"), "w") as f:
         json.dump(res, f, indent=2)

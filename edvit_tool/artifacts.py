@@ -16,6 +16,20 @@ from .errors import ArtifactError
 from .runtime import manifest as mf
 
 
+def read_json_object(path: str, what: str, fix: str, error=ArtifactError) -> dict:
+    """A JSON object from `path`, or one `error` line naming the file, what it should be and `fix`."""
+    if not os.path.isfile(path):
+        raise error(f"{path}: {what} not found; {fix}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise error(f"{path}: {what} is not valid JSON ({' '.join(str(e).split())}); {fix}") from None
+    if not isinstance(doc, dict):
+        raise error(f"{path}: {what} must be a JSON object; {fix}")
+    return doc
+
+
 def file_table(root: str) -> dict:
     """{relpath: {bytes, sha256}} for every file under root except the manifest itself."""
     table = {}

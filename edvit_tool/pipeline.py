@@ -168,7 +168,8 @@ def autocast_for(device: torch.device):
     return contextlib.nullcontext()
 
 
-def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False, resume: bool = False) -> SimpleNamespace:
+def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False, resume: bool = False,
+                  jobs: int = 1) -> SimpleNamespace:
     """Compile `recipe` into `out_dir`. Finished sub-models are kept in `<out_dir>.partial/`; `resume` continues
     from them after a crash or Ctrl-C."""
     from .compile.resume import Partial
@@ -179,14 +180,15 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False, res
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     with autocast_for(device):
-        trained = _train_stages(recipe, bars, peer, device, partial)
+        trained = _train_stages(recipe, bars, peer, device, partial, jobs)
     result = _write_build(recipe, out_dir, bars, trained)
     partial.done()
     return result
 
 
-def _train_stages(recipe: dict, bars, peer: bool, device, partial) -> SimpleNamespace:
-    t_start = time.perf_counter()
+def prepare(recipe: dict, device, bars=None, for_worker: bool = False) -> SimpleNamespace:
+    """Model, data, teacher logits, class groups and the params budget: what every group's training needs.
+    `for_worker`: a --jobs worker (the main process already checked the labels and needs the other splits)."""
     seed = recipe["seed"]
     seed_everything(seed)
     set_threads(recipe["threads"])
@@ -207,15 +209,17 @@ def _train_stages(recipe: dict, bars, peer: bool, device, partial) -> SimpleName
 
     # The original model is the teacher: its logits are computed once for every split.
     t_ft = finetune.predict(model, data.finetune.x, device)
-    if recipe["data"]["check_labels"]:
+    if recipe["data"]["check_labels"] and not for_worker:
         # before any real work: a checkpoint whose head order does not fit the labels scores near chance
         desc = f"{recipe['data']['kind']} {recipe['data']['root'] or ''}".strip()
         check_label_order(t_ft.argmax(1).numpy(), data.finetune.y.numpy(), data.classes, m["classes"], desc)
-    t_fu = finetune.predict(model, data.fusion.x, device)
-    t_va = finetune.predict(model, data.val.x, device)
+    t_fu = t_va = None
     orig_params = surgery.count_params(model)
-    log(f"original {m['name']}: {orig_params:,} params, validation accuracy "
-        f"{finetune.accuracy(t_va, data.val.y):.4f}")
+    if not for_worker:
+        t_fu = finetune.predict(model, data.fusion.x, device)
+        t_va = finetune.predict(model, data.val.x, device)
+        log(f"original {m['name']}: {orig_params:,} params, validation accuracy "
+            f"{finetune.accuracy(t_va, data.val.y):.4f}")
 
     sim = None
     if recipe["split"]["strategy"] == "similarity":
@@ -226,18 +230,37 @@ def _train_stages(recipe: dict, bars, peer: bool, device, partial) -> SimpleName
 
     ratio = recipe["prune"]["target"]["params_ratio"]
     params_target = int(orig_params * ratio) if ratio is not None else None
+    return SimpleNamespace(**locals())
+
+
+def train_group(st: SimpleNamespace, gi: int, recipe: dict, device, bars=None):
+    """Sub-model gi, seeded by its index alone: the same whatever ran before it (resume, --jobs)."""
+    seed_everything(st.seed + 1000 * (gi + 1))
+    return prune_and_finetune(st.model, st.groups[gi], st.data.finetune.x, st.data.finetune.y, st.t_ft, recipe,
+                              st.params_target, device, st.seed + 1000 * (gi + 1), bars, label=f"g{gi}")
+
+
+def _train_stages(recipe: dict, bars, peer: bool, device, partial, jobs: int = 1) -> SimpleNamespace:
+    t_start = time.perf_counter()
+    st = prepare(recipe, device, bars)
+    model, data, t_ft, groups, params_target = st.model, st.data, st.t_ft, st.groups, st.params_target
+    m, n_cls, orig_params, spec, seed = st.m, st.n_cls, st.orig_params, st.spec, st.seed
+    t_fu, t_va = st.t_fu, st.t_va
+    log = bars.log if bars else (lambda s: None)
+    if jobs > 1:
+        from .compile.jobs import train_groups_in_workers
+
+        train_groups_in_workers(recipe, partial, [gi for gi in range(len(groups)) if not partial.has(f"g{gi}")],
+                                jobs, device, bars)
     subs = []
     for gi, group in enumerate(groups):
         sub = partial.load(f"g{gi}", m["name"], m["kwargs"])
         if sub is None:
-            seed_everything(seed + 1000 * (gi + 1))  # per group: a resumed build equals an uninterrupted one
-            sub = prune_and_finetune(model, group, data.finetune.x, data.finetune.y, t_ft, recipe, params_target,
-                                     device, seed + 1000 * (gi + 1), bars, label=f"g{gi}")
+            sub = train_group(st, gi, recipe, device, bars)
             partial.save(f"g{gi}", sub)
         sub = sub.to(device)
         subs.append(sub)
         log(f"g{gi}: {surgery.count_params(sub):,} params ({surgery.count_params(sub) / orig_params:.1%})")
-
     seed_everything(seed + 7)  # what follows does not depend on how the groups were obtained (resumed or not)
     wrapped = [surgery.SubModelWrapper(s) for s in subs]
     va_out = [finetune.predict(w, data.val.x, device) for w in wrapped]

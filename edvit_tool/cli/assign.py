@@ -5,20 +5,10 @@ from __future__ import annotations
 import click
 
 
-
 def _read_json(path: str, what: str, fix: str):
-    import json
-    import os
+    from ..artifacts import read_json_object
 
-    from ..errors import ArtifactError
-
-    if not os.path.isfile(path):
-        raise ArtifactError(f"{path}: {what} not found; {fix}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: {what} is not valid JSON ({e}); {fix}") from None
+    return read_json_object(path, what, fix)
 
 
 def _table(doc: dict, costs, greedy_error: str | None) -> str:

@@ -30,10 +30,13 @@ def _csv(value):
 @click.option("--resume", is_flag=True, help="Continue an interrupted compile of the same recipe into the same --out: "
                                              "sub-models finished before the crash or Ctrl-C (kept in OUT.partial/) "
                                              "are loaded, not trained again.")
+@click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
+              help="Train the groups' sub-models in this many worker processes (CPU threads are split between "
+                   "them; one GPU each when several are visible). The build is the same as with --jobs 1.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def command(recipe_path, out_dir, checkpoint, groups, strategy, criterion, params_ratio, formats, quant, device,
-            seed, peer, resume, as_json, quiet):
+            seed, peer, resume, jobs, as_json, quiet):
     """Compile a fine-tuned timm ViT into K class-wise pruned sub-models + a fusion head.
 
     \b
@@ -54,12 +57,17 @@ def command(recipe_path, out_dir, checkpoint, groups, strategy, criterion, param
     recipe = recipe_mod.load(recipe_path, overrides)
     out_dir = out_dir or os.path.join("build", recipe["name"])
     with Bars(enabled=not (quiet or as_json)) as bars:
-        result = compile_build(recipe, out_dir, bars=bars, peer=peer, resume=resume)
+        result = compile_build(recipe, out_dir, bars=bars, peer=peer, resume=resume, jobs=jobs)
     if as_json:
         click.echo(json.dumps(result.report, indent=2))
     else:
         click.echo(render_markdown(result.report))
         click.echo(f"Build written to {result.out_dir}")
+    from ..report import write_html_report
+
+    html = write_html_report(result.out_dir)
+    if not as_json:
+        click.echo(f"Report: {html}")
     if result.gate_failures:
         click.echo("Error: accuracy gate failed (artifacts marked failed in the manifest, not shippable): "
                    + "; ".join(result.gate_failures), err=True)

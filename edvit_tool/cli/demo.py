@@ -170,6 +170,9 @@ def command(recipe_path, out_dir, run_dir, retrain, rebuild, train_steps, seed, 
         click.secho("accuracy gate failed (those artifacts are marked failed and not deployed): "
                     + "; ".join(gate_failures), fg="red", err=True)
     if no_boards:
+        from ..report import write_html_report
+
+        click.echo(f"Report: {write_html_report(out_dir)}")
         return 1 if gate_failures else 0
 
     from ..loop import run_dir_for, run_loop
@@ -179,6 +182,11 @@ def command(recipe_path, out_dir, run_dir, retrain, rebuild, train_steps, seed, 
                    known_hosts=known_hosts, reprofile=rebuild,
                    log=lambda m: click.echo(m, err=True))
     _print_loop(res)
+    from ..report import write_html_report
+
+    html = write_html_report(out_dir, profiles=res["profile"]["path"], plan=res["plan"]["path"],
+                             deployment=res["deployment"]["path"])
+    click.echo(f"Report: {html}")
     if not res["accuracy_ok"]:
         click.secho("Error: the accuracy through the deployment differs from the one it must reproduce",
                     fg="red", bold=True, err=True)

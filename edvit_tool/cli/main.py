@@ -25,6 +25,7 @@ VERBS = {
     "stop": "deploy_stop",
     "infer": "infer",
     "serve": "serve",
+    "report": "report",
 }
 
 

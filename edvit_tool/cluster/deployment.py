@@ -75,17 +75,9 @@ def read_token_quietly(doc: dict) -> str | None:
 
 
 def read_json(path: str, what: str = "deployment file") -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise DeploymentError(f"{path}: not found; run `edvit-tool deploy --plan plan.json` to create the "
-                              f"{what}") from None
-    except (OSError, ValueError) as e:
-        raise DeploymentError(f"{path}: cannot read it as JSON ({e}); re-run `edvit-tool deploy`") from None
-    if not isinstance(doc, dict):
-        raise DeploymentError(f"{path}: must hold a JSON object; re-run `edvit-tool deploy`")
-    return doc
+    from ..artifacts import read_json_object
+
+    return read_json_object(path, what, "run `edvit-tool deploy --plan plan.json` to (re)create it", DeploymentError)
 
 
 def read_token(path: str, where: str) -> str:

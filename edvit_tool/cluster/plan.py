@@ -68,16 +68,9 @@ def build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replica
 
 
 def read_json(path: str, what: str, fix: str) -> dict:
-    if not os.path.isfile(path):
-        raise EdvitError(f"{path}: {what} not found; {fix}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as e:
-        raise EdvitError(f"{path}: {what} is not valid JSON ({e}); {fix}") from None
-    if not isinstance(doc, dict):
-        raise EdvitError(f"{path}: {what} must be a JSON object; {fix}")
-    return doc
+    from ..artifacts import read_json_object
+
+    return read_json_object(path, what, fix, EdvitError)
 
 
 def load(plan_path: str) -> tuple[dict, dict]:

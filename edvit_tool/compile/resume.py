@@ -48,6 +48,16 @@ class Partial:
         with open(state, "w", encoding="utf-8") as f:
             json.dump({"fingerprint": self.key}, f)
 
+    @classmethod
+    def attach(cls, out_dir: str, recipe: dict) -> "Partial":
+        """The partial dir a running compile made (a --jobs worker writes into it; nothing is reset)."""
+        self = cls.__new__(cls)
+        self.dir, self.key, self.log = partial_dir(out_dir), fingerprint(recipe), (lambda s: None)
+        return self
+
+    def has(self, name: str) -> bool:
+        return os.path.isfile(os.path.join(self.dir, f"{name}.json"))
+
     def load(self, name: str, model_name: str, kwargs: dict):
         """The finished sub-model `name`, or None."""
         meta = os.path.join(self.dir, f"{name}.json")

@@ -35,13 +35,17 @@ def _tensors(path):
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.slow
-def test_killed_compile_resumes_to_the_uninterrupted_build(tmp_path, ckpt):
-    rec = {"name": "r", "threads": 1,
+def _rec(ckpt):
+    return {"name": "r", "threads": 1,
            "model": {"name": "vit_tiny_patch16_224", "kwargs": KW, "checkpoint": str(ckpt)},
            "data": {"kind": "digits", "mean": [0.5], "std": [0.5]}, "split": {"groups": 3},
            "prune": {"steps": 2, "recovery_steps": 5, "importance_batches": 2},
            "finetune": {"steps": 60}, "fusion": {"steps": 30, "kind": "mlp", "augment_views": 0}}
+
+
+@pytest.mark.slow
+def test_killed_compile_resumes_to_the_uninterrupted_build(tmp_path, ckpt):
+    rec = _rec(ckpt)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(rec))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -63,4 +67,17 @@ def test_killed_compile_resumes_to_the_uninterrupted_build(tmp_path, ckpt):
     assert not partial.exists()
     for rel in ("submodels/g0.pt", "submodels/g1.pt", "submodels/g2.pt", "fusion/fusion.pt"):
         a, b = _tensors(whole / rel), _tensors(cut / rel)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
+
+
+@pytest.mark.slow
+def test_jobs_2_gives_the_build_of_jobs_1(tmp_path, ckpt):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(_rec(ckpt)))
+    for name, jobs in (("one", "1"), ("two", "2")):
+        r = subprocess.run(_compile(recipe, tmp_path / name, "--jobs", jobs), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "two.partial").exists()
+    for rel in ("submodels/g0.pt", "submodels/g1.pt", "submodels/g2.pt", "fusion/fusion.pt"):
+        a, b = _tensors(tmp_path / "one" / rel), _tensors(tmp_path / "two" / rel)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel

@@ -310,7 +310,7 @@ def test_coordinator_rejects_a_batch_of_the_wrong_shape(cluster):
 def test_bad_deployment_files_name_the_problem(cluster, tmp_path, capsys):
     dep, _ = cluster
     rc = cli_main(["infer", "--deployment", str(tmp_path / "missing.json"), "x.png"])
-    assert rc == 2 and "missing.json: not found" in capsys.readouterr().err
+    assert rc == 2 and "missing.json: deployment file not found" in capsys.readouterr().err
     doc = json.load(open(dep))
     doc["boards"][0]["models"] = ["g7"]
     p = tmp_path / "d.json"

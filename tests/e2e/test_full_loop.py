@@ -189,6 +189,8 @@ def test_demo_runs_the_loop_on_local_workers_and_stops_them(digits_build, tmp_pa
     for line in ("Accuracy through the deployment", "EQUAL", "Latency per image", "Throughput",
                  "original ViT (fp32, torch)", "ED-ViT distributed"):
         assert line in out.out, line
+    assert f"Report: {os.path.join(os.path.abspath(build), 'report.html')}" in out.out
+    assert os.path.getmtime(os.path.join(build, "report.html")) >= built_at
 
     # a second run reuses the profiles too
     rc = main(["demo", "--recipe", recipe, "--out", build, "--run-dir", str(run), "--runs", "5"])

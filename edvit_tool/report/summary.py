@@ -24,7 +24,7 @@ def build_report(manifest: dict, peer: dict | None, seconds: float, gate_failure
         "size_ratio": manifest["model"]["bytes"] / largest,
         "compile_seconds": seconds,
         "artifacts": [{k: a.get(k) for k in ("file", "format", "quant", "bytes", "sha256", "max_abs_diff",
-                                             "top1_agreement", "status", "float_layers")}
+                                             "top1_agreement", "top1_agreement_val", "status", "float_layers")}
                       for a in manifest.get("artifacts", [])],
         "exported_accuracy": acc.get("exported", {}),
         "gate_failures": gate_failures,
@@ -57,11 +57,11 @@ def render_markdown(r: dict) -> str:
         lines.append(f"| {s['name']} | {', '.join(s['class_names'])} | {s['params']:,} | {100 * s['params_ratio']:.1f} |"
                      f" {s['bytes']:,} | {s['flops'] / 1e6:.2f} | {_pct(s['accuracy_in_group'])} |")
     if r["artifacts"]:
-        lines += ["", "| artifact | format | quant | bytes | max abs diff | top-1 agreement | status |",
+        lines += ["", "| artifact | format | quant | bytes | max abs diff | top-1 agreement (validation) | status |",
                   "|---|---|---|---:|---:|---:|---|"]
         for a in r["artifacts"]:
             mad = a.get("max_abs_diff")
-            agree = a.get("top1_agreement")
+            agree = a.get("top1_agreement_val", a.get("top1_agreement"))
             lines.append(f"| {a['file']} | {a['format']} | {a['quant']} | {a['bytes']:,} | "
                          f"{'—' if mad is None else f'{mad:.2e}'} | {_pct(agree)} | {a.get('status')} |")
     if r["exported_accuracy"]:

@@ -1,0 +1,192 @@
+"""Regenerate README.md's "Results" block from bench/results/*.json (never typed by hand).
+
+    python scripts/results_section.py [--readme README.md] [--results bench/results]
+
+Rewrites what lies between `<!-- results:start -->` and `<!-- results:end -->`: the date, this machine (nproc, CPU
+model), one table per benchmark result found, and the command that reproduces it. Benchmarks without a result
+file are listed as not run. Exit 2 with one `Error:` line when the markers are missing or a result is unreadable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+# result file -> (title, command that writes it)
+BENCHES = {
+    "paper.json": ("Paper-scale sizes and latency (ViT-S/B/L, K sub-models)", "make install board-venv && "
+                   ".venv/bin/python bench/paper.py"),
+    "compile.json": ("Accuracy: original vs fused ensemble vs class-agnostic peer", ".venv/bin/python bench/compile.py"),
+    "export.json": ("Exported artifacts of the demo build", "make demo && .venv/bin/python bench/export.py"),
+    "distributed.json": ("Distributed end-to-end latency (loopback boards, CPU quotas)",
+                         ".venv/bin/python bench/distributed.py"),
+    "worker_overhead.json": ("Worker request overhead", ".venv/bin/python bench/worker_overhead.py"),
+    "profile.json": ("SSH and profiling costs", ".venv/bin/python bench/profile_boards.py"),
+    "scale.json": ("Compile memory and throughput at scale", ".venv/bin/python bench/scale.py"),
+}
+
+
+class ResultsError(Exception):
+    pass
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    return out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+
+
+def _f(v, fmt: str = ".2f", suffix: str = "") -> str:
+    return "—" if not isinstance(v, (int, float)) else f"{v:{fmt}}{suffix}"
+
+
+def render_paper(d: dict) -> list[str]:
+    rows = []
+    for r in d["rows"]:
+        b = r["bytes"]
+        rows.append([r["model"], r["k"], _f(100 * r["budget_ratio"], ".1f", " %"), f"{r['params']:,}",
+                     _f(r["flops"] / 1e9), _f(b["tflite/fp32"] / 1e6, ".1f"), _f(b["tflite/int8-dynamic"] / 1e6, ".1f"),
+                     _f(b["onnx/fp32"] / 1e6, ".1f"), _f(r["size_ratio"]["tflite/fp32"], ".1f", "×"),
+                     _f(r["latency_ms"]["tflite/fp32"], ".1f"), _f(r["latency_ratio"]["tflite/fp32"], ".1f", "×"),
+                     _f(r["latency_ratio"]["onnx/fp32"], ".1f", "×")])
+    best_size = max(d["rows"], key=lambda r: r["size_ratio"]["tflite/fp32"])
+    best_lat = max(d["rows"], key=lambda r: r["latency_ratio"]["tflite/fp32"])
+    paper = d.get("paper") or {}
+    lines = _table(["model", "K", "budget", "params (largest sub-model)", "GFLOPs", "TFLite fp32 MB", "TFLite int8 MB",
+                    "ONNX fp32 MB", "size ×", "TFLite ms", "latency × TFLite", "latency × ONNX"], rows)
+    lines += ["", f"Paper (ED-ViT, up to): {paper.get('size_ratio')}× smaller, {paper.get('latency_ratio')}× faster. "
+                  f"Ours: {best_size['size_ratio']['tflite/fp32']:.1f}× smaller ({best_size['model']}, "
+                  f"K={best_size['k']}), {best_lat['latency_ratio']['tflite/fp32']:.1f}× faster "
+                  f"({best_lat['model']}, K={best_lat['k']}).",
+              "", f"Random weights (structure only: sizes and latency, no accuracy). Budget: {d.get('budget')}. "
+                  f"int8 = {d.get('int8')}. Ratios are original ÷ largest sub-model; latency: single image, "
+                  f"{d.get('threads')} thread, {d.get('cpu_limit')}, separate processes, median of {d.get('rounds')} "
+                  f"rounds of per-process p50s, on a machine shared with other jobs (noisy). End to end: "
+                  f"{d.get('end_to_end')}."]
+    return lines
+
+
+def render_compile(d: dict) -> list[str]:
+    rows = [[r["variant"], r["k"], _f(100 * r["original_accuracy"], ".2f", " %"),
+             _f(100 * r["fused_accuracy"], ".2f", " %"), r.get("fusion_kind", "—"),
+             _f(100 * r["peer_accuracy"], ".2f", " %") if r.get("peer_accuracy") is not None else "—",
+             _f(100 * r["max_params_ratio"], ".1f", " %"), _f(r["size_ratio"], ".2f", "×")] for r in d["rows"]]
+    return _table(["data", "K", "original", "fused", "fusion", "peer", "largest sub-model params", "size ×"], rows)
+
+
+def render_export(d: dict) -> list[str]:
+    rows = [[v["variant"], f"{v['submodel_bytes']:,}", _f(v.get("ratio_vs_fp32"), ".3f"),
+             _f(100 * v["fused_accuracy"], ".2f", " %"), _f(v.get("latency_ms_submodel_median"), ".3f"),
+             v.get("status", "—")] for v in d["variants"]]
+    return _table(["variant", "sub-model bytes", "÷ fp32", "fused accuracy", "sub-model ms (p50)", "status"], rows)
+
+
+def render_distributed(d: dict) -> list[str]:
+    rows = [[r["config"], _f(r.get("slowest_compute_p50_ms")), _f(r.get("e2e_p50_ms")), _f(r.get("e2e_p99_ms")),
+             _f(r.get("throughput_rps"), ".1f"), _f(r.get("speedup_vs_original_p50", 1.0), ".2f", "×")]
+            for r in d["rows"]]
+    return _table(["config", "slowest board compute ms", "e2e p50 ms", "e2e p99 ms", "images/s", "speedup"], rows) \
+        + ["", str(d.get("note", ""))]
+
+
+def render_worker_overhead(d: dict) -> list[str]:
+    rows = [[c["case"], c.get("backend", "—"), _f(c.get("direct_p50_ms"), ".3f"), _f(c.get("worker_p50_ms"), ".3f"),
+             _f(c.get("overhead_p50_ms"), ".3f"), _f(c.get("worker_rss_mb"), ".1f")] for c in d["cases"]]
+    return _table(["case", "backend", "direct p50 ms", "through the worker p50 ms", "overhead ms", "worker RSS MB"],
+                  rows)
+
+
+def render_profile(d: dict) -> list[str]:
+    rows = [[k, _f(v.get("p50"), ".3f"), _f(v.get("p99"), ".3f")] for k, v in (d.get("ssh") or {}).items()
+            if isinstance(v, dict) and "p50" in v]
+    return _table(["SSH measure", "p50 ms", "p99 ms"], rows)
+
+
+def render_scale(d: dict) -> list[str]:
+    rows = [[r["images"], _f(r["peak_rss_bytes"] / 2 ** 30, ".2f", " GiB"), r.get("seconds", "—")]
+            for r in d.get("compile") or []]
+    tp = d.get("throughput") or {}
+    return _table(["images", "peak RSS", "compile s"], rows) + [
+        "", f"Fine-tune throughput, ours ÷ a plain timm loop: {_f(tp.get('ratio'), '.3f')}. {d.get('model', '')}."]
+
+
+RENDERERS = {"paper.json": render_paper, "compile.json": render_compile, "export.json": render_export,
+             "distributed.json": render_distributed, "worker_overhead.json": render_worker_overhead,
+             "profile.json": render_profile, "scale.json": render_scale}
+
+
+def section(results_dir: str) -> str:
+    lines = [START, "",
+             f"Generated {time.strftime('%Y-%m-%d')} by `python scripts/results_section.py` from `bench/results/*.json`"
+             f" on {os.cpu_count()} × {cpu_model()} ({platform.system()} {platform.machine()}). Timings "
+             "depend on the machine and its load. Rerun a benchmark, then the script, to refresh this block.", ""]
+    missing = []
+    for name, (title, command) in BENCHES.items():
+        path = os.path.join(results_dir, name)
+        if not os.path.isfile(path):
+            missing.append(f"`{command}`")
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+            body = RENDERERS[name](doc)
+        except (OSError, ValueError) as e:
+            raise ResultsError(f"{path}: not readable JSON ({e}); rerun `{command}`") from None
+        except (KeyError, TypeError) as e:
+            raise ResultsError(f"{path}: lacks {e} (written by an older benchmark?); rerun `{command}`") from None
+        written = time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(path)))
+        lines += [f"#### {title}", "", f"`{command}` (result written {written})", ""] + body + [""]
+    if missing:
+        lines += ["Not run for this snapshot: " + ", ".join(missing) + ".", ""]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def rewrite(readme: str, results_dir: str) -> str:
+    try:
+        with open(readme, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ResultsError(f"{readme}: cannot read ({e.strerror})") from None
+    i, j = text.find(START), text.find(END)
+    if i < 0 or j < i:
+        raise ResultsError(f"{readme}: no `{START}` ... `{END}` block; add both markers where the results go")
+    new = text[:i] + section(results_dir) + text[j + len(END):]
+    with open(readme, "w", encoding="utf-8") as f:
+        f.write(new)
+    return new
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--readme", default=os.path.join(REPO, "README.md"))
+    ap.add_argument("--results", default=os.path.join(REPO, "bench", "results"))
+    args = ap.parse_args(argv)
+    try:
+        rewrite(args.readme, args.results)
+    except ResultsError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
+    print(f"rewrote the results block of {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
