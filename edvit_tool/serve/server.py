@@ -3,8 +3,8 @@
 Clients call one URL with any OIP v2 / Triton HTTP client; behind it the coordinator fans each request out to
 the boards and fuses the answers. Model `edvit` (also reachable under the build's model name): input
 `pixel_values` FP32 [B, C, H, W] (preprocessed per the manifest), UINT8 [B, H, W, C] (pixels, any size) or BYTES
-[B] (png/jpg files; passed to the boards as they are when the deployment's wire allows it), outputs `logits` and `probabilities` FP32
-[B, N] and `degraded` BOOL [B] (true when a sub-model's slice was missing); response headers `Edvit-Degraded`
+[B] (png/jpg files; passed to the boards as they are when the deployment's wire allows it), outputs `logits`
+and `probabilities` FP32 [B, N] and `degraded` BOOL [B] (true when a sub-model's slice was missing); response headers `Edvit-Degraded`
 and `Edvit-Missing` say the same. `/metrics`: Prometheus text (requests, images, degraded, failures, latency
 histogram, per-board up / requests / failures). The CLI (cli/serve.py) only parses flags and calls `run`.
 """
