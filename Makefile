@@ -33,6 +33,7 @@ bench: install board-venv
 	$(BIN)/python bench/worker_overhead.py
 	$(BIN)/python bench/profile_boards.py
 	$(BIN)/python bench/distributed.py
+	$(BIN)/python bench/links.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/paper.py
 

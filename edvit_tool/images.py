@@ -8,6 +8,8 @@ npz files: key `x`, either raw uint8 images ([N, H, W], [N, H, W, C] or [N, C, H
 arrays that are already preprocessed ([N, C, H, W], or [N, H, W] for a 1-channel model; resized when the size
 differs, never channel-converted since their normalisation is unknown). Optional `y`: integer labels, for accuracy.
 Image folders (eval sets): DIR/<class name>/<image>, class names as in the manifest.
+`load_wire_inputs` keeps what the sources give for a deployment to send compactly (serve/wire.py): image files
+as their bytes, raw uint8 npz images as uint8 pixels at the model's size; float npz rows stay float32.
 Host side, torch-free (PIL + numpy).
 """
 
@@ -114,6 +116,12 @@ def load_npz(path: str, spec: dict) -> tuple:
 
 def load_image_folder(root: str, spec: dict, classes: list) -> Inputs:
     """ROOT/<class name>/<image> -> Inputs with labels = the class's index in `classes` (the manifest's)."""
+    paths, labels = _list_folder(root, classes)
+    return Inputs(paths, _preprocess(paths, spec, paths), np.asarray(labels, dtype=np.int64))
+
+
+def _list_folder(root: str, classes: list) -> tuple:
+    """ROOT/<class name>/<image> -> ([paths], [labels])."""
     if not os.path.isdir(root):
         raise DataError(f"{root}: not a directory; give a folder with one sub-folder per class")
     index = {str(c): i for i, c in enumerate(classes)}
@@ -131,7 +139,93 @@ def load_image_folder(root: str, spec: dict, classes: list) -> Inputs:
                 labels.append(index[d])
     if not paths:
         raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTS)}) in its class sub-folders")
-    return Inputs(paths, _preprocess(paths, spec, paths), np.asarray(labels, dtype=np.int64))
+    return paths, labels
+
+
+def _read_files(paths: list) -> np.ndarray:
+    """Image files -> object array of their bytes; each checked to be a readable image (header only)."""
+    out = np.empty(len(paths), dtype=object)
+    for i, p in enumerate(paths):
+        if not os.path.isfile(p):
+            raise DataError(f"{p}: no such file")
+        try:
+            with open(p, "rb") as f:
+                out[i] = f.read()
+        except OSError as e:
+            raise DataError(f"{p}: cannot read it ({e.strerror or e})") from None
+        try:
+            pp.image_size(out[i], p)
+        except pp.ImageError as e:
+            raise DataError(str(e)) from None
+    return out
+
+
+def load_wire_inputs(paths, spec: dict, classes: list | None = None) -> Inputs:
+    """Like `load_inputs`, but `x` keeps the most compact form every source allows: image files (and folders)
+    -> object array of the files' bytes; raw uint8 npz images -> uint8 [N, H, W, C] at the model's size;
+    float npz -> float32 [N, C, H, W]. Mixed sources meet at the least compact kind among them (files are
+    decoded here when a source has only pixels, everything is preprocessed when one has only floats)."""
+    names, parts, ys = [], [], []
+    for path in paths:
+        ext = os.path.splitext(path)[1].lower()
+        if classes is not None and os.path.isdir(path):
+            files, labels = _list_folder(path, classes)
+            parts.append(("files", _read_files(files), files))
+            ys.append(np.asarray(labels, dtype=np.int64))
+            names += files
+        elif ext == ".npz":
+            x, y = _load_npz_raw(path, spec)
+            parts.append(("pixels" if x.dtype == np.uint8 else "floats", x, [f"{path}[{i}]" for i in range(len(x))]))
+            ys.append(y)
+            names += parts[-1][2]
+        elif ext in IMAGE_EXTS:
+            parts.append(("files", _read_files([path]), [path]))
+            ys.append(None)
+            names.append(path)
+        else:
+            raise DataError(f"{path}: unknown input type {ext or '(no extension)'}; give image files "
+                            f"({', '.join(IMAGE_EXTS)}), an .npz with x (and y) or a folder of class sub-folders")
+    if not parts:
+        raise DataError("no inputs given; pass image files or an .npz")
+    kinds = {k for k, _, _ in parts}
+    if kinds == {"files"}:
+        x = np.concatenate([a for _, a, _ in parts])
+    elif "floats" not in kinds:
+        x = np.concatenate([a if k == "pixels" else _crops(a, spec, n) for k, a, n in parts])
+    else:
+        x = np.concatenate([a if k == "floats" else pp.normalize(a if k == "pixels" else _crops(a, spec, n), spec)
+                            for k, a, n in parts])
+    y = np.concatenate(ys) if all(v is not None for v in ys) else None
+    return Inputs(names, x, y)
+
+
+def _crops(images, spec: dict, names) -> np.ndarray:
+    try:
+        return np.stack([pp.resize_crop(im, spec, n) for im, n in zip(images, names)])
+    except pp.ImageError as e:
+        raise DataError(str(e)) from None
+
+
+def _load_npz_raw(path: str, spec: dict) -> tuple:
+    """npz -> (uint8 [N, H, W, C] at the model's size for raw images, or float32 [N, C, H, W], y or None)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            is_raw = "x" in z.files and z["x"].dtype == np.uint8
+            if is_raw:
+                x = z["x"]
+                y = z["y"] if "y" in z.files else None
+    except (OSError, ValueError):
+        is_raw = False  # load_npz names the problem
+    if not is_raw:
+        return load_npz(path, spec)
+    raw = _raw_channels_last(x, path, spec)
+    pixels = _crops(list(raw), spec, [f"{path}[{i}] (x {list(x.shape)} uint8)" for i in range(len(raw))])
+    if y is not None:
+        y = np.asarray(y).reshape(-1)
+        if y.dtype.kind not in "iu" or len(y) != len(pixels):
+            raise DataError(f"{path}: y must be {len(pixels)} integer labels (one per image in x), got {y.dtype} "
+                            f"with shape {list(np.shape(y))}")
+    return pixels, y
 
 
 def load_inputs(paths, spec: dict, classes: list | None = None) -> Inputs:

@@ -93,13 +93,14 @@ def assign_plan(build_dir: str, profiles_path: str, boards_file: str, plan_path:
     with open(profiles_path, encoding="utf-8") as f:
         profiles = json.load(f)
     costs = A.costs_from_profiles(manifest, profiles, boards, source=profiles_path)
-    transfer = A.transfer_costs(manifest, boards, bandwidth_mbps)
+    transfer = A.transfer_costs(manifest, boards, bandwidth_mbps, profiles)  # measured links where profiled
     exact = A.solve_exact(costs.submodels, costs.boards, costs.t, costs.m, costs.budgets_mb, transfer, replicas)
     try:
         greedy = A.solve_greedy(costs.submodels, costs.boards, costs.t, costs.m, costs.budgets_mb, transfer, replicas)
     except EdvitError:
         greedy = None
-    doc = build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer)
+    doc = build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer,
+                         A.transfer_basis(boards, bandwidth_mbps, profiles))
     _write_json(plan_path, doc)
     return doc
 

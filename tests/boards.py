@@ -6,10 +6,14 @@ separate home and thus a separate ~/.edvit cache. Optionally a cgroup-v1 CPU quo
 (the bench, workers) inherit it. The boards' Python is the slim venv made by scripts/make-board-venv.sh (numpy +
 ai-edge-litert + onnxruntime, no torch).
 
-Needs root (useradd, sshd, cgroups), as CI runs. Used through the `boards` fixture in tests/conftest.py:
+Optionally a board sits behind a rate-limited link: its own network namespace joined to the host by a veth
+pair shaped with tc tbf (tests/netns.py); its sshd and everything it starts (workers) then live at the
+namespace's address, reached through the link.
+
+Needs root (useradd, sshd, cgroups, netns), as CI runs. Used through the `boards` fixture in tests/conftest.py:
 
     def test_x(boards):
-        b0, b1 = boards(2, cpu_quota=[None, 0.25])
+        b0, b1 = boards(2, cpu_quota=[None, 0.25], links=[100, 1000])   # Mbit/s; None = plain loopback
         SshSession(b0.target, identity=b0.identity, known_hosts=b0.known_hosts)
 """
 
@@ -189,6 +193,7 @@ class Board:
     cgroup: str | None = None
     proc: subprocess.Popen | None = field(default=None, repr=False)
     host: str = "127.0.0.1"
+    link: object = None       # a netns.Link when the board is behind a rate-limited link
 
     @property
     def target(self) -> str:
@@ -249,7 +254,8 @@ Subsystem sftp internal-sftp
         # sshd as root insists on /run/sshd; a private mount namespace gives it one without touching the host.
         script = f"mount --bind {d}/run /run && exec {SSHD} -D -e -f {d}/sshd_config"
         log = open(os.path.join(self.dir, "sshd.log"), "ab")
-        self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        netns = self.link.prefix() if self.link is not None else []  # nsenter execs: the pid stays sshd's
+        self.proc = subprocess.Popen(netns + ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                                      stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
         if self.cgroup:  # before any child exists: every session, bench and worker inherits the quota
@@ -323,6 +329,7 @@ class BoardFarm:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edvit-tests", "-f", self.identity],
                        check=True, capture_output=True)
         self.boards: list[Board] = []
+        self.links: list = []              # netns.Link per board behind a shaped link
         self._leases: dict[str, int] = {}  # user -> fd holding its flock
 
     def _user_name(self) -> str:
@@ -341,9 +348,11 @@ class BoardFarm:
         raise BoardSetupError("64 board users are in use; stop other test runs")
 
     def start(self, n: int, cpu_quota=None, known_hosts: str = "prefilled", fresh_home: bool = True,
-              shell: str = "/bin/bash", venv=None) -> list[Board]:
+              shell: str = "/bin/bash", venv=None, links=None) -> list[Board]:
         """Start n boards. cpu_quota: None or a list (per board: None or a fraction of one CPU, e.g. 0.25).
         venv: None or a list (per board: "default" or "tflite-runtime", the board's Python environment).
+        links: None or a list (per board: None = loopback, or the link rate in Mbit/s: the board gets its own
+        network namespace behind a veth pair shaped to that rate both ways; its address is board.host).
 
         known_hosts: "prefilled" (a file holding these boards' keys) or "empty" (a fresh file: accept-new).
         fresh_home: wipe the user's ~/.edvit first so no cache is left from an earlier test.
@@ -356,6 +365,9 @@ class BoardFarm:
             raise ValueError(f"venv has {len(pythons)} entries for {n} boards")
         if len(quotas) != n:
             raise ValueError(f"cpu_quota has {len(quotas)} entries for {n} boards")
+        rates = list(links) if links is not None else [None] * n
+        if len(rates) != n:
+            raise ValueError(f"links has {len(rates)} entries for {n} boards")
         if any(q is not None for q in quotas) and not cgroup_v1_cpu_available():
             import pytest
 
@@ -375,6 +387,9 @@ class BoardFarm:
             b = Board(name=name, user=user, port=0, identity=self.identity, known_hosts=kh, python=pythons[i],
                       home=pw.pw_dir, dir=d, cpu_quota=quotas[i])
             self.boards.append(b)
+            if rates[i] is not None:
+                b.link = self._link(rates[i])
+                b.host = b.link.board_ip
             b.kill_user_processes()  # leftovers of an earlier, crashed run would skew timings
             if fresh_home:
                 shutil.rmtree(os.path.join(pw.pw_dir, ".edvit"), ignore_errors=True)
@@ -391,6 +406,18 @@ class BoardFarm:
         elif known_hosts != "empty":
             raise ValueError(f"known_hosts must be 'prefilled' or 'empty', got {known_hosts!r}")
         return started
+
+    def _link(self, rate_mbit: float):
+        from netns import Link, LinkError
+
+        subnet = self.links[0].subnet if self.links else None  # one /24 per farm, a /30 per board
+        link = Link(rate_mbit, index=len(self.links), subnet=subnet)
+        try:
+            link.up()
+        except LinkError as e:
+            raise BoardSetupError(f"cannot put a board behind a {rate_mbit:g} Mbit/s link: {e}") from None
+        self.links.append(link)
+        return link
 
     def _start_on_free_port(self, b: Board, tries: int = 5) -> None:
         for attempt in range(tries):
@@ -415,6 +442,9 @@ class BoardFarm:
             if fd is not None:
                 os.close(fd)  # releases the flock
         self.boards = []
+        for link in self.links:  # after the boards: nothing may still run inside a namespace we delete
+            link.close()
+        self.links = []
         for fd in self._leases.values():  # users leased for a board that then failed to start
             os.close(fd)
         self._leases = {}

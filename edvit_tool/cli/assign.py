@@ -23,7 +23,10 @@ def _table(doc: dict, costs, greedy_error: str | None) -> str:
             rows.append((d if first else "", p["submodel"], f"{p['format']}/{p['quant']}",
                          f"{p['predicted_ms']:.2f} ms{est}", f"{p['memory_mb']:.0f} MB"))
             first = False
-        tr = f" incl. {info['transfer_ms']:.2f} ms input" if info["transfer_ms"] else ""
+        link = info.get("link") or {}
+        via = f" at {link['mbps']:g} Mbit/s {'measured' if link.get('source') == 'measured' else 'assumed'}" \
+            if link.get("mbps") else ""
+        tr = f" incl. {info['transfer_ms']:.2f} ms input{via}" if info["transfer_ms"] else ""
         rows.append(("", "= board", "", f"{info['predicted_ms']:.2f} ms{tr}",
                      f"{info['memory_mb']:.0f} / {info['memory_budget_mb']:.0f} MB"))
     for d in doc["unused_boards"]:
@@ -66,12 +69,15 @@ boards.yaml:
 @click.option("--objective", default="makespan", show_default=True, type=click.Choice(["makespan"]),
               help="What to minimise: the slowest board's time per image.")
 @click.option("--bandwidth-mbps", default=1000.0, show_default=True, type=click.FloatRange(min=0),
-              help="Link speed used for the input-transfer cost per board (0 = ignore transfer).")
+              help="Link speed for the input-transfer cost of boards whose link `profile` did not measure "
+                   "(0 = ignore their transfer). Measured links are used as measured.")
+@click.option("--wire", type=click.Choice(["fp32", "uint8", "encoded"]), default="fp32", show_default=True,
+              help="Input format the transfer cost assumes (as `deploy --wire`; encoded is counted as uint8).")
 @click.option("--prefer", default=None, metavar="FORMAT[/QUANT]",
               help="Only consider matching variants, e.g. tflite or onnx/int8-static.")
 @click.option("--out", "out", default="plan.json", show_default=True, metavar="FILE", help="Where to write the plan.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of the table.")
-def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidth_mbps, prefer, out, as_json):
+def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidth_mbps, wire, prefer, out, as_json):
     """Place sub-models on boards to minimise the slowest board's latency within memory budgets.
 
     Uses each board's measured latency and peak memory of the fastest artifact variant that passed parity on
@@ -90,7 +96,8 @@ def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidt
     profiles = _read_json(profiles_path, "profiles file",
                           "run `edvit-tool profile --build B --boards boards.yaml` first")
     costs = A.costs_from_profiles(manifest, profiles, boards, prefer=prefer, source=profiles_path)
-    transfer = A.transfer_costs(manifest, boards, bandwidth_mbps)
+    transfer = A.transfer_costs(manifest, boards, bandwidth_mbps, profiles, wire)
+    basis = A.transfer_basis(boards, bandwidth_mbps, profiles)
     t, m = costs.t, costs.m
     exact = A.solve_exact(costs.submodels, costs.boards, t, m, costs.budgets_mb, transfer, replicas)
     greedy, greedy_error = None, None
@@ -101,7 +108,8 @@ def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidt
     from ..artifacts import write_json_atomic
     from ..cluster.plan import build_plan_doc
 
-    doc = build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer)
+    doc = build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer,
+                         basis, wire)
     write_json_atomic(out, doc)
     if as_json:
         click.echo(json.dumps(doc, indent=2))

@@ -38,6 +38,11 @@ artifacts, manifest, token), the old worker is stopped, <root>/current switched 
 health-checked, all under the board's <root>/deploy.lock (a concurrent deploy waits). If any board fails, or
 the deploy is interrupted, every board goes back to its previous release and the error says which board failed
 and why. The bearer token is written to <out>.token (mode 0600) and never printed.
+
+--wire: the image format on the wire to the boards. fp32: preprocessed float32 (588 KiB per 224x224x3 image
+per board); uint8: pixels at the model's size, normalised on the board (147 KiB); encoded: the png/jpg files
+as given, decoded and preprocessed on the board (typically 10-40 KiB); auto: the smallest the caller's input
+allows (files -> encoded unless the files are bigger than their pixels, pixels -> uint8, float32 -> fp32).
 """)
 @click.option("--plan", "plan_path", required=True, metavar="FILE", help="plan.json from `edvit-tool assign`.")
 @click.option("--boards", "boards_file", metavar="FILE",
@@ -48,6 +53,8 @@ and why. The bearer token is written to <out>.token (mode 0600) and never printe
               help="Where to write deployment.json (the token goes beside it, as <name>.token).")
 @click.option("--deadline-ms", default=2000, show_default=True, type=click.IntRange(min=1),
               help="Per-request deadline the coordinator will use (recorded in deployment.json).")
+@click.option("--wire", type=click.Choice(["auto", "fp32", "uint8", "encoded"]), default="auto", show_default=True,
+              help="Image format sent to the boards (recorded in deployment.json); see below.")
 @click.option("--timeout", "timeout_s", default=60.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds each worker may take to load its models and report ready.")
 @click.option("--known-hosts", "known_hosts", type=click.Path(dir_okay=False),
@@ -60,7 +67,7 @@ and why. The bearer token is written to <out>.token (mode 0600) and never printe
 @click.option("--python", "python", default=None,
               help="--transport local: the workers' Python [default: the one running edvit-tool].")
 @click.option("--json", "as_json", is_flag=True, help="Print deployment.json instead of the table.")
-def command(plan_path, boards_file, transport, out, deadline_ms, timeout_s, known_hosts, host_key_policy,
+def command(plan_path, boards_file, transport, out, deadline_ms, wire, timeout_s, known_hosts, host_key_policy,
             connect_timeout, python, as_json):
     """Deploy a plan's sub-models to the boards as one release, all or nothing."""
     import json
@@ -70,11 +77,12 @@ def command(plan_path, boards_file, transport, out, deadline_ms, timeout_s, know
     with BoardProgress(enabled=not as_json) as progress:
         doc = deploy(plan_path, boards_file, transport=transport, out=out, deadline_ms=deadline_ms,
                      timeout_s=timeout_s, known_hosts=known_hosts, host_key_policy=host_key_policy,
-                     connect_timeout=connect_timeout, python=python, progress=progress.update)
+                     connect_timeout=connect_timeout, python=python, progress=progress.update, wire=wire)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return 0
     print_boards(doc)
-    click.echo(f"release {doc['release']} serving on {len(doc['boards'])} board(s) after {doc['seconds']:.1f} s; "
+    click.echo(f"release {doc['release']} serving on {len(doc['boards'])} board(s) after {doc['seconds']:.1f} s, "
+               f"wire {doc['wire']}; "
                f"wrote {out} (token in {doc['token_file']}, not shown)")
     return 0

@@ -37,11 +37,12 @@ def command(deployment, images, top_k, batch, deadline_ms, summary, as_json):
     import numpy as np
 
     from ..serve.coordinator import Coordinator
-    from ..images import load_inputs
+    from ..images import load_wire_inputs
     from ..progress import Bars
 
     with Coordinator(deployment, deadline_ms=deadline_ms) as coord:
-        inputs = load_inputs(images, coord.input_spec, coord.manifest["classes"])
+        # files stay files and raw pixels stay pixels: the deployment's --wire decides what the boards get
+        inputs = load_wire_inputs(images, coord.input_spec, coord.manifest["classes"])
         answers, request_ms = [], []
         with Bars(enabled=not as_json) as bars:
             advance = bars.task("infer", total=len(inputs.x))
@@ -52,11 +53,12 @@ def command(deployment, images, top_k, batch, deadline_ms, summary, as_json):
                 if advance:
                     advance(len(chunk))
         stats = coord.stats()
+        wires = sorted({a.wire for a in answers})
 
     degraded = [a for a in answers if a.degraded]
     missing = sorted({m for a in degraded for m in a.missing})
     lat = np.asarray(request_ms)
-    doc = {"images": len(answers), "requests": len(request_ms), "batch": batch,
+    doc = {"images": len(answers), "requests": len(request_ms), "batch": batch, "wire": ",".join(wires),
            "degraded": len(degraded), "missing_groups": missing,
            "latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))},
            "boards": {n: {"up": b["up"], "p50_ms": b["p50_ms"], "failures": b["failures"]}
@@ -73,7 +75,7 @@ def command(deployment, images, top_k, batch, deadline_ms, summary, as_json):
             tops = ", ".join(f"{cname} {p:.3f}" for _, cname, p in a.top)
             mark = f"  DEGRADED (missing {', '.join(a.missing)})" if a.degraded else ""
             click.echo(f"{name}: {tops}{mark}")
-    line = (f"{doc['images']} images in {doc['requests']} requests (batch {batch}): latency p50 "
+    line = (f"{doc['images']} images in {doc['requests']} requests (batch {batch}, wire {doc['wire']}): latency p50 "
             f"{doc['latency_ms']['p50']:.2f} ms, p99 {doc['latency_ms']['p99']:.2f} ms per request")
     if "accuracy" in doc:
         line = f"accuracy {doc['accuracy'] * 100:.2f} % on " + line

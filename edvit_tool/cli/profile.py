@@ -19,8 +19,10 @@ Examples:
 \b
 Each board gets the runtime, the selected artifacts and the build's reference data in ~/.edvit/cache/<sha256>/
 (files already there are not uploaded again), then `python -m edvit_tool.runtime.bench` runs per artifact and
-checks the outputs against the reference ON THE BOARD. Results are merged into --out keyed by (board, artifact
-sha256). --local N measures this machine N times, one "board" after another, with the same bench as local
+checks the outputs against the reference ON THE BOARD. Before the benches, the link from this machine to each
+SSH board's worker address (boards.yaml `address`, else the SSH host) is measured: round trip and throughput of
+plain TCP to a short-lived probe on the board (--no-link skips it); `assign` then uses each board's own figure for
+its input-transfer cost. Results are merged into --out keyed by (board, artifact sha256). --local N measures this machine N times, one "board" after another, with the same bench as local
 processes (the demo uses it; the figures describe this machine, not a board). Exit 1 if a board is unreachable or an artifact fails parity (the file is written first), 2 on a usage
 error.
 """
@@ -59,8 +61,12 @@ def _split(values) -> list[str]:
               help="Also write a measured device profile YAML per reachable board into this directory.")
 @click.option("--connect-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1), help="Seconds.")
 @click.option("--bench-timeout", default=900.0, show_default=True, type=click.FloatRange(1), help="Seconds per artifact.")
+@click.option("--link/--no-link", "link", default=True, show_default=True,
+              help="Measure each SSH board's link (round trip, throughput) for `assign`.")
+@click.option("--link-mb", default=32.0, show_default=True, type=click.FloatRange(1, 1024),
+              help="Most data sent per board to measure its throughput.")
 def command(hosts, names, boards_file, local_n, build_dir, artifacts, runs, warmup, threads, identity, known_hosts,
-            host_key_policy, python, out, as_json, profile_dir, connect_timeout, bench_timeout):
+            host_key_policy, python, out, as_json, profile_dir, connect_timeout, bench_timeout, link, link_mb):
     """Measure latency, load time, memory and on-board parity of each artifact on each board over SSH."""
     from ..cluster import profile as prof
     from ..errors import EdvitError
@@ -87,7 +93,7 @@ def command(hosts, names, boards_file, local_n, build_dir, artifacts, runs, warm
                                     threads=threads or 1, identity=identity, known_hosts=known_hosts,
                                     python=python or "python3", progress=progress.update,
                                     host_key_policy=host_key_policy, connect_timeout=connect_timeout,
-                                    bench_timeout=bench_timeout)
+                                    bench_timeout=bench_timeout, link=link, link_mb=link_mb)
     prof.write_profiles(doc, out)
     written = []
     if profile_dir:
@@ -130,7 +136,7 @@ def _targets(hosts, names, boards_file, identity, python, threads) -> list[dict]
         from ..config.boards import boards_from_yaml
 
         for b in boards_from_yaml(boards_file):
-            t = {"name": b.name, "target": b.target}
+            t = {"name": b.name, "target": b.target, "address": b.address}
             if b.identity and not identity:
                 t["identity"] = b.identity
             if not python:
@@ -175,6 +181,12 @@ def _print_table(doc: dict) -> None:
             t.add_row(name, "[bold red]FAILED[/]", "", "", "", "", "", "", style="bold red")
     console.print(t)
     for name, b in doc["boards"].items():
+        ln = b.get("link") or {}
+        if ln.get("mbps"):
+            console.print(f"{name}: link to {ln['address']}: {ln['mbps']:.1f} Mbit/s, round trip {ln['rtt_ms']:.3f} ms",
+                          highlight=False)
+        elif ln.get("error"):
+            console.print(f"[yellow]{name}: link not measured: {ln['error']}[/]", highlight=False)
         up = b.get("uploads")
         if up:
             console.print(f"{name}: {up['files']} file(s) uploaded ({up['bytes'] / 1e6:.2f} MB), {up['cached']} "

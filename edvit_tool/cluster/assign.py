@@ -560,10 +560,52 @@ def _cores(board, profiles) -> int | None:
     return int(cores) if isinstance(cores, int) and not isinstance(cores, bool) and cores > 0 else None
 
 
-def transfer_costs(manifest: dict, boards, bandwidth_mbps: float) -> dict[str, float]:
-    """c[d] ms: one float32 input image over a link of `bandwidth_mbps` Mbit/s (0 = ignore transfer)."""
-    if not bandwidth_mbps:
-        return {b.name: 0.0 for b in boards}
-    n = math.prod(manifest["input"]["shape"]) * 4
-    ms = n * 8 / (bandwidth_mbps * 1e6) * 1e3
-    return {b.name: ms for b in boards}
+WIRE_BYTES_PER_VALUE = {"fp32": 4, "uint8": 1, "encoded": 1}  # encoded: counted as its uint8 pixels (an upper
+                                                                # bound for photos; the files are not known yet)
+
+
+def input_bytes(manifest: dict, wire: str = "fp32") -> int:
+    """Bytes of one input image on the wire in format `wire` (fp32 | uint8 | encoded)."""
+    if wire not in WIRE_BYTES_PER_VALUE:
+        raise EdvitError(f"wire must be one of {', '.join(WIRE_BYTES_PER_VALUE)}, got {wire!r}")
+    return math.prod(manifest["input"]["shape"]) * WIRE_BYTES_PER_VALUE[wire]
+
+
+def measured_link(profiles: dict | None, board: str) -> dict | None:
+    """A board's link as `profile` measured it ({"mbps", "rtt_ms", ...}), or None when it has none."""
+    info = ((profiles or {}).get("boards") or {}).get(board)
+    link = info.get("link") if isinstance(info, dict) else None
+    if not isinstance(link, dict):
+        return None
+    mbps, rtt = link.get("mbps"), link.get("rtt_ms", 0.0)
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in (mbps, rtt))
+    return link if ok and mbps > 0 else None
+
+
+def transfer_costs(manifest: dict, boards, bandwidth_mbps: float, profiles: dict | None = None,
+                   wire: str = "fp32") -> dict[str, float]:
+    """c[d] ms: one input image in format `wire` over board d's link — the link `profile` measured for it (its
+    throughput, plus one round trip), else `bandwidth_mbps` Mbit/s for all (0 = ignore transfer)."""
+    n = input_bytes(manifest, wire)
+    out = {}
+    for b in boards:
+        link = measured_link(profiles, b.name)
+        if link is not None:
+            out[b.name] = n * 8 / (link["mbps"] * 1e6) * 1e3 + float(link.get("rtt_ms") or 0.0)
+        else:
+            out[b.name] = n * 8 / (bandwidth_mbps * 1e6) * 1e3 if bandwidth_mbps else 0.0
+    return out
+
+
+def transfer_basis(boards, bandwidth_mbps: float, profiles: dict | None = None) -> dict[str, dict]:
+    """Per board, what its transfer cost rests on: {"source": "measured"|"--bandwidth-mbps"|"ignored", "mbps",
+    "rtt_ms"}."""
+    out = {}
+    for b in boards:
+        link = measured_link(profiles, b.name)
+        if link is not None:
+            out[b.name] = {"source": "measured", "mbps": link["mbps"], "rtt_ms": link.get("rtt_ms")}
+        else:
+            out[b.name] = {"source": "--bandwidth-mbps" if bandwidth_mbps else "ignored",
+                           "mbps": bandwidth_mbps or None, "rtt_ms": None}
+    return out

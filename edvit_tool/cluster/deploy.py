@@ -272,13 +272,14 @@ def _rollback(b: _Board, release: str, timeout_s: float, progress) -> str:
 def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh", out: str = "deployment.json",
            deadline_ms: int = 2000, timeout_s: float = 60.0, known_hosts: str | None = None,
            host_key_policy: str = "accept-new", connect_timeout: float = 10.0, python: str | None = None,
-           progress=None, lock_wait_s: float = LOCK_WAIT_S) -> dict:
+           progress=None, lock_wait_s: float = LOCK_WAIT_S, wire: str = "auto") -> dict:
     """Deploy plan.json's placements; write `out` (deployment.json) and return it.
 
     transport "ssh": boards from boards_yaml (default: the plan's boards_file). "local": workers are processes on
     this machine under <out dir>/.edvit-local/<board>/ on 127.0.0.1 (ports: boards_yaml's worker_port, else free
     ones); `python` is their interpreter (default: this one). timeout_s: per board, for the worker to be ready.
-    lock_wait_s: how long to wait for another deploy's lock on a board. progress(board, message, done, total)
+    lock_wait_s: how long to wait for another deploy's lock on a board. wire: the input format the coordinator
+    sends the boards (auto|fp32|uint8|encoded, recorded in deployment.json). progress(board, message, done, total)
     follows each board. Raises EdvitError (boards rolled back) on failure; on an interrupt (Ctrl-C) during
     activation the boards are rolled back and the interrupt re-raised.
     """
@@ -287,6 +288,8 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
 
     if transport not in TRANSPORTS:
         raise EdvitError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    if wire not in deployment.WIRE_CHOICES:
+        raise EdvitError(f"--wire must be one of {', '.join(deployment.WIRE_CHOICES)}, got {wire!r}")
     if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, int) or deadline_ms <= 0:
         raise EdvitError(f"--deadline-ms must be a positive integer, got {deadline_ms!r}")
     step = progress or (lambda *a: None)
@@ -365,7 +368,7 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
             bad = {n: e for n, e in failed.items() if e is not None}
             if not bad:
                 doc = deployment.document(plan_path, plan, manifest, bfile, boards, release, deadline_ms, out,
-                                          transport, known_hosts, host_key_policy, connect_timeout)
+                                          transport, known_hosts, host_key_policy, connect_timeout, wire)
                 _write_secret(doc["token_file"], token)
                 write_json_atomic(out, doc)
         except BaseException as e:  # Ctrl-C (or a failed write) before the token is saved: nobody could call it

@@ -6,6 +6,8 @@ checks.
     {"schema_version": 1, "release": id, "created": time, "transport": "ssh" | "local",
      "build": {"path": abs dir, "manifest_sha256": str}, "plan": abs path, "boards_file": abs path | null,
      "token_file": abs path (mode 0600, beside deployment.json), "deadline_ms": int,
+     "wire": "auto" | "fp32" | "uint8" | "encoded"   (the boards' input format; missing = fp32, see
+             runtime/wire.py and serve/wire.py),
      "fusion": {"artifact": relpath, "format", "quant", "sha256"},
      "boards": [{"name", "transport", "target", "endpoint": "http://addr:port", "address", "port",
                  "models": [sub-model], "variant", "variants": {model: "fmt/quant"},
@@ -27,6 +29,7 @@ from urllib.parse import urlsplit
 from ..errors import EdvitError
 from ..runtime import manifest as mf
 from ..runtime.manifest import ordered_submodels  # noqa: F401 (re-exported: plan and deploy read it here)
+from ..runtime.wire import WIRE_CHOICES
 
 SCHEMA_VERSION = 1
 TRANSPORTS = ("ssh", "local")
@@ -129,6 +132,9 @@ def load(path: str) -> tuple:
                 raise DeploymentError(f"{at} ({b['name']}): model {m!r} is not a sub-model of the build "
                                       f"(it has {', '.join(sub_names)}); redeploy from a plan for this build")
             hosting[m].append(b["name"])
+    if doc.get("wire", "fp32") not in WIRE_CHOICES:
+        raise DeploymentError(f"{where}: wire must be one of {', '.join(WIRE_CHOICES)}, got {doc.get('wire')!r}; "
+                              "redeploy with `edvit-tool deploy --wire ...`")
     replicas = doc.get("replicas")
     if replicas is None:
         replicas = hosting
@@ -182,7 +188,7 @@ def _fusion(manifest: dict, variants: set[str] = frozenset()) -> dict | None:
 
 
 def document(plan_path, plan, manifest, bfile, boards, release, deadline_ms, out, transport, known_hosts,
-             host_key_policy, connect_timeout) -> dict:
+             host_key_policy, connect_timeout, wire: str = "auto") -> dict:
     """deployment.json for a finished deploy (boards: deploy's per-board records)."""
     replicas: dict[str, list[str]] = {}
     for b in boards:
@@ -212,7 +218,7 @@ def document(plan_path, plan, manifest, bfile, boards, release, deadline_ms, out
         "boards_file": os.path.abspath(bfile) if bfile else None,
         "token_file": token_path(out),
         "fusion": _fusion(manifest, {v for b in boards for v in b.variants.values()}),
-        "boards": entries, "replicas": replicas, "deadline_ms": deadline_ms,
+        "boards": entries, "replicas": replicas, "deadline_ms": deadline_ms, "wire": wire,
         "ssh": {"known_hosts": os.path.abspath(os.path.expanduser(known_hosts)) if known_hosts else None,
                 "host_key_policy": host_key_policy, "connect_timeout": connect_timeout},
     }

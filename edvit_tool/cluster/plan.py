@@ -4,11 +4,13 @@
     {"schema_version": 1,
      "build": {"path": abs build dir, "manifest_sha256": str},
      "boards_file": abs path to boards.yaml,
-     "objective": "makespan", "replicas": int, "bandwidth_mbps": float, "solver": str, "optimal": bool,
+     "objective": "makespan", "replicas": int, "bandwidth_mbps": float (fallback for unmeasured links),
+     "wire": "fp32"|"uint8"|"encoded" (what the transfer costs assume), "solver": str, "optimal": bool,
      "makespan_ms": float, "greedy_makespan_ms": float | null,
      "placements": [{"submodel": "g0", "board": "pi-1", "artifact": relpath, "format": "onnx", "quant": "fp32",
                      "sha256": str, "bytes": int, "predicted_ms": float, "memory_mb": float, "estimated": bool}],
-     "boards": {"pi-1": {boards.yaml entry + predicted_ms, transfer_ms, memory_mb}},
+     "boards": {"pi-1": {boards.yaml entry + predicted_ms, transfer_ms, memory_mb,
+                         link: {"source": "measured"|"--bandwidth-mbps"|"ignored", "mbps", "rtt_ms"}}},
      "unused_boards": [str], "notes": [str]}
 """
 
@@ -23,7 +25,8 @@ from ..runtime import manifest as mf
 SCHEMA_VERSION = 1
 
 
-def build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer) -> dict:
+def build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer,
+                   basis: dict | None = None, wire: str = "fp32") -> dict:
     """plan.json content for the exact solution (greedy's makespan beside it); used by `assign` and the demo."""
     import os
 
@@ -48,6 +51,7 @@ def build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replica
         "objective": "makespan",
         "replicas": replicas,
         "bandwidth_mbps": bandwidth_mbps,
+        "wire": wire,
         "solver": exact.solver,
         "optimal": exact.optimal,
         "makespan_ms": round(exact.makespan_ms, 4),
@@ -55,7 +59,9 @@ def build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replica
         "placements": placements,
         "boards": {d: by_name[d].to_dict() | {"predicted_ms": round(exact.per_board_ms[d], 4),
                                               "transfer_ms": round(transfer[d], 4),
-                                              "memory_mb": round(exact.memory_mb[d], 2)} for d in used},
+                                              "memory_mb": round(exact.memory_mb[d], 2),
+                                              **({"link": basis[d]} if basis and d in basis else {})}
+                  for d in used},
         "unused_boards": [d for d in costs.boards if d not in used],
         "notes": list(costs.notes),
     }

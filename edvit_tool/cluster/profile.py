@@ -12,7 +12,9 @@ not disturb each other's timings):
 2. stage (cluster.payload + transport): the runtime, manifest.json, reference/inputs.npz, each selected artifact
    and its reference outputs; over SSH into ~/.edvit/cache/<sha256>/, skipping what is there, every copy then
    hashed on the board (locally: the build's own files);
-3. per artifact: `python -m edvit_tool.runtime.bench ART --runs N --warmup W --threads T --inputs ... --reference
+3. SSH boards: the link from this machine to the board's worker address (cluster/link.py: round trip and
+   throughput, stored as boards.<name>.link; `assign` turns it into that board's input-transfer cost);
+4. per artifact: `python -m edvit_tool.runtime.bench ART --runs N --warmup W --threads T --inputs ... --reference
    ... --manifest ...` from the shipped runtime; one JSON line back (parsed with json, never pickle). Parity is
    checked ON THE BOARD against the build's reference outputs, with the board's own interpreter: parity.ok
    false (or the board's copy having another sha256) makes the result `usable: false`, and `assign` never
@@ -31,6 +33,7 @@ import time
 
 from .. import __version__
 from ..errors import EdvitError, SshError
+from .link import measure_link
 from .payload import ArtifactJob, Payload, prepare  # noqa: F401 (prepare, Payload: this module's API too)
 from .transport import LocalTransport, SshTransport, Transport
 
@@ -226,13 +229,15 @@ def _parse_bench(res: dict, job: ArtifactJob, rc: int, out: str, err: str, timeo
 
 
 def _profile(tr: Transport, name: str, payload: Payload, runs: int, warmup: int, threads: int,
-             bench_timeout: float, progress, facts: dict | None = None) -> dict:
+             bench_timeout: float, progress, facts: dict | None = None, link_address: str | None = None,
+             link_mb: float = 32.0) -> dict:
     """Profile one board through its transport. Never raises for board trouble: returns
-    {"name", "target", "reachable", "error", "probe", "results", "uploads", "seconds"}."""
+    {"name", "target", "reachable", "error", "probe", "results", "uploads", "seconds", "link"}; link: the
+    measured link to `link_address` (None when not asked, {"address", "error"} when it failed)."""
     total = len(payload.jobs) + 2
     step = progress or (lambda *a: None)
     out = {"name": name, "target": tr.target, "reachable": False, "error": None, "probe": None, "results": [],
-           "uploads": None, "seconds": None}
+           "uploads": None, "seconds": None, "link": None}
     t0 = time.monotonic()
     try:
         step(name, "connecting", 0, total)
@@ -259,6 +264,13 @@ def _profile(tr: Transport, name: str, payload: Payload, runs: int, warmup: int,
             out["uploads"] = staged.counts()
             log.debug("%s: uploaded %d files (%d bytes), %d cached", name, staged.files, staged.bytes,
                       staged.cached)
+        if link_address:  # before the benches: an idle board, nothing else on its link
+            step(name, "measuring link", 2, total)
+            try:
+                out["link"] = measure_link(tr, link_address, max_mb=link_mb)
+            except EdvitError as e:  # the board is still profiled; assign falls back to --bandwidth-mbps
+                out["link"] = {"address": link_address, "error": str(e)}
+                log.warning("%s: link not measured: %s", name, e)
         for i, job in enumerate(payload.jobs):
             step(name, f"bench {job.key}", 2 + i, total)
             out["results"].append(run_bench(tr, name, job, at, runs, warmup, threads, bench_timeout))
@@ -276,13 +288,19 @@ def profile_board(target: str, build_dir: str | None = None, artifacts=None, run
                   threads: int = 1, identity: str | None = None, known_hosts: str | None = None,
                   python: str = "python3", name: str | None = None, *, payload: Payload | None = None,
                   host_key_policy: str = "accept-new", connect_timeout: float = 10.0,
-                  bench_timeout: float = 900.0, progress=None) -> dict:
-    """Profile one SSH board (see `_profile`); progress(board, message, done, total), total = artifacts + 2."""
+                  bench_timeout: float = 900.0, progress=None, address: str | None = None, link: bool = True,
+                  link_mb: float = 32.0) -> dict:
+    """Profile one SSH board (see `_profile`); progress(board, message, done, total), total = artifacts + 2.
+    address: where its worker will listen (default: the SSH host), for the link measurement (link=False: skip)."""
+    from .ssh import parse_target
+
     payload = payload or prepare(build_dir, artifacts)
     name = name or target
     tr = SshTransport(name, target, python, identity=identity, known_hosts=known_hosts,
                       host_key_policy=host_key_policy, connect_timeout=connect_timeout)
-    return _profile(tr, name, payload, runs, warmup, threads, bench_timeout, progress)
+    link_address = (address or parse_target(target)[1]) if link else None
+    return _profile(tr, name, payload, runs, warmup, threads, bench_timeout, progress,
+                    link_address=link_address, link_mb=link_mb)
 
 
 def profile_many(targets, build_dir: str, artifacts=None, runs: int = 50, warmup: int = 5, threads: int = 1,
@@ -298,7 +316,7 @@ def profile_many(targets, build_dir: str, artifacts=None, runs: int = 50, warmup
             t = {"name": t, "target": t}
         elif isinstance(t, (tuple, list)):
             t = {"name": t[0], "target": t[1]}
-        specs.append({"identity": identity, "python": python, "threads": threads, **t})
+        specs.append({"identity": identity, "python": python, "threads": threads, "address": None, **t})
     names = [s["name"] for s in specs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -306,13 +324,15 @@ def profile_many(targets, build_dir: str, artifacts=None, runs: int = 50, warmup
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
         futs = [pool.submit(profile_board, s["target"], artifacts=artifacts, runs=runs, warmup=warmup,
                             threads=s["threads"], identity=s["identity"], known_hosts=known_hosts,
-                            python=s["python"], name=s["name"], payload=payload, progress=progress, **kw)
+                            python=s["python"], name=s["name"], payload=payload, progress=progress,
+                            address=s["address"], **kw)
                 for s in specs]
         boards = [f.result() for f in futs]  # a bug (non-EdvitError) in one board's thread surfaces here
     doc = new_document(payload)
     for b in boards:
         doc["boards"][b["name"]] = {"target": b["target"], "reachable": b["reachable"], "error": b["error"],
-                                    "probe": b["probe"], "uploads": b["uploads"], "seconds": b["seconds"]}
+                                    "probe": b["probe"], "uploads": b["uploads"], "seconds": b["seconds"],
+                                    "link": b["link"]}
         doc["results"] += b["results"]
     return doc
 
@@ -390,6 +410,8 @@ def merge(old: dict | None, new: dict) -> dict:
     for name, b in new["boards"].items():
         if not b["reachable"] and boards.get(name, {}).get("probe"):
             b = {**b, "probe": boards[name]["probe"]}  # keep the last known facts about it
+        if not b.get("link") and (boards.get(name) or {}).get("link"):
+            b = {**b, "link": boards[name]["link"]}    # not measured this time: the last measurement stands
         boards[name] = b
     return {**old, **{k: v for k, v in new.items() if k not in ("boards", "results")},
             "boards": boards, "results": results}

@@ -116,6 +116,10 @@ class Transport:
     def lock(self, wait_s: float, by: str) -> Held:
         raise NotImplementedError
 
+    def open_module(self, module: str, args: list):
+        """`python -m module args` with stdin open: an object with send(bytes), readline(timeout), close()."""
+        raise NotImplementedError
+
     def agent(self, action: str, timeout: float = 60.0, **req) -> dict:
         body = json.dumps({"action": action, "root": self.root, **req}) + "\n"
         rc, out, err = self.run_module(AGENT, [], timeout, input=body)
@@ -170,6 +174,9 @@ class LocalTransport(Transport):
         except subprocess.TimeoutExpired:
             return 124, "", ""
         return r.returncode, r.stdout, r.stderr
+
+    def open_module(self, module, args):
+        return _LocalProcess([self.python, "-m", module, *map(str, args)])
 
     def run_module(self, module, args, timeout, input=None):
         argv = [self.python, "-m", module, *map(str, args)]
@@ -236,6 +243,34 @@ class LocalTransport(Transport):
         return Held(release)
 
 
+class _LocalProcess:
+    """The local twin of ssh.RemoteProcess: a child with open stdin, read line by line."""
+
+    def __init__(self, argv: list):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     env=local_env(), cwd=PACKAGE_PARENT)
+
+    def send(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def readline(self, timeout: float) -> str:
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else b""
+        if not line:
+            raise BoardFailed(f"local process `{' '.join(self.proc.args[1:3])}` printed nothing within {timeout:g}s")
+        return line.decode("utf-8", "replace")
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
 class SshTransport(Transport):
     """A board over SSH (edvit_tool.cluster.ssh)."""
 
@@ -288,6 +323,12 @@ class SshTransport(Transport):
                   f"then exec timeout -k 5 {limit} {cmd}; else exec {cmd}; fi")
         log.debug("%s: %s", self.where, script)
         return self.session.exec_shell(script, timeout=timeout + 15, check=False, input=input)
+
+    def open_module(self, module: str, args: list):
+        """Start `python -m module args` on the board with stdin open: a RemoteProcess (send, readline,
+        close) for exchanges that outlive one command (the link probe)."""
+        rt, cmd = self._module_cmd(module, args)
+        return self.session.open_process(f"cd {shlex.quote(rt)} && exec {cmd}")
 
     def lock(self, wait_s: float, by: str) -> Held:
         rt, cmd = self._module_cmd(AGENT, [])

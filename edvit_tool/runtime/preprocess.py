@@ -107,13 +107,17 @@ def transform_of(spec) -> Transform:
 
 
 # -- decoding ------------------------------------------------------------------------------------------------
-def open_image(image, where: str = "image"):
-    """path / bytes / file object / PIL image / uint8 array -> a loaded PIL image (any mode)."""
+def open_image(image, where: str = "image", max_pixels: int = MAX_PIXELS):
+    """path / bytes / file object / PIL image / uint8 array -> a loaded PIL image (any mode). Files claiming
+    more than `max_pixels` pixels are refused from their header, before decoding (decompression bombs)."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, np.ndarray):
+        if image.ndim >= 2 and image.shape[0] * image.shape[1] > max_pixels:
+            raise ImageError(f"{where}: {image.shape[1]}x{image.shape[0]} pixels is more than {max_pixels}; "
+                             "downscale the image first")
         return _from_array(image, where)
     if isinstance(image, (bytes, bytearray, memoryview)):
         image = io.BytesIO(bytes(image))
@@ -122,13 +126,28 @@ def open_image(image, where: str = "image"):
             raise ImageError(f"{where}: no such file")
     try:
         img = Image.open(image)
-        if img.size[0] * img.size[1] > MAX_PIXELS:
-            raise ImageError(f"{where}: {img.size[0]}x{img.size[1]} pixels is more than {MAX_PIXELS}; "
+        if img.size[0] * img.size[1] > max_pixels:
+            raise ImageError(f"{where}: {img.size[0]}x{img.size[1]} pixels is more than {max_pixels}; "
                              "downscale the image first")
         img.load()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as e:
         raise ImageError(f"{where}: cannot read it as an image ({e}); give a png/jpg file") from None
     return img
+
+
+def image_size(data, where: str = "image", max_pixels: int = MAX_PIXELS) -> tuple:
+    """(width, height) from an image file's header, without decoding it; ImageError when it is not an image or
+    claims more than max_pixels pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(bytes(data)) if isinstance(data, (bytes, bytearray, memoryview)) else data) as img:
+            w, h = img.size
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as e:
+        raise ImageError(f"{where}: cannot read it as an image ({e}); give a png/jpg file") from None
+    if w * h > max_pixels:
+        raise ImageError(f"{where}: {w}x{h} pixels is more than {max_pixels}; downscale the image first")
+    return w, h
 
 
 def _from_array(arr: np.ndarray, where: str):
@@ -198,10 +217,10 @@ def _crop_or_pad(arr: np.ndarray, size: tuple, fill) -> np.ndarray:
     return arr[top:top + ch, left:left + cw]
 
 
-def resize_crop(image, spec, where: str = "image") -> np.ndarray:
+def resize_crop(image, spec, where: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any image (path, bytes, PIL image, uint8 [H, W(, C)] array) -> uint8 [H, W, C] at model resolution."""
     t = transform_of(spec)
-    img = to_mode(open_image(image, where), t.mode)
+    img = to_mode(open_image(image, where, max_pixels), t.mode)
     new_w, new_h = _target_size(img.width, img.height, t)
     if (new_w, new_h) != (img.width, img.height):
         img = img.resize((new_w, new_h), _resample(t.interpolation))

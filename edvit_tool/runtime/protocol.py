@@ -9,6 +9,10 @@ header lists them, each sized by its `parameters.binary_data_size`. A response c
 the request asked for it (`outputs[i].parameters.binary_data`, or the request-level
 `parameters.binary_data_output` when no outputs are listed).
 
+BYTES tensors (OIP's variable-length strings; here: encoded image files) decode to numpy object arrays of
+`bytes`. In binary form each element is a 4-byte little-endian length followed by its bytes (Triton's layout);
+in JSON each element is a string (UTF-8), so binary content such as a JPEG must travel as a binary tensor.
+
 Errors: `ProtocolError(status, message)`; status is the HTTP status (400 for a malformed request or response
 body) or 0 for transport failures (refused, reset, timed out) so a caller catches one type.
 """
@@ -32,6 +36,7 @@ DATATYPES = {
     "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }
 _BY_DTYPE = {dt: name for name, dt in DATATYPES.items()}  # np.dtype keys: '<f4' == 'float32' == float32
+BYTES = "BYTES"  # variable-length elements: numpy object arrays of bytes (not in DATATYPES: no fixed itemsize)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_TYPE = "application/json"
 _DIGITS = re.compile(r"[0-9]{1,15}\Z")
@@ -50,6 +55,8 @@ class ProtocolError(Exception):
 def datatype_of(dtype) -> str:
     """numpy dtype (or its name) -> OIP datatype string."""
     dt = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+    if dt.kind == "O":  # numpy fixed-width "S" arrays drop trailing NULs: not for file bytes
+        return BYTES
     name = _BY_DTYPE.get(dt)
     if name is None:
         raise ProtocolError(400, f"dtype {dt.name} has no OIP datatype; use one of "
@@ -123,12 +130,16 @@ def _tensors(items, binary: memoryview, kind: str) -> dict:
         if t["name"] in out:
             raise ProtocolError(400, f"{where} appears twice")
         shape = _shape(t, where)
-        dt = dtype_of(t.get("datatype"))
         count = math.prod(shape)
         params = t.get("parameters") or {}
         if not isinstance(params, dict):
             raise ProtocolError(400, f"{where}: parameters must be an object")
         size = params.get("binary_data_size")
+        if t.get("datatype") == BYTES:
+            out[t["name"]], used = _bytes_tensor(t, shape, count, size, binary[offset:], where)
+            offset += used
+            continue
+        dt = dtype_of(t.get("datatype"))
         if size is not None:
             if not isinstance(size, int) or size < 0:
                 raise ProtocolError(400, f"{where}: binary_data_size must be a non-negative integer")
@@ -161,13 +172,67 @@ def _tensors(items, binary: memoryview, kind: str) -> dict:
     return out
 
 
+def _bytes_tensor(t: dict, shape: list, count: int, size, binary: memoryview, where: str) -> tuple:
+    """A BYTES tensor -> (object array of bytes, binary bytes consumed)."""
+    out = np.empty(count, dtype=object)
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ProtocolError(400, f"{where}: binary_data_size must be a non-negative integer")
+        if size > len(binary):
+            raise ProtocolError(400, f"{where}: body ends {size - len(binary)} bytes short of its binary data")
+        if count * 4 > size:  # every element has a 4-byte length: refuse huge shapes before allocating
+            raise ProtocolError(400, f"{where}: shape {shape} of BYTES needs at least {count * 4} bytes, "
+                                     f"binary_data_size is {size}")
+        pos = 0
+        for i in range(count):
+            if pos + 4 > size:
+                raise ProtocolError(400, f"{where}: BYTES element {i} has no 4-byte length within "
+                                         "binary_data_size")
+            n = int.from_bytes(binary[pos:pos + 4], "little")
+            if pos + 4 + n > size:
+                raise ProtocolError(400, f"{where}: BYTES element {i} claims {n} bytes, more than "
+                                         "binary_data_size leaves")
+            out[i] = bytes(binary[pos + 4:pos + 4 + n])
+            pos += 4 + n
+        if pos != size:
+            raise ProtocolError(400, f"{where}: {size - pos} bytes of binary_data_size follow the last BYTES "
+                                     "element")
+        return out.reshape(shape), size
+    if "data" not in t:
+        raise ProtocolError(400, f"{where}: has neither 'data' nor parameters.binary_data_size")
+    flat = []
+
+    def walk(v, depth=0):
+        if isinstance(v, list) and depth < 32:
+            for e in v:
+                walk(e, depth + 1)
+        elif isinstance(v, str):
+            flat.append(v.encode("utf-8"))
+        else:
+            raise ProtocolError(400, f"{where}: BYTES data must be (nested lists of) strings; send binary content "
+                                     "such as image files as a binary tensor")
+    walk(t["data"])
+    if len(flat) != count:
+        raise ProtocolError(400, f"{where}: shape {shape} needs {count} values, data has {len(flat)}")
+    for i, e in enumerate(flat):
+        out[i] = e
+    return out.reshape(shape), 0
+
+
 # ---- requests ----------------------------------------------------------------------------------------------
 
 def _encode_tensors(arrays: dict, is_binary) -> tuple:
     """{name: array} -> (OIP tensor entries, binary blobs in order); is_binary(name): send that one as binary."""
     tensors, blobs = [], []
     for name, arr in arrays.items():
-        arr = _le(np.asarray(arr))
+        arr = np.asarray(arr)
+        if arr.dtype.kind == "O":
+            t, blob = _encode_bytes(name, arr, is_binary(name))
+            if blob is not None:
+                blobs.append(blob)
+            tensors.append(t)
+            continue
+        arr = _le(arr)
         t = {"name": name, "shape": list(arr.shape), "datatype": datatype_of(arr.dtype)}
         if is_binary(name):
             blobs.append(memoryview(arr.reshape(-1)).cast("B") if arr.size else b"")  # no copy
@@ -176,6 +241,21 @@ def _encode_tensors(arrays: dict, is_binary) -> tuple:
             t["data"] = arr.ravel().tolist()
         tensors.append(t)
     return tensors, blobs
+
+
+def _encode_bytes(name: str, arr: np.ndarray, binary: bool) -> tuple:
+    """A BYTES tensor (array of bytes) -> (OIP tensor entry, binary blob or None)."""
+    items = [bytes(e) for e in arr.reshape(-1)]
+    t = {"name": name, "shape": list(arr.shape), "datatype": BYTES}
+    if binary:
+        blob = b"".join(len(e).to_bytes(4, "little") + e for e in items)
+        t["parameters"] = {"binary_data_size": len(blob)}
+        return t, blob
+    try:
+        t["data"] = [e.decode("utf-8") for e in items]
+    except UnicodeDecodeError:
+        raise ProtocolError(400, f"tensor {name!r}: BYTES that are not UTF-8 text must be sent binary") from None
+    return t, None
 
 
 def encode_request(inputs: dict, outputs=None, binary: bool = True, binary_outputs: bool | None = None,

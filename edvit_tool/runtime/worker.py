@@ -6,9 +6,13 @@
 Routes: GET /v2/health/live, /v2/health/ready (200 once every model is loaded; no token needed for these two),
 GET /v2 (server metadata), GET /v2/models/<m>[/versions/1] (model metadata), GET /v2/models/<m>/ready,
 GET /v2/models/<m>/stats (ours: request count, errors, p50 of the last 1000 answered requests' time in the
-worker from headers read to answer ready, and of the interpreter call alone),
+worker from headers read to answer ready, of the interpreter call alone, and of image preprocessing),
 POST /v2/models/<m>[/versions/1]/infer (JSON tensors and the binary-tensor extension).
 Everything else needs `Authorization: Bearer <token file contents>`. Inputs with NaN/Inf are refused (400).
+
+A sub-model's image input (the manifest's input.name) is also accepted as UINT8 pixels [B, H, W, C] or as BYTES
+[B] (the png/jpg files), preprocessed here with the build's own transform (runtime/wire.py); --max-image-mb and
+--max-image-pixels bound each file.
 
 Traffic is plain HTTP unless --tls-cert/--tls-key are given: on a LAN anyone on the path can read the tensors
 and the bearer token. Limits (httpd.Limits): --max-connections, --max-inflight per model, --max-body-mb for
@@ -37,6 +41,8 @@ from . import backends
 from . import httpd
 from . import manifest as mf
 from . import protocol as oip
+from . import preprocess as pp
+from . import wire
 
 log = logging.getLogger("edvit.worker")
 STATS_WINDOW = 1000  # latencies kept per model for the p50
@@ -59,6 +65,8 @@ class ServedModel:
         self.errors = 0
         self.request_ms: collections.deque = collections.deque(maxlen=STATS_WINDOW)
         self.infer_ms: collections.deque = collections.deque(maxlen=STATS_WINDOW)
+        self.prep_ms: collections.deque = collections.deque(maxlen=STATS_WINDOW)
+        self.image_spec: dict | None = None  # the manifest's input spec when this model takes the image
 
     @property
     def inputs(self) -> list:
@@ -68,7 +76,7 @@ class ServedModel:
     def outputs(self) -> list:
         return self.art.get("outputs") or (self.model.outputs if self.model else [])
 
-    def record(self, ok: bool, request_ms: float, infer_ms: float | None) -> None:
+    def record(self, ok: bool, request_ms: float, infer_ms: float | None, prep_ms: float | None = None) -> None:
         with self._stats_lock:
             self.count += 1
             self.errors += not ok
@@ -76,13 +84,45 @@ class ServedModel:
                 self.request_ms.append(request_ms)
             if ok and infer_ms is not None:
                 self.infer_ms.append(infer_ms)
+            if ok and prep_ms is not None:
+                self.prep_ms.append(prep_ms)
 
     def stats(self) -> dict:
         with self._stats_lock:
-            req, inf = sorted(self.request_ms), sorted(self.infer_ms)
+            req, inf, prep = sorted(self.request_ms), sorted(self.infer_ms), sorted(self.prep_ms)
             count, errors = self.count, self.errors
         return {"name": self.name, "count": count, "errors": errors, "window": len(req),
-                "p50_ms": _median(req), "infer_p50_ms": _median(inf)}
+                "p50_ms": _median(req), "infer_p50_ms": _median(inf), "preprocess_p50_ms": _median(prep)}
+
+    def take_image_input(self, spec: dict | None, inputs: list) -> None:
+        """Accept uint8 / encoded images for the model's input when it is the manifest's image input."""
+        if not spec:
+            return
+        try:
+            c, h, w = pp.transform_of(spec).channels, *pp.transform_of(spec).size
+        except pp.ImageError as e:
+            log.warning("%s: takes FP32 input only: %s", self.name, e)
+            return
+        for t in inputs:
+            if t["name"] == spec.get("name", "pixel_values") and t.get("dtype", "float32") == "float32" \
+                    and len(t["shape"]) == 4 and all(d == want or not isinstance(d, int) or d < 0
+                                                     for d, want in zip(t["shape"][1:], (c, h, w))):
+                self.image_spec = spec
+
+    def image_inputs(self, inputs: dict, limits: dict) -> tuple:
+        """uint8 / encoded image input -> the model's float32 input (other inputs untouched). -> (inputs, ms
+        spent preprocessing or None)."""
+        spec = self.image_spec
+        name = spec.get("name", "pixel_values") if spec else None
+        arr = inputs.get(name) if name else None
+        if arr is None or wire.wire_of(arr) in (None, "fp32"):  # other dtypes: validate() names them
+            return inputs, None
+        t0 = time.perf_counter()
+        try:
+            x = wire.to_model_input(arr, spec, name, **limits)
+        except wire.WireError as e:
+            raise httpd.HttpError(400, str(e)) from None
+        return {**inputs, name: x}, (time.perf_counter() - t0) * 1000
 
     def metadata(self) -> dict:
         def spec(t):
@@ -92,6 +132,8 @@ class ServedModel:
                   "quant": self.art.get("quant"), "sha256": self.art.get("sha256")}
         if self.model is not None:
             params.update(backend=self.model.backend_name, backend_version=self.model.backend_version)
+        if self.image_spec:
+            params["image_datatypes"] = "FP32,UINT8,BYTES"
         platform = _PLATFORMS.get(self.model.backend_name if self.model else "", self.art.get("format", ""))
         return {"name": self.name, "versions": ["1"], "platform": platform,
                 "inputs": [spec(t) for t in self.inputs], "outputs": [spec(t) for t in self.outputs],
@@ -138,9 +180,10 @@ def _median(values: list):
 
 
 class WorkerState(httpd.ServerState):
-    def __init__(self, models: dict, token: str, limits: httpd.Limits):
+    def __init__(self, models: dict, token: str, limits: httpd.Limits, image_limits: dict | None = None):
         super().__init__(token, limits)
         self.models = models
+        self.image_limits = image_limits or {}  # wire.to_model_input's max_bytes / max_pixels
 
     def ready(self) -> bool:
         return all(m.model is not None for m in self.models.values())
@@ -154,11 +197,13 @@ class Handler(httpd.Handler):
     state: WorkerState                  # set on the subclass made by make_server
     _served: ServedModel | None = None  # per request: the model an infer hit (for its stats)
     _infer_ms: float | None = None
+    _prep_ms: float | None = None
 
     def _finished(self, method: str, status: int, t0: float, ready: float | None) -> None:
         if self._served is not None:
-            self._served.record(status == 200, ((ready or time.perf_counter()) - t0) * 1000, self._infer_ms)
-        self._served = self._infer_ms = None
+            self._served.record(status == 200, ((ready or time.perf_counter()) - t0) * 1000, self._infer_ms,
+                                self._prep_ms)
+        self._served = self._infer_ms = self._prep_ms = None
 
     # -- routing ---------------------------------------------------------------------------------------------
     def _route(self, method: str, path: str, parts: list) -> tuple:
@@ -198,11 +243,12 @@ class Handler(httpd.Handler):
         if served.model is None:
             raise httpd.HttpError(503, f"model {served.name!r} is still loading")
         req = self._decode_request(body)
-        served.validate(req.inputs)
+        inputs, self._prep_ms = served.image_inputs(req.inputs, self.state.image_limits)
+        served.validate(inputs)
         wanted = req.wanted([t["name"] for t in served.outputs])
         t0 = time.perf_counter()
         with served.lock:
-            outs = served.model.run(req.inputs)
+            outs = served.model.run(inputs)
         self._infer_ms = (time.perf_counter() - t0) * 1000
         payload, hlen = oip.encode_response(served.name, {n: outs[n] for n, _ in wanted}, dict(wanted),
                                             request_id=req.id)
@@ -252,14 +298,16 @@ def resolve_models(manifest: dict, base_dir: str, names: list, variants: str | N
     return served
 
 
-def load_models(served: dict, backend: str | None, threads: int) -> None:
+def load_models(served: dict, backend: str | None, threads: int, image_spec: dict | None = None) -> None:
     for s in served.values():
         t0 = time.perf_counter()
         try:
-            s.model = backends.load_model(s.path, backend=backend, threads=threads,
-                                          inputs=s.art.get("inputs"), outputs=s.art.get("outputs"))
+            model = backends.load_model(s.path, backend=backend, threads=threads,
+                                        inputs=s.art.get("inputs"), outputs=s.art.get("outputs"))
         except backends.BackendError as e:
             raise WorkerError(f"{s.name}: {e}") from None
+        s.take_image_input(image_spec, s.art.get("inputs") or model.inputs)  # before: `model` set = ready
+        s.model = model
         log.info("loaded %s (%s) on %s %s in %.0f ms", s.name, mf.artifact_key(s.art), s.model.backend_name,
                  s.model.backend_version, (time.perf_counter() - t0) * 1000)
 
@@ -316,6 +364,10 @@ def parse_args(argv):
     p.add_argument("--max-body-mb", type=float, default=16.0, help="request body limit (413 above it)")
     p.add_argument("--max-json-mb", type=float, default=None,
                    help="limit for JSON bodies, which grow ~14x once parsed (default: a quarter of --max-body-mb)")
+    p.add_argument("--max-image-mb", type=float, default=wire.MAX_ENCODED_BYTES / (1 << 20),
+                   help="largest image file accepted in a BYTES input (each)")
+    p.add_argument("--max-image-pixels", type=int, default=pp.MAX_PIXELS,
+                   help="refuse image files whose header claims more pixels (checked before decoding)")
     p.add_argument("--max-connections", type=int, default=64, help="open connections served at once (503 above)")
     p.add_argument("--max-inflight", type=int, default=2,
                    help="requests per model being read, decoded or run at once (the rest wait, then 503)")
@@ -332,6 +384,8 @@ def parse_args(argv):
         raise WorkerError("--threads must be >= 1, --max-body-mb > 0 and --port in 0..65535")
     if a.max_json_mb is not None and a.max_json_mb <= 0:
         raise WorkerError("--max-json-mb must be > 0")
+    if a.max_image_mb <= 0 or a.max_image_pixels <= 0:
+        raise WorkerError("--max-image-mb and --max-image-pixels must be > 0")
     problem = limits_from(a).check()
     if problem:
         raise WorkerError(f"--max-connections / --max-inflight / --*-timeout-s: {problem}")
@@ -360,7 +414,8 @@ def serve(argv=None) -> int:
     if not names or len(set(names)) != len(names):
         raise WorkerError(f"--models {args.models!r}: give distinct model names, e.g. g0,g1")
     served = resolve_models(manifest, base_dir, names, args.variant, args.artifact_dir)
-    state = WorkerState(served, read_token(args.token_file), limits_from(args))
+    image_limits = {"max_bytes": int(args.max_image_mb * (1 << 20)), "max_pixels": args.max_image_pixels}
+    state = WorkerState(served, read_token(args.token_file), limits_from(args), image_limits)
     tls = None
     if args.tls_cert:
         try:
@@ -377,7 +432,7 @@ def serve(argv=None) -> int:
         if args.pidfile:
             _write_pidfile(args.pidfile)
         thread.start()  # live answers while models load; ready only after
-        load_models(served, args.backend, args.threads)
+        load_models(served, args.backend, args.threads, manifest.get("input"))
         host, port = server.server_address[:2]
         _emit({"event": "ready", "host": host, "port": port, "pid": os.getpid(), "tls": tls is not None,
                "models": {n: {"artifact": mf.artifact_key(s.art), "backend": s.model.backend_name}

@@ -1,7 +1,12 @@
 """The coordinator: fans a batch out to every board, gathers the sub-models' outputs, runs the fusion head.
 
     with Coordinator("deployment.json") as coord:
-        answers = coord.infer(batch, top_k=5)      # batch: float32 [B, C, H, W], preprocessed per the manifest
+        answers = coord.infer(batch, top_k=5)
+
+batch: float32 [B, C, H, W] preprocessed per the manifest, uint8 pixels [B, H, W, C], or the image files
+(a list of bytes). What goes on the wire follows deployment.json's `wire` (deploy --wire auto|fp32|uint8|encoded;
+missing: fp32, what older workers take) and what the batch allows (serve/wire.py): uint8 and encoded inputs are
+preprocessed on the boards with the build's own transform.
 
 One request per board and batch (a board with several sub-models runs them one after the other, as the
 assignment assumed), all boards at once, binary OIP v2 tensors on keep-alive connections (one per board per pool
@@ -45,7 +50,10 @@ from ..cluster.deployment import parse_endpoint as _parse_endpoint
 from ..errors import ArtifactError, EdvitError
 from ..runtime import backends
 from ..runtime import manifest as mf
+from ..runtime import preprocess as pp
 from ..runtime import protocol as oip
+from ..runtime import wire as rw
+from . import wire as host_wire
 
 log = logging.getLogger("edvit.coordinator")
 
@@ -73,6 +81,8 @@ class Result:
     board_ms: dict                     # board -> round-trip ms (None: failed or late)
     served_by: dict                    # sub-model -> board that answered it
     latency_ms: float                  # end to end, this batch
+    wire: str = "fp32"                 # the input format sent to the boards
+    request_bytes: int = 0             # body bytes of one board's request (each board got its own copy)
 
 
 @dataclasses.dataclass
@@ -84,10 +94,11 @@ class Answer:
     missing: list
     board_ms: dict
     latency_ms: float                  # of the request this image travelled in
+    wire: str = "fp32"                 # the input format that request sent the boards
 
     def to_json(self) -> dict:
         return {"top": [{"class": c, "name": n, "probability": round(p, 6)} for c, n, p in self.top],
-                "degraded": self.degraded, "missing": list(self.missing),
+                "degraded": self.degraded, "missing": list(self.missing), "wire": self.wire,
                 "board_ms": {b: (None if v is None else round(v, 3)) for b, v in self.board_ms.items()},
                 "latency_ms": round(self.latency_ms, 3)}
 
@@ -133,8 +144,16 @@ class Coordinator:
             raise DeploymentError(f"deadline must be > 0 ms, got {self.deadline_ms}")
         spec = self.manifest["input"]
         self.input_spec = spec
+        self.wire = doc.get("wire") or "fp32"
+        if self.wire not in rw.WIRE_CHOICES:
+            raise DeploymentError(f"{deployment_path}: wire must be one of {', '.join(rw.WIRE_CHOICES)}, got "
+                                  f"{self.wire!r}; redeploy with `edvit-tool deploy --wire ...`")
         self.input_name = spec.get("name", "pixel_values")
         self.input_shape = tuple(spec["shape"])
+        try:
+            pp.transform_of(spec)
+        except pp.ImageError as e:
+            raise ArtifactError(f"{self.build_dir}: manifest {e}; rebuild") from None
         self.classes = list(self.manifest["classes"])
         fusion = self.manifest["fusion"]
         self.source = fusion.get("source", "features")
@@ -224,18 +243,20 @@ class Coordinator:
         self.fusion_artifact = rel
 
     # -- public ----------------------------------------------------------------------------------------------
-    def infer(self, batch: np.ndarray, top_k: int = 5) -> list:
-        """Preprocessed float32 [B, C, H, W] -> one Answer per image (split into requests under the body cap)."""
+    def infer(self, batch, top_k: int = 5) -> list:
+        """A batch (float32 [B, C, H, W], uint8 [B, H, W, C] or image files) -> one Answer per image (split
+        into requests under the body cap)."""
         answers = []
         for res in self._chunks(batch):
             k = max(1, min(int(top_k), res.probabilities.shape[1]))
             order = np.argsort(-res.probabilities, axis=1, kind="stable")[:, :k]
             for i in range(res.probabilities.shape[0]):
                 top = [(int(c), self.classes[c], float(res.probabilities[i, c])) for c in order[i]]
-                answers.append(Answer(top, res.degraded, list(res.missing), dict(res.board_ms), res.latency_ms))
+                answers.append(Answer(top, res.degraded, list(res.missing), dict(res.board_ms), res.latency_ms,
+                                      res.wire))
         return answers
 
-    def run(self, batch: np.ndarray) -> Result:
+    def run(self, batch) -> Result:
         """The whole batch -> fused logits and probabilities (what `serve` answers); one request per board
         unless the batch is over the body cap, then several, merged."""
         parts = list(self._chunks(batch))
@@ -247,21 +268,16 @@ class Coordinator:
             board_ms[b] = None if any(v is None for v in vals) else sum(vals)
         return Result(np.concatenate([p.logits for p in parts]), np.concatenate([p.probabilities for p in parts]),
                       any(p.degraded for p in parts), sorted({m for p in parts for m in p.missing}), board_ms,
-                      {m: b for p in parts for m, b in p.served_by.items()}, sum(p.latency_ms for p in parts))
+                      {m: b for p in parts for m, b in p.served_by.items()}, sum(p.latency_ms for p in parts),
+                      parts[0].wire, sum(p.request_bytes for p in parts))
 
     def check_batch(self, batch) -> np.ndarray:
-        arr = np.asarray(batch)
-        want = list(self.input_shape)
-        if arr.ndim != 4 or list(arr.shape[1:]) != want or arr.shape[0] < 1:
-            raise EdvitError(f"batch has shape {list(arr.shape)}, the build takes [B, {', '.join(map(str, want))}] "
-                             f"float32 (manifest input.shape); load images with edvit_tool.images.load_inputs")
-        if arr.dtype.kind != "f":
-            raise EdvitError(f"batch has dtype {arr.dtype}, expected preprocessed float32 (normalised with the "
-                             "manifest's mean/std); load images with edvit_tool.images.load_inputs")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if not np.isfinite(arr).all():
-            raise EdvitError("batch holds NaN or Inf values; send finite, preprocessed pixels")
-        return arr
+        """A preprocessed float32 batch, checked (shape, dtype, finite) -> contiguous float32."""
+        return host_wire.check_fp32(np.asarray(batch), pp.transform_of(self.input_spec))
+
+    def prepare(self, batch) -> host_wire.Payload:
+        """What this deployment sends for `batch` (see serve/wire.py)."""
+        return host_wire.prepare(batch, self.wire, self.input_spec)
 
     def stats(self) -> dict:
         """A consistent snapshot of the counters (for /metrics and `status`)."""
@@ -309,10 +325,8 @@ class Coordinator:
 
     # -- one request -----------------------------------------------------------------------------------------
     def _chunks(self, batch):
-        batch = self.check_batch(batch)
-        per = max(1, MAX_REQUEST_BYTES // max(1, batch[0].nbytes))
-        for i in range(0, batch.shape[0], per):
-            yield self._run(batch[i:i + per])
+        for part in self.prepare(batch).split(MAX_REQUEST_BYTES):
+            yield self._run(part)
 
     def _pick(self, model: str, tried: set):
         """First board in rotation for `model` that this request has not tried yet (replica order = preference)."""
@@ -322,9 +336,10 @@ class Coordinator:
                 return name
         return None
 
-    def _run(self, batch: np.ndarray) -> Result:
+    def _run(self, payload: host_wire.Payload) -> Result:
         t0 = time.perf_counter()
         deadline = t0 + self.deadline_ms / 1000
+        batch = payload.array
         body, hlen = oip.encode_request({self.input_name: batch}, [self.source], binary=True)
         headers = {"Content-Type": oip.BINARY_TYPE, oip.HEADER_LENGTH: str(hlen)}
         got, served_by, board_ms, errors = {}, {}, {}, {}
@@ -398,7 +413,8 @@ class Coordinator:
                         "; ".join(f"{b}: {e}" for b, e in errors.items()) or "no board in rotation")
         for name in self.boards:
             board_ms.setdefault(name, None)
-        return Result(logits, probs, bool(missing), missing, board_ms, served_by, elapsed * 1000)
+        return Result(logits, probs, bool(missing), missing, board_ms, served_by, elapsed * 1000, payload.wire,
+                      len(body))
 
     def _nobody_message(self, errors: dict) -> str:
         parts = []

@@ -2,8 +2,9 @@
 
 Clients call one URL with any OIP v2 / Triton HTTP client; behind it the coordinator fans each request out to
 the boards and fuses the answers. Model `edvit` (also reachable under the build's model name): input
-`pixel_values` FP32 [B, C, H, W] (preprocessed per the manifest), outputs `logits` and `probabilities` FP32
-[B, N] and `degraded` BOOL [B] (true when a sub-model's slice was missing); response headers `Edvit-Degraded`
+`pixel_values` FP32 [B, C, H, W] (preprocessed per the manifest), UINT8 [B, H, W, C] (pixels, any size) or BYTES
+[B] (png/jpg files; passed to the boards as they are when the deployment's wire allows it), outputs `logits`
+and `probabilities` FP32 [B, N] and `degraded` BOOL [B] (true when a sub-model's slice was missing); response headers `Edvit-Degraded`
 and `Edvit-Missing` say the same. `/metrics`: Prometheus text (requests, images, degraded, failures, latency
 histogram, per-board up / requests / failures). The CLI (cli/serve.py) only parses flags and calls `run`.
 """
@@ -38,6 +39,7 @@ class ServeState(httpd.ServerState):
         n = len(self.coord.classes)
         return {"name": name, "versions": ["1"], "platform": "edvit_ensemble",
                 "inputs": [{"name": self.coord.input_name, "datatype": "FP32", "shape": [-1, c, h, w]}],
+                # also UINT8 [-1, H, W, C] pixels or BYTES [-1] image files (one input, any of the three)
                 "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, n]},
                             {"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
                             {"name": "degraded", "datatype": "BOOL", "shape": [-1]}],
@@ -155,9 +157,9 @@ class Handler(httpd.Handler):
             raise httpd.HttpError(400, f"inputs are {sorted(req.inputs)}; model {name} takes exactly one input "
                                        f"{coord.input_name!r} FP32 [B, {c}, {h}, {w}]")
         x = req.inputs[coord.input_name]
-        if x.dtype != np.float32:
+        if x.dtype not in (np.float32, np.uint8) and x.dtype.kind != "O":
             raise httpd.HttpError(400, f"input {coord.input_name!r}: datatype {oip.datatype_of(x.dtype)}, "
-                                       "expected FP32")
+                                       "expected FP32 (preprocessed), UINT8 (pixels) or BYTES (image files)")
         wanted = req.wanted(list(OUTPUTS))
         res = coord.run(x)
         outs = {"logits": res.logits, "probabilities": res.probabilities,

@@ -71,6 +71,28 @@ def _infer_matches_reference(build, doc, token=None):
                     np.testing.assert_allclose(out["features"], ref["features"][:2], atol=1e-3)
 
 
+def _image_files_match_on_the_boards(build, doc):
+    """The board venv (no torch) turns a PNG file (BYTES) into what the host's preprocessing gives as FP32."""
+    import io
+
+    from PIL import Image
+
+    from edvit_tool.runtime import preprocess as pp
+
+    spec = json.load(open(os.path.join(build, "manifest.json")))["input"]
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(buf, format="PNG")
+    files = np.empty(1, dtype=object)
+    files[0] = buf.getvalue()
+    token = open(doc["token_file"]).read().strip()
+    for b in doc["boards"]:
+        with OipClient(b["address"], b["port"], token=token, timeout=10) as c:
+            m = b["models"][0]
+            want = c.infer(m, {"pixel_values": pp.preprocess_batch([files[0]], spec)})["features"]
+            got = c.infer(m, {"pixel_values": files})["features"]
+            assert np.abs(got - want).max() <= 1e-5
+
+
 def _root(board, name) -> str:
     """The board's release root: one per board name under the login's ~/.edvit/boards/."""
     return os.path.join(board.home, ".edvit", "boards", name)
@@ -124,6 +146,8 @@ def test_deploy_status_rollback_and_stop_on_three_ssh_boards(boards, tiny_build,
         assert not mf.validate(shipped) and {a["name"] for a in shipped["artifacts"]} == set(b["models"])
         assert os.path.isfile(os.path.join(rdir, "runtime", "edvit_tool", "runtime", "worker.py"))
     _infer_matches_reference(tiny_build, doc)
+    assert doc["wire"] == "auto"
+    _image_files_match_on_the_boards(tiny_build, doc)  # the slim board venv decodes and preprocesses
 
     r = _cli("status", "--deployment", out, "--json")
     assert r.returncode == 0, r.stderr
@@ -205,9 +229,10 @@ def _plan_by_hand(build, path, placements, boards_file=None):
 def test_local_transport_deploys_serves_and_stops_without_ssh(tiny_build, tmp_path):
     plan = _plan_by_hand(tiny_build, tmp_path / "plan.json", [("g0", "a"), ("g1", "b")])
     out = str(tmp_path / "run" / "deployment.json")
-    r = _cli("deploy", "--plan", plan, "--transport", "local", "--out", out)
+    r = _cli("deploy", "--plan", plan, "--transport", "local", "--out", out, "--wire", "uint8")
     assert r.returncode == 0, r.stderr
     doc = json.load(open(out))
+    assert doc["wire"] == "uint8"
     assert [b["transport"] for b in doc["boards"]] == ["local", "local"]
     assert [b["models"] for b in doc["boards"]] == [["g0"], ["g1"]]
     for b in doc["boards"]:
@@ -217,6 +242,12 @@ def test_local_transport_deploys_serves_and_stops_without_ssh(tiny_build, tmp_pa
     pids = [b["pid"] for b in doc["boards"]]
     try:
         _infer_matches_reference(tiny_build, doc)
+        img = tmp_path / "cat.png"
+        from PIL import Image
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
+        r = _cli("infer", "--deployment", out, str(img), "--json")   # a file, sent as uint8 pixels per --wire
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["summary"]["wire"] == "uint8"
         r = _cli("status", "--deployment", out, "--json")
         assert r.returncode == 0, r.stderr
         assert all(row["up"] and row["pid"] in pids for row in json.loads(r.stdout))

@@ -485,3 +485,33 @@ def test_idle_half_sent_connections_are_capped_then_dropped_at_the_header_deadli
             assert c.infer("g1", {"pixel_values": _pixels(1)})["logits"].shape[0] == 1
     finally:
         _stop(proc)
+
+
+def test_uint8_and_image_files_are_preprocessed_on_the_board_like_the_host_does(client, env):
+    """The board-like runtime copy (torch/timm blocked) takes UINT8 pixels and BYTES files for the image input of
+    both interpreters and answers what the host-preprocessed FP32 input gives."""
+    import io
+
+    from PIL import Image
+
+    from edvit_tool.runtime import preprocess as pp
+
+    spec = json.load(open(os.path.join(env["build"], "manifest.json")))["input"]
+    rng = np.random.default_rng(5)
+    files = []
+    for w, h in ((23, 40), (16, 16), (64, 48)):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
+        files.append(buf.getvalue())
+    host = pp.preprocess_batch(files, spec)
+    crops = np.stack([pp.resize_crop(f, spec) for f in files])
+    encoded = np.empty(len(files), dtype=object)
+    encoded[:] = files
+    for model in ("g0", "g1"):  # LiteRT and onnxruntime
+        want = _infer(client, model, {"pixel_values": host}, outputs=["features"]).as_numpy("features")
+        for dt, arr in (("UINT8", crops), ("BYTES", encoded)):
+            i = tritonhttp.InferInput("pixel_values", list(arr.shape), dt)
+            i.set_data_from_numpy(arr, binary_data=True)
+            got = client.infer(model, [i], outputs=[tritonhttp.InferRequestedOutput("features")],
+                               headers=dict(AUTH)).as_numpy("features")
+            assert np.abs(got - want).max() <= 1e-5, (model, dt)

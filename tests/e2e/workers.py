@@ -148,8 +148,9 @@ class LocalWorkers:
     """Running workers by board name; `kill` (SIGKILL), `restart` (same port), `close` (kill all, wait)."""
 
     def __init__(self, build: str, assignment: dict, variant: str | None, workdir: str, token_file: str,
-                 extra_args=(), env=None, prefix: dict | None = None):
+                 extra_args=(), env=None, prefix: dict | None = None, hosts: dict | None = None):
         self.build, self.assignment, self.variant = build, assignment, variant
+        self.hosts = hosts or {}    # board -> address to bind (default 127.0.0.1), e.g. a namespace's
         self.workdir, self.token_file, self.extra_args = workdir, token_file, list(extra_args)
         self.env = env
         self.prefix = prefix or {}  # board -> argv prefix (e.g. a wrapper that joins a cgroup, or taskset)
@@ -158,7 +159,8 @@ class LocalWorkers:
 
     def _cmd(self, board: str, port: int) -> list:
         cmd = [sys.executable, "-m", "edvit_tool.runtime.worker", "--manifest", os.path.join(self.build,
-               "manifest.json"), "--models", ",".join(self.assignment[board]), "--host", "127.0.0.1",
+               "manifest.json"), "--models", ",".join(self.assignment[board]), "--host",
+               self.hosts.get(board, "127.0.0.1"),
                "--port", str(port), "--token-file", self.token_file, "--log-level", "warning", *self.extra_args]
         if self.variant:
             cmd += ["--variant", self.variant]
@@ -216,12 +218,14 @@ class LocalWorkers:
 
 
 def write_deployment(path: str, build: str, workers: LocalWorkers, replicas: dict | None = None,
-                     deadline_ms: int = 2000, ports: dict | None = None) -> str:
-    """deployment.json as `deploy --transport local` writes it (ports: override endpoints, e.g. dead ones)."""
+                     deadline_ms: int = 2000, ports: dict | None = None, wire: str | None = None) -> str:
+    """deployment.json as `deploy --transport local` writes it (ports: override endpoints, e.g. dead ones;
+    wire: the deployment's input format, None = not recorded, as older deployments)."""
     from edvit_tool.runtime.manifest import sha256_file
 
     ports = ports or workers.ports
-    boards = [{"name": b, "transport": "local", "endpoint": f"http://127.0.0.1:{ports[b]}", "models": models,
+    boards = [{"name": b, "transport": "local", "endpoint": f"http://{workers.hosts.get(b, '127.0.0.1')}:{ports[b]}",
+               "models": models,
                "variant": workers.variant or "onnx/fp32",
                "pid": workers.procs[b].pid if b in workers.procs else None}
               for b, models in workers.assignment.items()]
@@ -234,6 +238,8 @@ def write_deployment(path: str, build: str, workers: LocalWorkers, replicas: dic
            "manifest_sha256": sha256_file(os.path.join(build, "manifest.json"))},
            "token_file": workers.token_file, "fusion": {"artifact": "fusion/fusion.fp32.onnx"},
            "boards": boards, "replicas": replicas, "deadline_ms": deadline_ms}
+    if wire is not None:
+        doc["wire"] = wire
     with open(path, "w") as f:
         json.dump(doc, f, indent=2)
     return path
@@ -241,12 +247,14 @@ def write_deployment(path: str, build: str, workers: LocalWorkers, replicas: dic
 
 def start_local_workers(build_dir: str, assignment: dict, variant: str | None = "onnx/fp32", workdir: str | None = None,
                         deadline_ms: int = 2000, replicas: dict | None = None, extra_args=(),
-                        prefix: dict | None = None, worker_build: str | None = None) -> tuple:
+                        prefix: dict | None = None, worker_build: str | None = None, hosts: dict | None = None,
+                        wire: str | None = None) -> tuple:
     """Start one worker per board of `assignment` ({board: [models]}) -> (deployment.json path, LocalWorkers).
 
     extra_args: more worker flags (e.g. --threads 2); prefix: {board: argv prefix}; worker_build: the build the
     workers serve when it is not `build_dir` (e.g. one with broken sub-models; the deployment still names
-    build_dir). The caller owns teardown: `workers.close()` (or use it as a context manager)."""
+    build_dir); hosts: {board: address to bind}; wire: the deployment's input format. The caller owns teardown:
+    `workers.close()` (or use it as a context manager)."""
     workdir = workdir or tempfile.mkdtemp(prefix="edvit-workers-")
     os.makedirs(workdir, exist_ok=True)
     token_file = os.path.join(workdir, "token")
@@ -257,9 +265,10 @@ def start_local_workers(build_dir: str, assignment: dict, variant: str | None = 
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     workers = LocalWorkers(worker_build or build_dir, assignment, variant, workdir, token_file, extra_args, env,
-                           prefix)
+                           prefix, hosts)
     workers.start()
-    path = write_deployment(os.path.join(workdir, "deployment.json"), build_dir, workers, replicas, deadline_ms)
+    path = write_deployment(os.path.join(workdir, "deployment.json"), build_dir, workers, replicas, deadline_ms,
+                            wire=wire)
     return path, workers
 
 

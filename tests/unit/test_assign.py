@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -412,3 +413,53 @@ def test_cli_assign_infeasible_is_one_error_line_exit_2(tmp_path, capsys):
 def test_cli_assign_help_has_an_example(capsys):
     code, stdout, _ = _run(["assign", "--help"], capsys)
     assert code == 0 and "edvit-tool assign --build build/" in stdout and "--replicas" in stdout
+
+
+# -- measured links -> per-board transfer cost -------------------------------------------------------------------
+
+def _link_boards():
+    import types
+
+    return [types.SimpleNamespace(name=n) for n in ("fast", "slow", "unmeasured")]
+
+
+def test_transfer_costs_use_each_boards_measured_link_and_the_flag_elsewhere():
+    manifest = {"input": {"shape": [3, 224, 224]}}
+    profiles = {"boards": {"fast": {"link": {"mbps": 1000.0, "rtt_ms": 0.5}},
+                           "slow": {"link": {"mbps": 100.0, "rtt_ms": 2.0}},
+                           "unmeasured": {"link": {"address": "x", "error": "cannot reach"}}}}
+    c = A.transfer_costs(manifest, _link_boards(), 500.0, profiles)
+    n = 3 * 224 * 224 * 4
+    assert c["fast"] == pytest.approx(n * 8 / 1e9 * 1e3 + 0.5)
+    assert c["slow"] == pytest.approx(n * 8 / 1e8 * 1e3 + 2.0)
+    assert c["unmeasured"] == pytest.approx(n * 8 / 5e8 * 1e3)
+    u8 = A.transfer_costs(manifest, _link_boards(), 500.0, profiles, wire="uint8")
+    assert u8["slow"] == pytest.approx(n / 4 * 8 / 1e8 * 1e3 + 2.0)
+    assert A.transfer_costs(manifest, _link_boards(), 0, profiles)["unmeasured"] == 0.0
+    basis = A.transfer_basis(_link_boards(), 500.0, profiles)
+    assert [basis[b]["source"] for b in ("fast", "slow", "unmeasured")] == ["measured", "measured",
+                                                                            "--bandwidth-mbps"]
+
+
+def test_measured_links_change_the_placement():
+    """Two equal boards, one behind a slow link: with one sub-model the fast-link board wins."""
+    manifest = {"input": {"shape": [3, 224, 224]}}
+    boards = _link_boards()[:2]
+    profiles = {"boards": {"fast": {"link": {"mbps": 1000.0, "rtt_ms": 0.2}},
+                           "slow": {"link": {"mbps": 10.0, "rtt_ms": 0.2}}}}
+    c = A.transfer_costs(manifest, boards, 1000.0, profiles)
+    t = {"g0": {"fast": 10.0, "slow": 9.0}}
+    m = {"g0": {"fast": 1.0, "slow": 1.0}}
+    plan = A.solve_exact(["g0"], ["fast", "slow"], t, m, {"fast": 10, "slow": 10}, c)
+    assert plan.assignment == {"g0": ["fast"]}
+    flat = A.transfer_costs(manifest, boards, 1000.0, None)
+    assert A.solve_exact(["g0"], ["fast", "slow"], t, m, {"fast": 10, "slow": 10}, flat).assignment == {"g0": ["slow"]}
+
+
+def test_the_link_probe_measures_a_local_link_through_its_protocol():
+    from edvit_tool.cluster.link import measure_link
+    from edvit_tool.cluster.transport import LocalTransport
+
+    link = measure_link(LocalTransport("here", sys.executable), "127.0.0.1", max_mb=4, min_seconds=0.01, pings=5)
+    assert link["address"] == "127.0.0.1" and link["method"] == "tcp"
+    assert link["rtt_ms"] > 0 and link["mbps"] > 0 and link["bytes"] >= 1 << 20

@@ -1,0 +1,255 @@
+"""Wire formats over rate-limited links (issue 12 numbers): end to end vs the physical limit, bytes on the wire.
+
+    .venv/bin/python bench/links.py [--rates 100,1000] [--wires fp32,uint8,encoded] [--quota 0.25] [--n 30]
+
+Models: the K = 4 ViT-Tiny/16-structured build of bench/distributed.py (random weights, 224x224x3, each
+sub-model embed 96 / 2 heads / depth 12, exported to ONNX fp32; cached in bench/results/.cache).
+Boards: 4 local worker processes (1 interpreter thread), each in its own cgroup-v1 CPU quota (--quota of one
+core, all equal) AND its own network namespace, joined to the host by a veth pair shaped with tc tbf to the link
+rate both ways (tests/netns.py; no netem here, so no added propagation delay). The coordinator runs here and
+talks to the 4 workers over their 4 links at once — as with one switch port per board, not one shared uplink.
+Input: JPEG photos-like files (500x375, quality 90) given as files, sent per --wire: fp32 (preprocessed here),
+uint8 (resized + cropped here, normalised on the board) or encoded (the files; decoded on the board).
+
+Per (link rate, wire format), sequential batch-1 requests through `Coordinator.run`:
+  * e2e p50 / p99 (ms), including the host's preprocessing when the wire format asks for it;
+  * physical limit = slowest board's compute p50 (worker /stats infer_p50_ms) + one request body at the link's
+    MEASURED rate (the same probe `profile` runs) + one round trip; e2e p50 / limit (target <= 1.2);
+  * the boards' preprocessing p50 (uint8: normalise; encoded: decode + resize + crop + normalise) and the host's
+    (`Coordinator.prepare`: fp32 decode + resize + crop + normalise; uint8 decode + resize + crop; encoded
+    nothing) — neither is in the issue's limit, which counts only compute and transfer; e2e / (limit + both)
+    is given beside it;
+  * the slowest board's round trip as the coordinator saw it (p50 over requests of the max over boards: send,
+    board preprocessing + HTTP + compute under its quota, answer), to show where e2e - limit goes;
+  * bytes on the wire per image per board (the request body), and e2e p50 of fp32 / the best format.
+Prints a table, writes bench/results/links.json. ~3-5 min on 2 cores (+ ~1 min once for the build export).
+No Triton reference row: the Triton venv (nvidia-pytriton) is not installed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]  # see bench/distributed.py
+sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
+
+from netns import Link  # noqa: E402
+from workers import start_local_workers, write_deployment  # noqa: E402
+
+from edvit_tool.cluster.link import measure_link  # noqa: E402
+from edvit_tool.cluster.transport import LocalTransport  # noqa: E402
+from edvit_tool.runtime.protocol import OipClient  # noqa: E402
+from edvit_tool.serve.coordinator import Coordinator  # noqa: E402
+
+RESULTS = os.path.join(HERE, "results")
+K = 4
+
+
+def _distributed():
+    """bench/distributed.py as a module (its make_build and Quotas)."""
+    spec = importlib.util.spec_from_file_location("bench_distributed", os.path.join(HERE, "distributed.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _photos(n: int, w: int = 500, h: int = 375) -> list:
+    """JPEG files (bytes) of smooth gradients + texture: compress like ordinary photos, not like noise."""
+    from PIL import Image
+
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([128 + 100 * np.sin(xx / (17 + i)), 128 + 100 * np.cos(yy / (23 + i)),
+                         (xx + yy) * 255 / (w + h)], -1)
+        img = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def _pct(v, q):
+    return float(np.percentile(np.asarray(v, dtype=np.float64), q))
+
+
+def _stats(workers, token) -> dict:
+    """board -> (compute p50, board preprocessing p50) from the worker's /stats."""
+    out = {}
+    for b, models in workers.assignment.items():
+        with OipClient(workers.hosts[b], workers.ports[b], token=token) as c:
+            st = [c.stats(m) for m in models]
+        out[b] = (sum(s["infer_p50_ms"] for s in st), sum(s["preprocess_p50_ms"] or 0.0 for s in st))
+    return out
+
+
+def run_config(build, rate, wire, quotas, links, photos, args, workdir) -> dict:
+    assignment = {f"board{i}": [f"g{i}"] for i in range(K)}
+    prefix = {b: links[i].prefix() + quotas.prefix(f"{rate}-{wire}-{b}") for i, b in enumerate(assignment)}
+    hosts = {b: links[i].board_ip for i, b in enumerate(assignment)}
+    wd = os.path.join(workdir, f"{rate}-{wire}")
+    dep, workers = start_local_workers(build, assignment, "onnx/fp32", wd, deadline_ms=20000,
+                                       extra_args=["--threads", "1"], prefix=prefix, hosts=hosts, wire=wire)
+    token = open(workers.token_file).read().strip()
+    try:
+        with Coordinator(dep) as coord:
+            for i in range(3):
+                coord.run([photos[i % len(photos)]])
+            host_prep = []
+            for i in range(args.n):  # the host's share, alone (the requests below include it)
+                t0 = time.perf_counter()
+                coord.prepare([photos[i % len(photos)]])
+                host_prep.append((time.perf_counter() - t0) * 1000)
+            e2e, sizes, sent, slowest_rt = [], [], set(), []
+            for i in range(args.n):
+                t0 = time.perf_counter()
+                res = coord.run([photos[i % len(photos)]])
+                e2e.append((time.perf_counter() - t0) * 1000)
+                assert not res.degraded, res.missing
+                sizes.append(res.request_bytes)
+                slowest_rt.append(max(res.board_ms.values()))
+                sent.add(res.wire)
+        stats = _stats(workers, token)
+    finally:
+        workers.close()
+    compute = max(c for c, _ in stats.values())
+    prep = max(p for _, p in stats.values())
+    body = float(np.median(sizes))
+    return {"rate_mbit": rate, "wire": wire, "sent_as": sorted(sent), "e2e_p50_ms": _pct(e2e, 50),
+            "e2e_p99_ms": _pct(e2e, 99), "slowest_compute_p50_ms": compute, "board_preprocess_p50_ms": prep,
+            "host_preprocess_p50_ms": _pct(host_prep, 50), "slowest_board_roundtrip_p50_ms": _pct(slowest_rt, 50),
+            "compute_p50_ms": {b: c for b, (c, _) in stats.items()}, "bytes_per_image_per_board": body,
+            "n": args.n}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rates", default="100,1000", help="link rates, Mbit/s")
+    ap.add_argument("--wires", default="fp32,uint8,encoded")
+    ap.add_argument("--quota", type=float, default=0.25, help="CPU quota per board, fraction of one core")
+    ap.add_argument("--n", type=int, default=60, help="sequential requests per configuration")
+    args = ap.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    wires = [w.strip() for w in args.wires.split(",")]
+    dist = _distributed()
+    os.makedirs(dist.CACHE, exist_ok=True)
+    build = dist.make_build(K)
+    photos = _photos(8)
+    quotas = dist.Quotas(args.quota or None)
+    load_before = os.getloadavg()[0]
+    links = [Link(rates[0], index=i) for i in range(K)]
+    rows, link_rows = [], {}
+    with tempfile.TemporaryDirectory(prefix="edvit-bench-links-") as workdir:
+        try:
+            for i, ln in enumerate(links):
+                if i:
+                    ln.subnet = links[0].subnet
+                ln.up()
+            for rate in rates:
+                for ln in links:
+                    ln.set_rate(rate)
+                link_rows[rate] = _measure_links(links, rate)
+                for wire in wires:
+                    print(f"  {rate:g} Mbit/s, {wire} ...", file=sys.stderr)
+                    rows.append(run_config(build, rate, wire, quotas, links, photos, args, workdir))
+        finally:
+            quotas.close()
+            for ln in links:
+                ln.close()
+    for r in rows:
+        lk = link_rows[r["rate_mbit"]]
+        r["link_measured_mbps"] = lk["mbps"]
+        r["link_rtt_ms"] = lk["rtt_ms"]
+        r["transfer_ms"] = r["bytes_per_image_per_board"] * 8 / (lk["mbps"] * 1e6) * 1e3
+        r["physical_limit_ms"] = r["slowest_compute_p50_ms"] + r["transfer_ms"] + lk["rtt_ms"]
+        r["e2e_over_limit"] = r["e2e_p50_ms"] / r["physical_limit_ms"]
+        r["e2e_over_limit_with_preprocessing"] = r["e2e_p50_ms"] / (
+            r["physical_limit_ms"] + r["board_preprocess_p50_ms"] + r["host_preprocess_p50_ms"])
+    for rate in rates:
+        same = [r for r in rows if r["rate_mbit"] == rate]
+        best = min(r["e2e_p50_ms"] for r in same)
+        fp32 = next((r["e2e_p50_ms"] for r in same if r["wire"] == "fp32"), None)
+        for r in same:
+            r["fp32_over_best_p50"] = fp32 / best if fp32 else None
+    load = (load_before, os.getloadavg()[0])
+    note = (f"K={K} random-weight ViT-Tiny/16-structured sub-models (embed 96) at 224x224x3, ONNX fp32; each board "
+            + (f"a worker in a cgroup-v1 quota of {args.quota:g} core" if quotas.enabled else
+               "an UNTHROTTLED worker (no writable cgroup v1)")
+            + " in its own netns behind a tbf-shaped veth (no added delay: netem unavailable); input: 500x375 JPEG "
+            f"files; 1-min load average {load[0]:.1f} before, {load[1]:.1f} after on {os.cpu_count()} CPUs")
+    print(note)
+    head = (f"{'link':>6} {'wire':<8} {'bytes/img':>9} {'e2e p50':>8} {'p99':>7} {'compute':>8} {'xfer':>6} "
+            f"{'rtt':>5} {'limit':>7} {'e2e/lim':>7} {'h.prep':>6} {'b.prep':>6} {'/+prep':>6} {'board':>6} "
+            f"{'fp32/best':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['rate_mbit']:>6g} {r['wire']:<8} {r['bytes_per_image_per_board']:>9.0f} {r['e2e_p50_ms']:>8.2f} "
+              f"{r['e2e_p99_ms']:>7.2f} {r['slowest_compute_p50_ms']:>8.2f} {r['transfer_ms']:>6.2f} "
+              f"{r['link_rtt_ms']:>5.2f} {r['physical_limit_ms']:>7.2f} {r['e2e_over_limit']:>7.2f} "
+              f"{r['host_preprocess_p50_ms']:>6.2f} {r['board_preprocess_p50_ms']:>6.2f} "
+              f"{r['e2e_over_limit_with_preprocessing']:>6.2f} {r['slowest_board_roundtrip_p50_ms']:>6.2f} "
+              f"{r['fp32_over_best_p50']:>9.2f}")
+    print("link: tbf rate, Mbit/s (measured: " + ", ".join(f"{k:g} -> {v['mbps']:.1f} Mbit/s, rtt {v['rtt_ms']:.3f} ms"
+                                                         for k, v in link_rows.items()) + "). bytes/img: request body "
+          "per image per board. compute: slowest board's interpreter p50. xfer: bytes/img at the measured rate. "
+          "limit = compute + xfer + rtt. h.prep / b.prep: the host's / slowest board's preprocessing p50 (not in "
+          "the limit); /+prep: e2e p50 / (limit + h.prep + b.prep). board: slowest board's round trip p50 (from the "
+          "coordinator, incl. transfer). "
+          "fp32/best: fp32's e2e p50 / the best format's at that link.")
+    doc = {"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
+           "python": platform.python_version(), "note": note, "quota": args.quota if quotas.enabled else None,
+           "loadavg_before_after": load, "links": {str(k): v for k, v in link_rows.items()}, "rows": rows,
+           "triton_reference": None, "triton_reference_note": "not run: no Triton venv (nvidia-pytriton) here"}
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "links.json"), "w") as f:
+        json.dump(doc, f, indent=2)
+    return 0
+
+
+def _measure_links(links, rate) -> dict:
+    """The links' measured rate and round trip (the probe `profile` uses), median over the K links."""
+    got = []
+    for ln in links:
+        tr = LocalTransport(ln.ns, sys.executable)
+        tr.open_module = lambda module, a, ln=ln: _NsProcess(ln, module, a)
+        got.append(measure_link(tr, ln.board_ip, max_mb=8 if rate < 500 else 32))
+    return {"mbps": float(np.median([g["mbps"] for g in got])), "rtt_ms": float(np.median([g["rtt_ms"] for g in got])),
+            "per_link": got}
+
+
+class _NsProcess:
+    """The link probe run inside a link's namespace (what `profile` runs on a board over SSH)."""
+
+    def __init__(self, link, module, args):
+        from edvit_tool.cluster import transport
+
+        self._p = transport._LocalProcess(link.prefix() + [sys.executable, "-m", module, *map(str, args)])
+
+    def send(self, data):
+        self._p.send(data)
+
+    def readline(self, timeout):
+        return self._p.readline(timeout)
+
+    def close(self):
+        self._p.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
