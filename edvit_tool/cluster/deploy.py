@@ -76,6 +76,7 @@ class _Board:
     activated: bool = False
     lock: Held | None = None         # <root>/deploy.lock on the board, held from before `state` to the end
     seconds: float = 0.0
+    pending: tuple | None = None     # (links, texts) staged for the release, assembled once the lock is held
 
 
 
@@ -330,8 +331,23 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
         else:  # local: own copies, so editing the build or the package later cannot change a release
             texts.update({f"runtime/{rel}": (src.decode() if isinstance(src, bytes) else _read_text(src))
                           for rel, src in payload.runtime.items()})
-        step(b.name, "waiting for the board's deploy lock", 2, STEPS)
-        b.lock = b.tr.lock(lock_wait_s, by=_holder(f"deploy of release {release}"))
+        b.pending = (links, texts)
+        b.seconds = time.monotonic() - t0
+
+    def lock_all() -> dict:
+        """The boards' deploy locks, one at a time in a fixed order (by address, port and name): two deploys over
+        the same boards then never hold one lock each while waiting for the other's."""
+        for b in sorted(boards, key=lambda b: (b.address, b.port, b.name)):
+            step(b.name, "waiting for the board's deploy lock", 2, STEPS)
+            try:
+                b.lock = b.tr.lock(lock_wait_s, by=_holder(f"deploy of release {release}"))
+            except EdvitError as e:  # reported per board, like the other stages
+                return {b.name: e}
+        return {}
+
+    def assemble(b: _Board) -> None:
+        t0 = time.monotonic()
+        links, texts = b.pending
         st = b.tr.agent("state", timeout=30)
         b.prev, b.prev_running, b.prev_info = st["current"], bool(st["workers"]), st.get("current_info")
         if b.prev == release:
@@ -341,7 +357,7 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
                       "release.json": json.dumps(_release_json(release, b, plan_sha), indent=1)})
         b.tr.agent("assemble", release=release, links=links, files=texts, secrets={"token": token},
                    copy=b.tr.kind == "local", timeout=120)
-        b.seconds = time.monotonic() - t0
+        b.seconds += time.monotonic() - t0
 
     def activate(b: _Board) -> None:
         t0 = time.monotonic()
@@ -359,6 +375,11 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
     try:
         failed = _each(boards, stage)
         bad = {n: e for n, e in failed.items() if e is not None}
+        if not bad:
+            bad = lock_all()
+        if not bad:
+            failed = _each(boards, assemble)
+            bad = {n: e for n, e in failed.items() if e is not None}
         if bad:
             for n in bad:
                 step(n, "failed", STEPS, STEPS)
