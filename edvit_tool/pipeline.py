@@ -160,8 +160,10 @@ def _fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, va_out
     kind = fcfg["kind"]
     if kind in ("auto", "mlp"):
         advance = bars.task("fusion head", fcfg["steps"]) if bars else None
+        # the hidden layer follows the class count: 128 squeezes 100 classes through too few units
+        wide = {**fcfg, "hidden": max(fcfg["hidden"], 2 * n_cls)}
         heads["mlp"] = fuse.train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v),
-                                             t_views.reshape(-1, t_views.shape[-1]), dims, n_cls, fcfg, seed,
+                                             t_views.reshape(-1, t_views.shape[-1]), dims, n_cls, wide, seed,
                                              advance).eval()
     inputs_va = {"logits": logits_va, "ensemble": feats_va, "mlp": feats_va}
     with torch.no_grad():
@@ -358,7 +360,7 @@ def _write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> Simpl
         "input": spec, "classes": data.classes, "groups": groups, "submodels": submodel_entries,
         "fusion": {"kind": kind, "source": fu.source, "input_dims": [int(d) for d in head.input_dims],
                    "num_classes": n_cls, "checkpoint": "fusion/fusion.pt",
-                   "hidden": recipe["fusion"]["hidden"] if kind == "mlp" else None},
+                   "hidden": head.net[0].out_features if kind == "mlp" else None},
         "accuracy": {"original": orig_acc, "fused": fused_acc, "fused_logits": logits_test_acc,
                      "original_val": finetune.accuracy(t_va, data.val.y), "fused_val": fused_val_acc,
                      "fusion_choice": fu.choice, "fusion_candidates_test": st.candidates_test,
