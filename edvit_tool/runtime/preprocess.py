@@ -107,9 +107,11 @@ def transform_of(spec) -> Transform:
 
 
 # -- decoding ------------------------------------------------------------------------------------------------
-def open_image(image, where: str = "image", max_pixels: int = MAX_PIXELS):
+def open_image(image, where: str = "image", max_pixels: int | None = None):
     """path / bytes / file object / PIL image / uint8 array -> a loaded PIL image (any mode). Files claiming
-    more than `max_pixels` pixels are refused from their header, before decoding (decompression bombs)."""
+    more than `max_pixels` (default MAX_PIXELS, read at call time) pixels are refused from their header, before
+    decoding (decompression bombs)."""
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(image, Image.Image):
@@ -135,9 +137,10 @@ def open_image(image, where: str = "image", max_pixels: int = MAX_PIXELS):
     return img
 
 
-def image_size(data, where: str = "image", max_pixels: int = MAX_PIXELS) -> tuple:
+def image_size(data, where: str = "image", max_pixels: int | None = None) -> tuple:
     """(width, height) from an image file's header, without decoding it; ImageError when it is not an image or
     claims more than max_pixels pixels."""
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -217,7 +220,7 @@ def _crop_or_pad(arr: np.ndarray, size: tuple, fill) -> np.ndarray:
     return arr[top:top + ch, left:left + cw]
 
 
-def resize_crop(image, spec, where: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def resize_crop(image, spec, where: str = "image", max_pixels: int | None = None) -> np.ndarray:
     """Any image (path, bytes, PIL image, uint8 [H, W(, C)] array) -> uint8 [H, W, C] at model resolution."""
     t = transform_of(spec)
     img = to_mode(open_image(image, where, max_pixels), t.mode)

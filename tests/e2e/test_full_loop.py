@@ -122,8 +122,10 @@ def test_full_loop_on_three_ssh_boards_reproduces_the_exported_accuracy(boards, 
     manifest = _manifest(build)
     x, y = _eval(build)
 
+    # --no-link: these loopback boards are equal; a link round trip measured on a busy machine (ms of noise
+    # against ~1 ms of compute) would make the optimal plan stack sub-models (tests/e2e/test_links.py covers links)
     r = _cli("profile", "--boards", byaml, "--build", build, "--known-hosts", kh, "--runs", "5", "--warmup", "1",
-             "--out", profiles)
+             "--no-link", "--out", profiles)
     assert r.returncode == 0, r.stderr
     results = json.load(open(profiles))["results"]
     assert len(results) == K * 2 * (K + 1) and all(r["usable"] for r in results)  # fp32 + int8, subs + fusion
