@@ -15,7 +15,12 @@ NOISY_LOGGERS = ("torch.utils._pytree", "torch._dynamo", "torch._export", "torch
                  "jax", "onnxscript", "onnx_ir", "ai_edge_quantizer", "litert_torch")
 
 
+VERBOSE = 0  # set by configure(): the CLI's -v count
+
+
 def configure(verbose: int) -> None:
+    global VERBOSE
+    VERBOSE = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if verbose:
@@ -26,3 +31,32 @@ def configure(verbose: int) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"(torch|onnxscript|onnx_ir|litert_torch|ai_edge_quantizer|tensorflow)\.")
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def preimport_quietly(*modules: str) -> None:
+    """Import heavy native libraries before any progress display starts, with the process's C-level stderr sent to
+    a log file: TensorFlow (under litert-torch) prints oneDNN/absl notices straight to fd 2 when it loads, where
+    no Python logging setting reaches. With -v nothing is redirected."""
+    import contextlib
+    import importlib
+    import sys
+    import tempfile
+
+    if VERBOSE:
+        for m in modules:
+            with contextlib.suppress(ImportError):  # a missing optional converter is reported where it is used
+                importlib.import_module(m)
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    path = os.path.join(tempfile.gettempdir(), "edvit-tool-native.log")
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+            for m in modules:
+                with contextlib.suppress(ImportError):
+                    importlib.import_module(m)
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)

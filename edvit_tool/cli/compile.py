@@ -56,6 +56,10 @@ def command(recipe_path, out_dir, checkpoint, groups, strategy, criterion, param
         overrides["export.formats"] = []
     recipe = recipe_mod.load(recipe_path, overrides)
     out_dir = out_dir or os.path.join("build", recipe["name"])
+    if "tflite" in recipe["export"]["formats"]:
+        from ..logs import preimport_quietly
+
+        preimport_quietly("litert_torch")  # before the progress bars: TensorFlow's load-time notices go to a log
     with Bars(enabled=not (quiet or as_json)) as bars:
         result = compile_build(recipe, out_dir, bars=bars, peer=peer, resume=resume, jobs=jobs)
     if as_json:

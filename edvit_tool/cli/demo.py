@@ -144,6 +144,10 @@ def command(recipe_path, out_dir, run_dir, retrain, rebuild, train_steps, seed, 
         recipe["model"]["checkpoint"] = f"{os.path.dirname(stem)}-seed{seed}/{os.path.basename(stem)}{ext}"
         out_dir = f"{out_dir.rstrip('/')}-seed{seed}"
     ckpt = recipe["model"]["checkpoint"]
+    if "tflite" in recipe["export"]["formats"]:
+        from ..logs import preimport_quietly
+
+        preimport_quietly("litert_torch")  # before the progress bars: TensorFlow's load-time notices go to a log
     with Bars(enabled=True) as bars:
         trained = False
         if retrain or not os.path.isfile(ckpt):

@@ -77,6 +77,10 @@ def command(build_dir, formats, quant, opset, triton_repo, as_json, quiet):
         if not cfg.get("formats"):
             raise EdvitError(f"{build_dir}: nothing to export (its recipe has export.formats: []); pass "
                              "--formats onnx,tflite")
+        if "tflite" in cfg["formats"]:
+            from ..logs import preimport_quietly
+
+            preimport_quietly("litert_torch")  # before the progress bars: TensorFlow's load-time notices go to a log
         with staged_dir(build_dir, copy_from=build_dir) as stage:
             _drop_old_artifacts(stage, manifest)
             models = load_build_models(stage, manifest)
