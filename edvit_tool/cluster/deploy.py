@@ -96,7 +96,9 @@ def _release_id(plan_path: str) -> str:
     with open(plan_path, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()[:8]
     t = time.time()
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(t)) + f"-{int(t * 1000) % 1000:03d}-{digest}"
+    # the random tail keeps two deploys of one plan started in the same millisecond apart
+    return (time.strftime("%Y%m%d-%H%M%S", time.gmtime(t)) + f"-{int(t * 1000) % 1000:03d}-{digest}"
+            f"-{secrets.token_hex(2)}")
 
 
 def _boards_file(plan: dict, boards_yaml: str | None) -> str | None:
