@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, REPO)
 
 from netns import Link  # noqa: E402
-from workers import start_local_workers, write_deployment  # noqa: E402
+from workers import start_local_workers  # noqa: E402
 
 from edvit_tool.cluster.link import measure_link  # noqa: E402
 from edvit_tool.cluster.transport import LocalTransport  # noqa: E402

@@ -335,9 +335,7 @@ def _write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> Simpl
     m, n_cls, orig_params, spec, peer_info = st.m, st.n_cls, st.orig_params, st.spec, st.peer_info
     te_out, va_out, t_va, wrapped = st.te_out, st.va_out, st.t_va, st.wrapped
     orig_acc, fused_acc, logits_test_acc, fused_val_acc = st.orig_acc, st.fused_acc, st.logits_test_acc, st.fused_val_acc
-    students = st.students
     t_start = st.t_start
-    log = bars.log if bars else (lambda s: None)
     orig_bytes = state_bytes(model)
     head, kind, dims = fu.head, fu.kind, fu.dims
     submodel_entries = []

@@ -20,7 +20,6 @@ checks.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import time

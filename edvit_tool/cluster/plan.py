@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from ..errors import ArtifactError, EdvitError

@@ -4,7 +4,6 @@ measured figures). Every optional file may be absent; a path that was given but 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 

@@ -45,7 +45,6 @@ import numpy as np
 
 from ..cluster.deployment import DeploymentError, read_token  # noqa: F401 (DeploymentError, read_token: re-exported)
 from ..cluster.deployment import load as load_deployment
-from ..cluster.deployment import ordered_submodels as _ordered_submodels
 from ..cluster.deployment import parse_endpoint as _parse_endpoint
 from ..errors import ArtifactError, EdvitError
 from ..runtime import backends

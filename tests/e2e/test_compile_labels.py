@@ -2,7 +2,6 @@
 test split never reaching a choice (poisoned test labels leave the build identical)."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import torch
 import yaml
 
 from edvit_tool.cli.main import main
+from synth_images import digits_checkpoint
 
 KW = {"img_size": 16, "patch_size": 4, "in_chans": 1, "num_classes": 10, "embed_dim": 48, "depth": 2, "num_heads": 3}
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -17,14 +17,7 @@ WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from edvit_tool.config import recipe as r
-    from edvit_tool.demo_model import train_demo_model
-
-    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    rec = r.validate({"model": {"name": "vit_tiny_patch16_224", "kwargs": KW, "checkpoint": str(path)},
-                      "data": {"kind": "digits", "mean": [0.5], "std": [0.5]}})
-    train_demo_model(rec, str(path), steps=400)
-    return path
+    return digits_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.safetensors", steps=400, kwargs=KW)
 
 
 def _digits():

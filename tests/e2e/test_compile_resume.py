@@ -10,20 +10,14 @@ import time
 import pytest
 import torch
 import yaml
+from synth_images import digits_checkpoint
 
 KW = {"img_size": 16, "patch_size": 4, "in_chans": 1, "num_classes": 10, "embed_dim": 48, "depth": 2, "num_heads": 3}
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from edvit_tool.config import recipe as r
-    from edvit_tool.demo_model import train_demo_model
-
-    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
-    rec = r.validate({"model": {"name": "vit_tiny_patch16_224", "kwargs": KW, "checkpoint": str(path)},
-                      "data": {"kind": "digits", "mean": [0.5], "std": [0.5]}})
-    train_demo_model(rec, str(path), steps=300)
-    return path
+    return digits_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.safetensors", steps=300, kwargs=KW)
 
 
 def _compile(recipe, out, *extra):

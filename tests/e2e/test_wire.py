@@ -5,7 +5,6 @@ deployment's `wire` and the caller's input allow, with the same answers; `serve`
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -14,7 +13,6 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from workers import BUILD_CACHE, make_coord_build, start_local_workers, write_deployment
 
@@ -24,6 +22,7 @@ from edvit_tool.serve.coordinator import Coordinator
 
 tritonhttp = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
+from synth_images import encode, photo
 
 pytestmark = pytest.mark.slow
 ASSIGN = {"b0": ["g0"], "b1": ["g1", "g2"]}
@@ -31,17 +30,7 @@ MAX_IMAGE_MB = 0.05
 TOL = 1e-5
 
 
-def _photo(w, h, seed):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([xx * 255 / (w - 1), yy * 255 / (h - 1), (xx + yy) * 127 / (w + h - 2)], -1)
-    return np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
-
-
-def _encode(arr, fmt):
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt)
-    return buf.getvalue()
+_photo, _encode = photo, encode
 
 
 @pytest.fixture(scope="module")

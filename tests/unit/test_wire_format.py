@@ -3,32 +3,21 @@
 
 from __future__ import annotations
 
-import io
 import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from edvit_tool.runtime import preprocess as pp
 from edvit_tool.runtime import protocol as oip
 from edvit_tool.runtime import wire
+from synth_images import encode, photo
 
 SPEC = {"name": "pixel_values", "shape": [3, 24, 24], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
         "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center"}
 
 
-def _photo(w, h, seed):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([xx * 255 / (w - 1), yy * 255 / (h - 1), (xx + yy) * 127 / (w + h - 2)], -1)
-    return np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
-
-
-def _encode(arr, fmt):
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt)
-    return buf.getvalue()
+_photo, _encode = photo, encode
 
 
 def _files(*items):
