@@ -30,6 +30,9 @@ BENCHES = {
     "worker_overhead.json": ("Worker request overhead", ".venv/bin/python bench/worker_overhead.py"),
     "profile.json": ("SSH and profiling costs", ".venv/bin/python bench/profile_boards.py"),
     "scale.json": ("Compile memory and throughput at scale", ".venv/bin/python bench/scale.py"),
+    "accuracy.json": ("Accuracy suite: fused ensemble vs the strong class-agnostic peer (generated tasks)",
+                      ".venv/bin/python bench/accuracy.py"),
+    "links.json": ("Wire formats over shaped links (K = 4 boards, tc tbf)", ".venv/bin/python bench/links.py"),
 }
 
 
@@ -127,7 +130,33 @@ def render_scale(d: dict) -> list[str]:
         "", f"Fine-tune throughput, ours ÷ a plain timm loop: {_f(tp.get('ratio'), '.3f')}. {d.get('model', '')}."]
 
 
-RENDERERS = {"paper.json": render_paper, "compile.json": render_compile, "export.json": render_export,
+def _pp(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"
+
+
+def render_accuracy(d: dict) -> list[str]:
+    lines = []
+    for label, run in (d.get("runs") or {}).items():
+        rows = [[r["task"], r["k"], f"{100 * r['params_ratio']:.1f} %", _pp(r["original"]), _pp(r["fused"]),
+                 _pp(r.get("fused_onnx_fp32")), _pp(r.get("fused_onnx_int8")), _pp(r.get("peer")),
+                 _f(None if r.get("peer") is None else 100 * (r["fused"] - r["peer"]), "+.2f"),
+                 _f(100 * (r["fused"] - r["original"]), "+.2f")]
+                for r in run.get("rows") or []]
+        lines += [f"Run `{label}`" + (f" (overrides {run['overrides']})" if run.get("overrides") else "") + ":", ""]
+        lines += _table(["task", "K", "params", "original", "fused", "onnx fp32", "onnx int8", "peer",
+                         "fused − peer (pp)", "fused − original (pp)"], rows) + [""]
+    return lines
+
+
+def render_links(d: dict) -> list[str]:
+    rows = [[f"{r['rate_mbit']:.0f} Mbit/s", r["wire"], f"{r['bytes_per_image_per_board']:,.0f}",
+             _f(r["e2e_p50_ms"], ".1f"), _f(r["physical_limit_ms"], ".1f"), _f(r["e2e_over_limit"], ".2f"),
+             _f(r.get("fp32_over_best_p50"), ".2f")] for r in d.get("rows") or []]
+    return _table(["link", "wire", "bytes / image / board", "e2e p50 ms", "physical limit ms", "e2e ÷ limit",
+                   "fp32 ÷ best"], rows) + ["", str(d.get("note", ""))]
+
+
+RENDERERS = {"accuracy.json": render_accuracy, "links.json": render_links, "paper.json": render_paper, "compile.json": render_compile, "export.json": render_export,
              "distributed.json": render_distributed, "worker_overhead.json": render_worker_overhead,
              "profile.json": render_profile, "scale.json": render_scale}
 
