@@ -26,6 +26,17 @@ def print_boards(doc: dict) -> None:
     console.print(t)
 
 
+def _tls(cert, key, ca):
+    if not (cert or key or ca):
+        return None
+    if not (cert and key):
+        from ..errors import EdvitError
+
+        raise EdvitError("--tls-cert and --tls-key go together: give both PEM files (and --tls-ca unless the "
+                         "certificate is self-signed)")
+    return {"cert": cert, "key": key, "ca": ca or cert}
+
+
 @click.command("deploy", epilog="""\b
 Examples:
   edvit-tool deploy --plan plan.json --boards boards.yaml
@@ -66,9 +77,15 @@ allows (files -> encoded unless the files are bigger than their pixels, pixels -
               help="SSH connect timeout, seconds.")
 @click.option("--python", "python", default=None,
               help="--transport local: the workers' Python [default: the one running edvit-tool].")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), default=None,
+              help="PEM certificate the workers serve HTTPS with (it must name every board's address); with "
+                   "--tls-key and --tls-ca. Without it board traffic is plain HTTP on the LAN.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), default=None, help="PEM private key of --tls-cert.")
+@click.option("--tls-ca", type=click.Path(dir_okay=False), default=None,
+              help="CA file the coordinator verifies the boards against [default: --tls-cert, for a self-signed one].")
 @click.option("--json", "as_json", is_flag=True, help="Print deployment.json instead of the table.")
 def command(plan_path, boards_file, transport, out, deadline_ms, wire, timeout_s, known_hosts, host_key_policy,
-            connect_timeout, python, as_json):
+            connect_timeout, python, tls_cert, tls_key, tls_ca, as_json):
     """Deploy a plan's sub-models to the boards as one release, all or nothing."""
     import json
 
@@ -77,7 +94,8 @@ def command(plan_path, boards_file, transport, out, deadline_ms, wire, timeout_s
     with BoardProgress(enabled=not as_json) as progress:
         doc = deploy(plan_path, boards_file, transport=transport, out=out, deadline_ms=deadline_ms,
                      timeout_s=timeout_s, known_hosts=known_hosts, host_key_policy=host_key_policy,
-                     connect_timeout=connect_timeout, python=python, progress=progress.update, wire=wire)
+                     connect_timeout=connect_timeout, python=python, progress=progress.update, wire=wire,
+                     tls=_tls(tls_cert, tls_key, tls_ca))
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return 0

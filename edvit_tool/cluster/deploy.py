@@ -161,14 +161,50 @@ def _board_manifest(manifest: dict, b: _Board, inputs_rel: str | None) -> dict:
     return {**manifest, "artifacts": arts, "files": {k: v for k, v in files.items() if k in keep}}
 
 
-def _release_json(release: str, b: _Board, plan_sha: str) -> dict:
+def _read_tls(tls: dict | None) -> dict:
+    """{"tls.crt": PEM text, "tls.key": PEM text} for the release's secrets ({} without TLS)."""
+    if not tls:
+        return {}
+    out = {}
+    for key, name in (("cert", "tls.crt"), ("key", "tls.key"), ("ca", None)):
+        path = tls.get(key)
+        if not path or not os.path.isfile(path):
+            raise EdvitError(f"--tls-{key}: {path!r} is not a file; give PEM files for --tls-cert, --tls-key and "
+                             "--tls-ca (the CA that signed the certificate, or the certificate itself if self-signed)")
+        if name:
+            with open(path, encoding="utf-8") as f:
+                out[name] = f.read()
+    return out
+
+
+def _client_tls(ca: str | None):
+    """The TLS context the host verifies HTTPS boards with (None: plain HTTP)."""
+    if not ca:
+        return None
+    import ssl
+
+    return ssl.create_default_context(cafile=ca)
+
+
+def _unverified_tls():
+    """Rollback's readiness probe of a previous HTTPS worker: liveness only, nothing secret is sent."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _release_json(release: str, b: _Board, plan_sha: str, tls: bool = False) -> dict:
     variant = ",".join(f"{m}={v}" for m, v in b.variants.items())
     return {"release": release, "board": b.name, "models": b.models, "variants": b.variants,
             "address": b.address, "port": b.port, "plan_sha256": plan_sha,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "worker_args": ["--manifest", "manifest.json", "--models", ",".join(b.models), "--host", b.address,
                             "--port", str(b.port), "--token-file", "token", "--variant", variant,
-                            "--threads", str(b.threads), "--drain-s", str(WORKER_DRAIN_S)]}
+                            "--threads", str(b.threads), "--drain-s", str(WORKER_DRAIN_S)]
+            + (["--tls-cert", "tls.crt", "--tls-key", "tls.key"] if tls else [])}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -189,7 +225,7 @@ def _tail(b: _Board, release: str | None) -> str:
 
 
 def _wait_ready(b: _Board, token: str | None, timeout_s: float, release: str, verify: bool = True,
-                endpoint: tuple | None = None) -> None:
+                endpoint: tuple | None = None, ssl_context=None) -> None:
     """Poll /v2/health/ready until it answers 200; fail early if the worker process died. Then, with the token,
     check each model's metadata names the planned artifact (so we talk to OUR new worker, not a stale one)."""
     from ..runtime.protocol import OipClient, ProtocolError
@@ -197,7 +233,7 @@ def _wait_ready(b: _Board, token: str | None, timeout_s: float, release: str, ve
     address, port = endpoint or (b.address, b.port)
     deadline = time.monotonic() + timeout_s
     next_check = time.monotonic() + 0.3
-    client = OipClient(address, port, token=token, timeout=1.0)
+    client = OipClient(address, port, token=token, timeout=1.0, ssl_context=ssl_context)
     try:
         while True:
             try:
@@ -262,7 +298,10 @@ def _rollback(b: _Board, release: str, timeout_s: float, progress) -> str:
         b.pid = b.tr.agent("start", timeout=60)["pid"]
         info = b.prev_info or {}
         endpoint = (info.get("address", b.address), int(info.get("port", b.port)))
-        _wait_ready(b, None, timeout_s, b.prev, verify=False, endpoint=endpoint)
+        # readiness only (no token): a previous HTTPS worker is reached without verifying its certificate here
+        prev_tls = "--tls-cert" in (info.get("worker_args") or [])
+        _wait_ready(b, None, timeout_s, b.prev, verify=False, endpoint=endpoint,
+                    ssl_context=_unverified_tls() if prev_tls else None)
         return f"{b.name}: back on release {b.prev}, serving on {endpoint[0]}:{endpoint[1]} (pid {b.pid})"
     except Exception as e:  # report and carry on with the other boards
         return f"{b.name}: ROLLBACK FAILED ({e}); check the board"
@@ -275,14 +314,16 @@ def _rollback(b: _Board, release: str, timeout_s: float, progress) -> str:
 def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh", out: str = "deployment.json",
            deadline_ms: int = 2000, timeout_s: float = 60.0, known_hosts: str | None = None,
            host_key_policy: str = "accept-new", connect_timeout: float = 10.0, python: str | None = None,
-           progress=None, lock_wait_s: float = LOCK_WAIT_S, wire: str = "auto") -> dict:
+           progress=None, lock_wait_s: float = LOCK_WAIT_S, wire: str = "auto", tls: dict | None = None) -> dict:
     """Deploy plan.json's placements; write `out` (deployment.json) and return it.
 
     transport "ssh": boards from boards_yaml (default: the plan's boards_file). "local": workers are processes on
     this machine under <out dir>/.edvit-local/<board>/ on 127.0.0.1 (ports: boards_yaml's worker_port, else free
     ones); `python` is their interpreter (default: this one). timeout_s: per board, for the worker to be ready.
     lock_wait_s: how long to wait for another deploy's lock on a board. wire: the input format the coordinator
-    sends the boards (auto|fp32|uint8|encoded, recorded in deployment.json). progress(board, message, done, total)
+    sends the boards (auto|fp32|uint8|encoded, recorded in deployment.json). tls: {"cert", "key", "ca"} PEM paths:
+    every worker serves HTTPS with that certificate (it must name each board's address), and the coordinator
+    verifies the boards against "ca" (recorded as deployment.json's tls_ca). progress(board, message, done, total)
     follows each board. Raises EdvitError (boards rolled back) on failure; on an interrupt (Ctrl-C) during
     activation the boards are rolled back and the interrupt re-raised.
     """
@@ -297,6 +338,7 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
         raise EdvitError(f"--deadline-ms must be a positive integer, got {deadline_ms!r}")
     step = progress or (lambda *a: None)
     t_start = time.monotonic()
+    tls_files = _read_tls(tls)
     plan, manifest = plan_file.load(plan_path)
     build_dir = plan["build"]["path"]
     boards, bfile = _make_boards(plan, manifest, plan_path, boards_yaml, transport, out, known_hosts,
@@ -356,8 +398,8 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
             raise BoardFailed(f"{b.name}: release {release} is already current; deploy again")
         step(b.name, "assembling release", 2, STEPS)
         texts.update({"manifest.json": json.dumps(_board_manifest(manifest, b, inputs_rel), indent=1),
-                      "release.json": json.dumps(_release_json(release, b, plan_sha), indent=1)})
-        b.tr.agent("assemble", release=release, links=links, files=texts, secrets={"token": token},
+                      "release.json": json.dumps(_release_json(release, b, plan_sha, bool(tls_files)), indent=1)})
+        b.tr.agent("assemble", release=release, links=links, files=texts, secrets={"token": token, **tls_files},
                    copy=b.tr.kind == "local", timeout=120)
         b.seconds += time.monotonic() - t0
 
@@ -370,7 +412,7 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
         step(b.name, "starting worker", 4, STEPS)
         b.pid = b.tr.agent("start", timeout=60)["pid"]
         step(b.name, "waiting for ready", 5, STEPS)
-        _wait_ready(b, token, timeout_s, release)
+        _wait_ready(b, token, timeout_s, release, ssl_context=_client_tls(tls and tls.get("ca")))
         step(b.name, "ready", STEPS, STEPS)
         b.seconds += time.monotonic() - t0
 
@@ -391,7 +433,8 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
             bad = {n: e for n, e in failed.items() if e is not None}
             if not bad:
                 doc = deployment.document(plan_path, plan, manifest, bfile, boards, release, deadline_ms, out,
-                                          transport, known_hosts, host_key_policy, connect_timeout, wire)
+                                          transport, known_hosts, host_key_policy, connect_timeout, wire,
+                                          tls_ca=os.path.abspath(tls["ca"]) if tls else None)
                 _write_secret(doc["token_file"], token)
                 write_json_atomic(out, doc)
         except BaseException as e:  # Ctrl-C (or a failed write) before the token is saved: nobody could call it
@@ -470,7 +513,9 @@ def _board_status(entry: dict, doc: dict, token: str | None, http_timeout: float
     res = {"name": entry["name"], "transport": entry["transport"], "endpoint": entry.get("endpoint"),
            "up": False, "release": None, "deployed_release": entry.get("release"), "models": entry["models"],
            "p50_ms": {}, "requests": {}, "pid": None, "error": None}
-    client = OipClient(entry["address"], entry["port"], token=token, timeout=http_timeout)
+    https = str(entry.get("endpoint", "")).startswith("https://")
+    client = OipClient(entry["address"], entry["port"], token=token, timeout=http_timeout,
+                       ssl_context=_client_tls(doc.get("tls_ca")) if https else None)
     problems = []
     try:
         res["up"] = client.ready()

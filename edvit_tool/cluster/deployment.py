@@ -187,7 +187,7 @@ def _fusion(manifest: dict, variants: set[str] = frozenset()) -> dict | None:
 
 
 def document(plan_path, plan, manifest, bfile, boards, release, deadline_ms, out, transport, known_hosts,
-             host_key_policy, connect_timeout, wire: str = "auto") -> dict:
+             host_key_policy, connect_timeout, wire: str = "auto", tls_ca: str | None = None) -> dict:
     """deployment.json for a finished deploy (boards: deploy's per-board records)."""
     replicas: dict[str, list[str]] = {}
     for b in boards:
@@ -198,7 +198,8 @@ def document(plan_path, plan, manifest, bfile, boards, release, deadline_ms, out
         variants = sorted(set(b.variants.values()))
         entries.append({
             "name": b.name, "transport": b.tr.kind, "target": b.tr.target,
-            "endpoint": f"http://{'[' + b.address + ']' if ':' in b.address else b.address}:{b.port}",
+            "endpoint": f"{'https' if tls_ca else 'http'}://"
+                        f"{'[' + b.address + ']' if ':' in b.address else b.address}:{b.port}",
             "address": b.address, "port": b.port, "models": b.models,
             "variant": variants[0] if len(variants) == 1 else ",".join(f"{m}={v}" for m, v in b.variants.items()),
             "variants": b.variants,
@@ -216,6 +217,7 @@ def document(plan_path, plan, manifest, bfile, boards, release, deadline_ms, out
         "plan": os.path.abspath(plan_path),
         "boards_file": os.path.abspath(bfile) if bfile else None,
         "token_file": token_path(out),
+        "tls_ca": tls_ca,
         "fusion": _fusion(manifest, {v for b in boards for v in b.variants.values()}),
         "boards": entries, "replicas": replicas, "deadline_ms": deadline_ms, "wire": wire,
         "ssh": {"known_hosts": os.path.abspath(os.path.expanduser(known_hosts)) if known_hosts else None,

@@ -61,8 +61,14 @@ def _infer_matches_reference(build, doc, token=None):
     with np.load(os.path.join(build, mf.REFERENCE_INPUTS)) as z:
         x = z["pixel_values"][:2]
     token = token or open(doc["token_file"]).read().strip()
+    tls = None
+    if doc.get("tls_ca"):
+        import ssl
+
+        tls = ssl.create_default_context(cafile=doc["tls_ca"])
     for b in doc["boards"]:
-        with OipClient(b["address"], b["port"], token=token, timeout=10) as c:
+        with OipClient(b["address"], b["port"], token=token, timeout=10,
+                       ssl_context=tls if b["endpoint"].startswith("https://") else None) as c:
             for m in b["models"]:
                 art = mf.artifact(manifest, m, "onnx", "fp32")
                 out = c.infer(m, {"pixel_values": x})
@@ -421,3 +427,45 @@ def test_a_corrupted_cached_file_is_caught_on_the_board_and_sent_again(boards, t
         _infer_matches_reference(tiny_build, doc)
     finally:
         dp.stop(out)
+
+
+def test_tls_deploy_serves_https_verified_against_the_ca_and_refuses_plain_http(tiny_build, tmp_path):
+    """deploy --tls-cert/--tls-key: workers serve HTTPS, deployment.json records https endpoints and tls_ca, and
+    infer/status verify the boards against it; a plain-HTTP request to a board gets no answer."""
+    import urllib.error
+    import urllib.request
+
+    from tls_certs import make_self_signed
+
+    cert, key = make_self_signed(str(tmp_path / "tls"))
+    plan = _plan_by_hand(tiny_build, tmp_path / "plan.json", [("g0", "a"), ("g1", "b")])
+    out = str(tmp_path / "run" / "deployment.json")
+    r = _cli("deploy", "--plan", plan, "--transport", "local", "--out", out, "--tls-cert", cert, "--tls-key", key)
+    assert r.returncode == 0, r.stderr
+    doc = json.load(open(out))
+    try:
+        assert doc["tls_ca"] == os.path.abspath(cert)
+        assert all(b["endpoint"].startswith("https://127.0.0.1:") for b in doc["boards"])
+        _infer_matches_reference(tiny_build, doc)
+        from PIL import Image
+
+        img = tmp_path / "cat.png"
+        Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
+        r = _cli("infer", "--deployment", out, str(img), "--json")
+        assert r.returncode == 0, r.stderr                      # the coordinator verified both boards over TLS
+        assert json.loads(r.stdout)["summary"]["degraded"] == 0
+        r = _cli("status", "--deployment", out, "--json")
+        assert r.returncode == 0 and all(row["up"] for row in json.loads(r.stdout)), r.stdout + r.stderr
+        b = doc["boards"][0]
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{b['port']}/v2/health/ready", timeout=5).read()
+    finally:
+        _cli("stop", "--deployment", out)
+
+
+def test_tls_deploy_needs_cert_and_key_together(tiny_build, tmp_path):
+    plan = _plan_by_hand(tiny_build, tmp_path / "plan.json", [("g0", "a"), ("g1", "b")])
+    r = _cli("deploy", "--plan", plan, "--transport", "local", "--out", str(tmp_path / "d.json"),
+             "--tls-cert", str(tmp_path / "nope.crt"))
+    assert r.returncode == 2 and "--tls-cert and --tls-key go together" in r.stderr
+    assert not (tmp_path / "d.json").exists()
