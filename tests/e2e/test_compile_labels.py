@@ -156,6 +156,11 @@ def test_poisoned_test_labels_leave_the_build_identical(tmp_path, ckpt):
     for f in made:
         assert clean["files"][f] == bad["files"][f], f
     assert clean["fusion"]["kind"] == bad["fusion"]["kind"]
+    # fusion.kind auto: the head with the best validation accuracy (ties: fewest fitted numbers) is the one built
+    choice = clean["accuracy"]["fusion_choice"]
+    assert {"logits_val", "ensemble_val", "mlp_val"} <= set(choice)
+    assert clean["fusion"]["kind"] == choice["kind"] == max(("logits", "ensemble", "mlp"),
+                                                            key=lambda k: choice[f"{k}_val"])
     strip = lambda arts: [{k: v for k, v in a.items() if k != "reference"} for a in arts]  # noqa: E731
     assert strip(clean["artifacts"]) == strip(bad["artifacts"])
     assert clean["accuracy"]["fused"] != bad["accuracy"]["fused"]    # the report did read the (poisoned) labels
