@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `import boards` from any test directory
 
 import boards as _boards  # noqa: E402
+
+# compile's decoded-image cache: a temp dir of this test session, not the user's ~/.cache
+os.environ.setdefault("EDVIT_CACHE_DIR", tempfile.mkdtemp(prefix="edvit-test-cache-"))
 
 
 @pytest.fixture
