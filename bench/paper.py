@@ -328,14 +328,10 @@ def main() -> int:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from results_section import cpu_model
+
+    return cpu_model()
 
 
 if __name__ == "__main__":

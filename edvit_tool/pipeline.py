@@ -61,11 +61,6 @@ def _importance_batches(train: finetune.TrainSet, y_rel, n_group, batch_size, co
         yield train.take(sel)[0], y_rel[sel]
 
 
-def teacher_features(model, x: torch.Tensor, device) -> torch.Tensor:
-    """The original's pooled (final-norm CLS) features: the feature-distillation targets."""
-    return finetune.predict(surgery.SubModelWrapper(model), x, device)[0]
-
-
 def prune_and_finetune(model, group: list[int], train: finetune.TrainSet, recipe: dict, params_target: int | None,
                        device, seed: int, bars=None, label: str = "", compute: float = 1.0,
                        validate=None) -> finetune.Student:
@@ -229,7 +224,9 @@ def prepare(recipe: dict, device, bars=None, for_worker: bool = False) -> Simple
         f"{' (val/ folder)' if data.val_source == 'folder' else ''} / {len(data.test)} test images, {n_cls} classes")
 
     # The original model is the teacher: its logits are computed once for every split.
-    t_ft = finetune.predict(model, data.finetune.x, device)
+    # one pass over the fine-tune split gives the teacher's pooled features (feature distillation, similarity
+    # partition) and its logits
+    f_ft, t_ft = finetune.predict(surgery.SubModelWrapper(model), data.finetune.x, device)
     if recipe["data"]["check_labels"] and not for_worker:
         # before any real work: a checkpoint whose head order does not fit the labels scores near chance
         desc = f"{recipe['data']['kind']} {recipe['data']['root'] or ''}".strip()
@@ -244,15 +241,14 @@ def prepare(recipe: dict, device, bars=None, for_worker: bool = False) -> Simple
 
     sim = None
     if recipe["split"]["strategy"] == "similarity":
-        feats, _ = finetune.predict(surgery.SubModelWrapper(model), data.finetune.x, device)
-        sim = partition.class_similarity(feats.numpy(), data.finetune.y.numpy(), n_cls)
+        sim = partition.class_similarity(f_ft.numpy(), data.finetune.y.numpy(), n_cls)
     groups = partition.partition(recipe["split"]["strategy"], n_cls, k, sim)
     log("groups: " + "  ".join(f"g{i}={[data.classes[c] for c in g]}" for i, g in enumerate(groups)))
 
     ratio = recipe["prune"]["target"]["params_ratio"]
     params_target = int(orig_params * ratio) if ratio is not None else None
     ft = recipe["finetune"]
-    t_feats = teacher_features(model, data.finetune.x, device) if ft["feature_weight"] > 0 else None
+    t_feats = f_ft if ft["feature_weight"] > 0 else None
     train = finetune.TrainSet(data.finetune.x, data.finetune.y, t_ft, t_feats)
     return SimpleNamespace(**locals())
 

@@ -41,14 +41,13 @@ class ResultsError(Exception):
 
 
 def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` knows (also used by bench/paper.py)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:  # no /proc (not Linux): fall back below
+        names = []
+    return names[0] if names else (platform.processor() or platform.machine())
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
