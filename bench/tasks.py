@@ -313,7 +313,6 @@ def ensure_task(task: str, threads: int = 1, log=print, device: str = "cpu", ste
     from safetensors.torch import save_file
 
     from edvit_tool import checkpoint, finetune
-    from edvit_tool.data import to_model_input
 
     folder = os.path.join(TASK_DIR, task)
     recipe_path = os.path.join(folder, "recipe.yaml")
@@ -329,7 +328,8 @@ def ensure_task(task: str, threads: int = 1, log=print, device: str = "cpu", ste
     model = checkpoint.create_model(recipe["model"]["name"], recipe["model"]["kwargs"])
     c = TASKS[task]
     spec = {"shape": [c["chans"], c["size"], c["size"]], "mean": [0.5] * c["chans"], "std": [0.5] * c["chans"]}
-    conv = lambda a: to_model_input(torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0, spec)  # noqa: E731
+    mean, std = torch.tensor(spec["mean"]).view(1, -1, 1, 1), torch.tensor(spec["std"]).view(1, -1, 1, 1)
+    conv = lambda a: (torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255.0 - mean) / std  # noqa: E731
     xtr, xte = conv(x), conv(xt)
     ytr, yte = torch.from_numpy(y).long(), torch.from_numpy(yt).long()
     dev = torch.device(device)

@@ -269,3 +269,49 @@ def predict(model, x: torch.Tensor, device: torch.device, batch_size: int = 256)
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y).float().mean())
+
+
+def joint_finetune(students: list[Student], groups: list[list[int]], head: nn.Module, data: TrainSet, steps: int,
+                   cfg: dict, fusion_cfg: dict, device: torch.device, seed: int, progress=None):
+    """Fine-tune every sub-model and the fusion MLP together, in place: each step runs one batch through all K
+    sub-models; the loss is each sub-model's own distillation loss plus the fused output's (CE + KD from the
+    original's full distribution), with whole sub-models dropped from the fusion input as when a board is
+    missing. The sub-models learn to complement each other instead of each covering the task alone. One joint
+    step costs K sub-model steps: `steps` is one sub-model's fine-tune budget."""
+    from .fuse import submodel_dropout_mask
+
+    if steps <= 0:
+        return students, head
+    n_cls = data.t_logits.shape[1]
+    modules = nn.ModuleList([*students, head]).to(device).train()
+    opt = torch.optim.AdamW(modules.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    sched = _schedule(opt, steps, cfg["lr"], cfg["warmup_fraction"])
+    # class-balanced over every class: each sub-model meets its group and "other" as the fused model does
+    batches = BalancedBatches(data.y, n_cls, cfg["batch_size"], 0.0, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    temp, kd_w = cfg["temperature"], cfg["kd_weight"]
+    feat_scale = float(data.t_feats.pow(2).mean()) + 1e-8 if data.t_feats is not None else 1.0
+    dims = list(head.input_dims)
+    for _ in range(steps):
+        idx = batches()
+        xb, yb, tl, tf = data.take(idx, gen)
+        xb, yb, tl = xb.to(device), yb.to(device), tl.to(device)
+        tf = None if tf is None else tf.to(device)
+        loss, feats = 0.0, []
+        for s, g in zip(students, groups):
+            f = s.model.forward_head(s.model.forward_features(xb), pre_logits=True)
+            out = (s.model.head(f), s.aux(f) if s.aux is not None else None, s.proj(f) if s.proj is not None else None)
+            tg = group_teacher_logits(tl, g, temp, cfg["other_target"])
+            loss = loss + distill_loss(out, yb, relabel(yb.cpu(), g, n_cls).to(device), tl, tg, tf, cfg, feat_scale)
+            feats.append(f)
+        fused_in = torch.cat(feats, 1)
+        if fusion_cfg["submodel_dropout"] > 0 and len(dims) > 1:
+            fused_in = fused_in * submodel_dropout_mask(len(idx), dims, fusion_cfg["submodel_dropout"],
+                                                        gen).to(device)
+        fused = head(fused_in)
+        fused_loss = (1 - kd_w) * F.cross_entropy(fused, yb, label_smoothing=0.05) + kd_w * _kd(fused, tl, temp)
+        loss = loss / len(students) + cfg["joint_fusion_weight"] * fused_loss
+        _step(modules, opt, sched, loss, progress, cfg["clip_grad"])
+    for m in modules:
+        m.eval()
+    return students, head

@@ -63,30 +63,36 @@ def _importance_batches(train: finetune.TrainSet, y_rel, n_group, batch_size, co
 
 def prune_and_finetune(model, group: list[int], train: finetune.TrainSet, recipe: dict, params_target: int | None,
                        device, seed: int, bars=None, label: str = "", compute: float = 1.0,
-                       validate=None) -> finetune.Student:
+                       validate=None, start: finetune.Student | None = None) -> finetune.Student:
     """One sub-model: group head, iterative class-wise pruning with short recoveries, then distillation.
 
     Returns the finetune.Student (its `.model` is the pruned timm ViT, `.aux` its N-class head for the fusion).
     `group` covering every class gives the class-agnostic peer (no "other" output, no aux head). `compute`
     scales every training phase (the peer gets K sub-models' steps); `validate` enables early stopping.
+    `start`: prune from this class-agnostic student (the shared trunk) instead of the original model.
     """
     pr, ft = recipe["prune"], recipe["finetune"]
     n_cls = train.t_logits.shape[1]
-    base = copy.deepcopy(model).to(device)
+    origin = model if start is None else start.model
+    base = copy.deepcopy(origin).to(device)
     everything = len(group) == n_cls
     if not everything:
         surgery.replace_head(base, len(group) + 1, init_from=surgery.group_head_init(base, group))
-    aux_init = model.head if not everything and ft["aux_weight"] > 0 else None
+    aux_init = origin.head if not everything and ft["aux_weight"] > 0 else None
     student = finetune.Student.from_teacher(base, aux_init,
                                             feature_distill=ft["feature_weight"] > 0 and train.t_feats is not None)
+    if start is not None and start.proj is not None and student.proj is not None:
+        student.proj = copy.deepcopy(start.proj)  # the trunk's map to the teacher's features (its embed is pruned)
     student.to(device)
     y_rel = finetune.relabel(train.y, group, n_cls)
     n_out = len(group) if everything else len(group) + 1
     p0 = surgery.count_params(base)
     steps = pr["steps"]
     keep = pr["target"]["keep"]
-    rec_steps, ft_steps = int(round(pr["recovery_steps"] * compute)), int(round(ft["steps"] * compute))
-    recoveries = steps if ft_steps == 0 else steps - 1
+    joint = 0.0 if everything else ft["joint_fraction"]  # the rest of the fine-tune is the joint phase
+    rec_steps = int(round(pr["recovery_steps"] * compute))
+    ft_steps = int(round(ft["steps"] * compute * (1 - joint)))
+    recoveries = steps if ft_steps == 0 and joint == 0 else steps - 1
     total = recoveries * rec_steps + ft_steps
     advance = bars.task(f"{label} prune+fine-tune", total) if bars else None
     for i in range(1, steps + 1):
@@ -100,7 +106,7 @@ def prune_and_finetune(model, group: list[int], train: finetune.TrainSet, recipe
             ratios = {k: v ** (1.0 / steps) for k, v in keep.items() if v is not None}
             plan = plan_keep(student.model, imp, keep_ratios=ratios, prune_embed=pr["prune_embed"])
         student = student.prune(plan).to(device)
-        if i < steps or ft_steps == 0:
+        if i < steps or (ft_steps == 0 and joint == 0):
             finetune.distill_finetune(student, train, group, rec_steps, ft, device, seed + 100 * i, advance)
     evals = recipe["peer"]["evals"] if validate is not None else 0
     finetune.distill_finetune(student, train, group, ft_steps, ft, device, seed + 7, advance, validate=validate,
@@ -121,8 +127,34 @@ def _save_npz(path: str, **arrays) -> None:
     np.savez(path, **{k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in arrays.items()})
 
 
+def _joint_phase(recipe: dict, st: SimpleNamespace, students: list, partial, device, bars):
+    """The joint fine-tune (finetune.joint_fraction > 0, K > 1): every sub-model and the fusion MLP together.
+    Updates `students` in place and returns the jointly trained fusion MLP (None when off). Resumable as a
+    whole: its result is kept in the partial dir like the sub-models."""
+    ft, fcfg = recipe["finetune"], recipe["fusion"]
+    steps = int(round(ft["steps"] * ft["joint_fraction"]))
+    if steps <= 0 or len(students) < 2:
+        return None
+    dims = [s.model.head.in_features for s in students]
+    n_cls = st.n_cls
+    head = fuse.FusionMLP(dims, n_cls, max(fcfg["hidden"], 2 * n_cls), fcfg["dropout"])
+    names = [f"joint-g{gi}" for gi in range(len(students))]
+    if all(partial.has(n) for n in names) and partial.has_tensors("joint-fusion"):
+        for gi, n in enumerate(names):
+            students[gi] = partial.load(n, st.m["name"], st.m["kwargs"]).to(device).eval()
+        head.load_state_dict(partial.load_tensors("joint-fusion"))
+        return head.eval()
+    seed_everything(st.seed + 11)
+    advance = bars.task("joint fine-tune (all sub-models + fusion)", steps) if bars else None
+    finetune.joint_finetune(students, st.groups, head, st.train, steps, ft, fcfg, device, st.seed + 11, advance)
+    for gi, n in enumerate(names):
+        partial.save(n, students[gi])
+    partial.save_tensors("joint-fusion", head.state_dict())
+    return head.eval()
+
+
 def _fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, va_out, device, seed: int,
-                bars) -> SimpleNamespace:
+                bars, joint_head=None) -> SimpleNamespace:
     """The chosen fusion head (and what choosing it measured).
 
     Fitted on the fusion split (which no sub-model trained on) plus shifted views of it (features through the
@@ -139,37 +171,45 @@ def _fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, va_out
     dims = [o[0].shape[1] for o in va_out]
     logit_fusion = fuse.LogitFusion(groups, n_cls)
     ensemble = fuse.EnsembleFusion.from_students(students, groups, n_cls)
-    feats_views, t_views = [torch.cat([finetune.predict(w, data.fusion.x, device)[0] for w in wrapped], 1)], [t_fu]
+    fit = data.fusion if len(data.fusion) else data.finetune  # data.fusion_fraction 0: the fine-tune split
+    feats_views, t_views = [torch.cat([finetune.predict(w, fit.x, device)[0] for w in wrapped], 1)], [t_fu]
     for _ in range(fcfg["augment_views"]):  # shifted views, decoded chunk by chunk
         fs, ts = [], []
-        for i in range(0, len(data.fusion), 256):
-            xb = finetune.augment(data.fusion.x[i:i + 256], gen, pad=2)
+        for i in range(0, len(fit), 256):
+            xb = finetune.augment(fit.x[i:i + 256], gen, pad=2)
             fs.append(torch.cat([finetune.predict(w, xb, device)[0] for w in wrapped], 1))
             ts.append(finetune.predict(model, xb, device))
         feats_views.append(torch.cat(fs))
         t_views.append(torch.cat(ts))
     feats_fu, t_views = torch.stack(feats_views), torch.stack(t_views)
     v = feats_fu.shape[0]
-    ensemble.fit(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v))
+    ensemble.fit(feats_fu.reshape(-1, feats_fu.shape[-1]), fit.y.repeat(v))
     heads = {"logits": logit_fusion, "ensemble": ensemble}
     kind = fcfg["kind"]
     if kind in ("auto", "mlp"):
         advance = bars.task("fusion head", fcfg["steps"]) if bars else None
         # the hidden layer follows the class count: 128 squeezes 100 classes through too few units
         wide = {**fcfg, "hidden": max(fcfg["hidden"], 2 * n_cls)}
-        heads["mlp"] = fuse.train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), data.fusion.y.repeat(v),
+        heads["mlp"] = fuse.train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), fit.y.repeat(v),
                                              t_views.reshape(-1, t_views.shape[-1]), dims, n_cls, wide, seed,
                                              advance).eval()
-    inputs_va = {"logits": logits_va, "ensemble": feats_va, "mlp": feats_va}
+    if joint_head is not None:
+        heads["joint"] = joint_head.cpu().eval()
+    inputs_va = {"logits": logits_va, "ensemble": feats_va, "mlp": feats_va, "joint": feats_va}
     with torch.no_grad():
         val_acc = {k_: finetune.accuracy(h(inputs_va[k_]), data.val.y) for k_, h in heads.items()}
+    if kind == "mlp" and joint_head is not None:
+        kind = "joint"  # the MLP trained with the sub-models
     if kind == "auto":
-        kind = max(("logits", "ensemble", "mlp"), key=lambda k_: val_acc.get(k_, -1.0))
+        kind = max(("logits", "ensemble", "mlp", "joint"), key=lambda k_: val_acc.get(k_, -1.0))
         log("fusion on the validation split: " + ", ".join(f"{k_} {a:.4f}" for k_, a in val_acc.items())
             + f" → {kind}")
     choice = {"kind": kind, **{f"{k_}_val": a for k_, a in val_acc.items()}}
+    chosen = heads[kind]
+    if kind == "joint":  # exported and described as the MLP it is; the choice records how it was trained
+        kind = "mlp"
     source = "logits" if kind == "logits" else "features"
-    return SimpleNamespace(head=heads[kind], kind=kind, source=source, dims=dims, val_inputs=inputs_va[kind],
+    return SimpleNamespace(head=chosen, kind=kind, source=source, dims=dims, val_inputs=inputs_va[kind],
                            choice=choice, heads=heads)
 
 
@@ -234,7 +274,7 @@ def prepare(recipe: dict, device, bars=None, for_worker: bool = False) -> Simple
     t_fu = t_va = None
     orig_params = surgery.count_params(model)
     if not for_worker:
-        t_fu = finetune.predict(model, data.fusion.x, device)
+        t_fu = finetune.predict(model, data.fusion.x, device) if len(data.fusion) else t_ft
         t_va = finetune.predict(model, data.val.x, device)
         log(f"original {m['name']}: {orig_params:,} params, validation accuracy "
             f"{finetune.accuracy(t_va, data.val.y):.4f}")
@@ -253,12 +293,32 @@ def prepare(recipe: dict, device, bars=None, for_worker: bool = False) -> Simple
     return SimpleNamespace(**locals())
 
 
-def train_group(st: SimpleNamespace, gi: int, recipe: dict, device, bars=None) -> finetune.Student:
+def shared_trunk_plan(recipe: dict, k: int, params_target: int | None):
+    """(compute, params) of the shared trunk, or None. `prune.shared_fraction` of the ensemble's compute (K
+    sub-models' steps) trains one class-agnostic student at `prune.shared_size` x the sub-model budget; every
+    sub-model is then pruned class-wise from it with the rest. The peer keeps K sub-models' steps in all."""
+    frac = recipe["prune"]["shared_fraction"]
+    if frac <= 0 or k < 2 or params_target is None:
+        return None
+    return k * frac, int(params_target * recipe["prune"]["shared_size"])
+
+
+def train_trunk(st: SimpleNamespace, recipe: dict, device, bars=None) -> finetune.Student:
+    compute, params = shared_trunk_plan(recipe, st.k, st.params_target)
+    seed_everything(st.seed + 500)
+    return prune_and_finetune(st.model, list(range(st.n_cls)), st.train, recipe, params, device, st.seed + 500,
+                              bars, label="trunk", compute=compute)
+
+
+def train_group(st: SimpleNamespace, gi: int, recipe: dict, device, bars=None,
+                trunk: finetune.Student | None = None) -> finetune.Student:
     """Sub-model gi (a finetune.Student), seeded by its index alone: the same whatever ran before it (resume,
     --jobs)."""
     seed_everything(st.seed + 1000 * (gi + 1))
+    plan = shared_trunk_plan(recipe, st.k, st.params_target)
+    compute = 1.0 if plan is None else 1.0 - recipe["prune"]["shared_fraction"]
     return prune_and_finetune(st.model, st.groups[gi], st.train, recipe, st.params_target, device,
-                              st.seed + 1000 * (gi + 1), bars, label=f"g{gi}")
+                              st.seed + 1000 * (gi + 1), bars, label=f"g{gi}", compute=compute, start=trunk)
 
 
 def _train_stages(recipe: dict, bars, peer: bool, device, partial, jobs: int = 1) -> SimpleNamespace:
@@ -269,6 +329,13 @@ def _train_stages(recipe: dict, bars, peer: bool, device, partial, jobs: int = 1
     t_fu, t_va = st.t_fu, st.t_va
     log = bars.log if bars else (lambda s: None)
     t_sub = time.perf_counter()
+    trunk = None
+    if shared_trunk_plan(recipe, k, params_target) is not None:
+        trunk = partial.load("trunk", m["name"], m["kwargs"])
+        if trunk is None:
+            trunk = train_trunk(st, recipe, device, bars)
+            partial.save("trunk", trunk)
+        log(f"shared trunk: {surgery.count_params(trunk.model):,} params")
     if jobs > 1:
         from .compile.jobs import train_groups_in_workers
 
@@ -278,16 +345,18 @@ def _train_stages(recipe: dict, bars, peer: bool, device, partial, jobs: int = 1
     for gi, group in enumerate(groups):
         student = partial.load(f"g{gi}", m["name"], m["kwargs"])
         if student is None:
-            student = train_group(st, gi, recipe, device, bars)
+            student = train_group(st, gi, recipe, device, bars, trunk)
             partial.save(f"g{gi}", student)
         students.append(student.to(device).eval())
         n = surgery.count_params(student.model)
         log(f"g{gi}: {n:,} params ({n / orig_params:.1%})")
+    joint_head = _joint_phase(recipe, st, students, partial, device, bars)
     subs = [s.model for s in students]
     seed_everything(seed + 7)  # what follows does not depend on how the groups were obtained (resumed or not)
     wrapped = [surgery.SubModelWrapper(s) for s in subs]
     va_out = [finetune.predict(w, data.val.x, device) for w in wrapped]
-    fu = _fit_fusion(recipe["fusion"], wrapped, students, model, groups, data, t_fu, va_out, device, seed, bars)
+    fu = _fit_fusion(recipe["fusion"], wrapped, students, model, groups, data, t_fu, va_out, device, seed, bars,
+                     joint_head)
     ensemble_seconds = time.perf_counter() - t_sub
     with torch.no_grad():
         fused_val_acc = finetune.accuracy(fu.head(fu.val_inputs), data.val.y)

@@ -501,7 +501,10 @@ def load_data(recipe: dict, spec: dict, num_classes: int, bars=None) -> Data:
         base = None if base is None else base[rest]
     else:
         val_rows, val_y = np.arange(offsets[2], offsets[3]), val.labels
-    ft, fu = _stratified(y, d["fusion_fraction"], seed + 1, base)
+    if d["fusion_fraction"] > 0:
+        ft, fu = _stratified(y, d["fusion_fraction"], seed + 1, base)
+    else:  # no fusion split: the fusion head fits on the fine-tune split (see pipeline._fit_fusion)
+        ft, fu = np.arange(len(y)), np.arange(0)
 
     def split(r, labels):
         return Split(Images(pixels, r, spec), torch.as_tensor(np.asarray(labels), dtype=torch.long))

@@ -86,9 +86,10 @@ def main(argv: list[str]) -> int:
     partial = Partial.attach(out_dir, recipe)
     with autocast_for(device):
         st = prepare(recipe, device, for_worker=True)
+        trunk = partial.load("trunk", recipe["model"]["name"], recipe["model"]["kwargs"])  # None: no shared trunk
         for gi in (int(g) for g in groups.split(",")):
             if not partial.has(f"g{gi}"):
-                partial.save(f"g{gi}", train_group(st, gi, recipe, device))
+                partial.save(f"g{gi}", train_group(st, gi, recipe, device, trunk=trunk))
     return 0
 
 

@@ -69,26 +69,42 @@ class Partial:
         net = surgery.build_pruned(model_name, kwargs, info["arch"])
         state = torch.load(os.path.join(self.dir, f"{name}.pt"), map_location="cpu", weights_only=True)
         net.load_state_dict(state["model"])
-        aux = None
-        if info.get("aux"):
-            aux = torch.nn.Linear(*info["aux"])
-            aux.load_state_dict(state["aux"])
+        side = {}
+        for key in ("aux", "proj"):  # the training-time heads (proj only matters for a shared trunk)
+            side[key] = None
+            if info.get(key):
+                side[key] = torch.nn.Linear(*info[key])
+                side[key].load_state_dict(state[key])
         self.log(f"resume: {name} loaded from {self.dir}")
-        return Student(net.eval(), aux, None)
+        return Student(net.eval(), side["aux"], side["proj"])
 
     def save(self, name: str, student) -> None:
         """Weights first, then the small json that marks them complete (both renamed into place)."""
         pt, meta = os.path.join(self.dir, f"{name}.pt"), os.path.join(self.dir, f"{name}.json")
         state = {"model": {k: v.detach().cpu().contiguous() for k, v in student.model.state_dict().items()}}
-        aux = None
-        if student.aux is not None:
-            state["aux"] = {k: v.detach().cpu().contiguous() for k, v in student.aux.state_dict().items()}
-            aux = [student.aux.in_features, student.aux.out_features]
+        shapes = {"arch": surgery.vit_arch(student.model), "aux": None, "proj": None}
+        for key in ("aux", "proj"):
+            lin = getattr(student, key)
+            if lin is not None:
+                state[key] = {k: v.detach().cpu().contiguous() for k, v in lin.state_dict().items()}
+                shapes[key] = [lin.in_features, lin.out_features]
         torch.save(state, pt + ".tmp")
         os.replace(pt + ".tmp", pt)
         with open(meta + ".tmp", "w", encoding="utf-8") as f:
-            json.dump({"arch": surgery.vit_arch(student.model), "aux": aux}, f)
+            json.dump(shapes, f)
         os.replace(meta + ".tmp", meta)
+
+    def has_tensors(self, name: str) -> bool:
+        return os.path.isfile(os.path.join(self.dir, f"{name}.tensors.pt"))
+
+    def save_tensors(self, name: str, state: dict) -> None:
+        """A plain state dict (the joint phase's fusion MLP), renamed into place when written."""
+        path = os.path.join(self.dir, f"{name}.tensors.pt")
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+    def load_tensors(self, name: str) -> dict:
+        return torch.load(os.path.join(self.dir, f"{name}.tensors.pt"), map_location="cpu", weights_only=True)
 
     def done(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

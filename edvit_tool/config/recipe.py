@@ -71,7 +71,7 @@ SCHEMA: dict = {
         "distort": F(bool, False),
         "distort_copies": F(int, 1, _num(1, 20)),  # distorted views per digit (digits + distort only)
         "test_fraction": F(float, 0.2, FRACTION),
-        "fusion_fraction": F(float, 0.2, FRACTION),
+        "fusion_fraction": F(float, 0.2, _num(0, 1, hi_open=True)),  # 0: fusion head fits on the fine-tune split
         # validation: every choice compile makes (gate, float fallback, fusion kind, early stopping) is made here
         "val_fraction": F(float, 0.15, FRACTION),
         "val_samples": F(int, 1000, POS),      # cap on the validation images the export gate runs
@@ -108,6 +108,10 @@ SCHEMA: dict = {
         "steps": F(int, 3, _num(1, 20)),
         "importance_batches": F(int, 8, POS),
         "recovery_steps": F(int, 100, NONNEG),
+        # shared trunk: this fraction of the ensemble's steps trains one class-agnostic student at shared_size x
+        # the sub-model budget; each sub-model is pruned class-wise from it (0 = from the original)
+        "shared_fraction": F(float, 0.0, _num(0, 1, hi_open=True)),
+        "shared_size": F(float, 2.0, _num(1, 100)),
     },
     "finetune": {
         "steps": F(int, 600, NONNEG),
@@ -122,6 +126,10 @@ SCHEMA: dict = {
         "feature_weight": F(float, 1.0, NONNEG),   # distil the original's pooled features
         "warmup_fraction": F(float, 0.05, _num(0, 0.5)),
         "clip_grad": F(float, 1.0, NONNEG),        # 0 = no clipping
+        # share of each sub-model's fine-tune steps spent in the joint phase: all sub-models + the fusion MLP
+        # trained together on the fused loss (one joint step = K sub-model steps, so compute is unchanged)
+        "joint_fraction": F(float, 0.0, _num(0, 1)),
+        "joint_fusion_weight": F(float, 1.0, NONNEG),
     },
     "peer": {
         "compute": F(str, "ensemble", choices=("ensemble", "submodel")),  # steps: K sub-models' or one's

@@ -118,3 +118,34 @@ def test_early_stopping_keeps_the_best_scoring_weights():
     final = st.state_dict()
     assert all(torch.equal(final[k], seen[1][k]) for k in final)       # the second evaluation scored best
     assert not all(torch.equal(final[k], seen[3][k]) for k in final)   # not simply the last weights
+
+
+def test_joint_finetune_trains_every_sub_model_and_the_fusion_head_towards_the_fused_answer():
+    from edvit_tool import fuse
+
+    x, y = _toy()
+    teacher = make_vit(**KW)
+    t_logits = 4.0 * F.one_hot(y, 6).float()
+    t_feats = finetune.predict(surgery.SubModelWrapper(teacher), x, torch.device("cpu"))[0]
+    groups = [[0, 1, 2], [3, 4, 5]]
+    students = []
+    for g in groups:
+        base = surgery.replace_head(make_vit(**KW), 4, init_from=surgery.group_head_init(teacher, g))
+        students.append(finetune.Student.from_teacher(base, teacher.head, feature_distill=True))
+    head = fuse.FusionMLP([24, 24], 6, hidden=32, dropout=0.0)
+    data = finetune.TrainSet(x, y, t_logits, t_feats)
+    before = [{k: v.clone() for k, v in s.state_dict().items()} for s in students]
+
+    def fused_accuracy():
+        feats = torch.cat([finetune.predict(surgery.SubModelWrapper(s.model), x, torch.device("cpu"))[0]
+                           for s in students], 1)
+        with torch.no_grad():
+            return finetune.accuracy(head.eval()(feats), y)
+
+    acc0 = fused_accuracy()
+    fcfg = {"submodel_dropout": 0.2}
+    finetune.joint_finetune(students, groups, head, data, 150, _cfg(lr=1e-2), fcfg, torch.device("cpu"), seed=0)
+    assert fused_accuracy() >= max(0.9, acc0 + 0.3)
+    for s, b in zip(students, before):  # every sub-model moved, and is left in eval mode
+        assert any(not torch.equal(v, b[k]) for k, v in s.state_dict().items())
+        assert not s.training
