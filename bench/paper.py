@@ -53,6 +53,8 @@ K10_RATIO = 0.035
 VARIANTS = [("onnx", "fp32"), ("onnx", "int8-dynamic"), ("tflite", "fp32"), ("tflite", "int8-dynamic")]
 TIMED = [("tflite", "fp32"), ("onnx", "fp32")]
 RUNS = {"s": (20, 3), "b": (10, 2), "l": (4, 1)}   # (timed runs, warmup) per process: fewer for the big models
+ROUNDS_LARGE = 2     # ViT-L: each round is ten processes loading up to 1.2 GB files (--rounds caps it too)
+BUDGET_S = 30 * 60   # the whole run should fit in 30 min on this machine (issue 13)
 META_VERSION = 1
 CGROUP_CPU = "/sys/fs/cgroup/cpu"
 
@@ -153,7 +155,7 @@ def build_row(get_model, key: str, k: int, cache: str, seed: int, log) -> dict:
             meta = json.load(f)
         if {x: meta.get(x) for x in want} == want and all(os.path.isfile(_file(d, f_, q)) for f_, q in VARIANTS):
             log(f"  K={k}: cached exports in {d}")
-            return meta
+            return {**meta, "cached": True}
     os.makedirs(d, exist_ok=True)
     t0 = time.perf_counter()
     images = 2 if key == "l" else 4
@@ -239,7 +241,8 @@ def rows_for(key: str, metas: dict, lat: dict) -> list[dict]:
                "latency_ms": {v: lat[k][v]["p50_ms"] for v in lat[k]},
                "latency_rounds_ms": {v: lat[k][v]["rounds"] for v in lat[k]},
                "latency_ratio": {v: round(lat[1][v]["p50_ms"] / lat[k][v]["p50_ms"], 3) for v in lat[k]},
-               "end_to_end_ratio": None}
+               "end_to_end_ratio": None,
+               "build_seconds": m.get("build_seconds"), "cached": m.get("cached", False)}
         rows.append(row)
     return rows
 
@@ -268,6 +271,43 @@ def print_table(rows: list[dict]) -> None:
           "single image, median of per-process p50s. Random weights; end-to-end cluster ratio not measured.")
 
 
+def time_plan(keys, ks, cache: str, rounds: int, previous: str) -> tuple[float, list[str]]:
+    """(estimated seconds, lines) from the previous result file: a build not in the cache costs its previous
+    build_seconds; timing costs, per process, its runs x the previous p50 plus start-up and a load time
+    proportional to the file size. Parts with no previous figure are named, not guessed."""
+    prev = {}
+    if os.path.isfile(previous):
+        with open(previous) as f:
+            prev = {(r["model"], r["k"]): r for r in json.load(f).get("rows", [])}
+    total, lines = 0.0, []
+    for key in keys:
+        build = timing = 0.0
+        unknown = []
+        for k in ks:
+            d = os.path.join(cache, MODELS[key], f"k{k}")
+            meta_path = os.path.join(d, "meta.json")
+            cached = os.path.isfile(meta_path) and all(os.path.isfile(_file(d, f_, q)) for f_, q in VARIANTS)
+            row = prev.get((MODELS[key], k))
+            if not cached:
+                if row and row.get("build_seconds"):
+                    build += row["build_seconds"]
+                else:
+                    unknown.append(k)  # not cached and no previous build_seconds
+            n, w = RUNS[key]
+            r = min(rounds, ROUNDS_LARGE) if key == "l" else rounds
+            if row:
+                for v in TIMED:
+                    mb = row["bytes"][f"{v[0]}/{v[1]}"] / 1e6
+                    timing += r * ((n + w) * row["latency_ms"][f"{v[0]}/{v[1]}"] / 1e3 + 1.5 + mb / 200)
+            else:
+                unknown.append(k)
+        total += build + timing
+        lines.append(f"  {MODELS[key]}: builds ~{build:.0f} s, timing ~{timing:.0f} s"
+                     + (f" + builds of K={sorted(set(unknown))} (not cached, no build time in {previous})"
+                        if unknown else ""))
+    return total, lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="s,b,l", help="comma list of s, b, l")
@@ -293,7 +333,12 @@ def main() -> int:
         print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
 
     log("RANDOM WEIGHTS (timm structures, pretrained=False): sizes and latency only, no accuracy")
+    est, lines = time_plan(keys, ks, args.cache, args.rounds, args.out)
+    log(f"plan: ~{est / 60:.0f} min estimated (budget {BUDGET_S // 60} min; known parts only)")
+    for line in lines:
+        log(line)
     rows = []
+    timing_seconds: dict[str, float] = {}
     with cpu_limit() as limit:
         log(f"latency: {limit[0]}, 1 thread, board python {board_python()}")
         for key in keys:
@@ -307,14 +352,19 @@ def main() -> int:
             log(f"{MODELS[key]}")
             metas = {k: build_row(get_model, key, k, args.cache, args.seed, log) for k in ks}
             made.clear()
-            lat = measure_latency(key, metas, args.cache, args.rounds, limit, log)
+            t_lat = time.perf_counter()
+            lat = measure_latency(key, metas, args.cache, min(args.rounds, ROUNDS_LARGE) if key == "l"
+                                  else args.rounds, limit, log)
+            timing_seconds[MODELS[key]] = round(time.perf_counter() - t_lat, 1)
             rows += rows_for(key, metas, lat)
     print()
     print_table(rows)
     doc = {"benchmark": "paper", "random_weights": True, "classes": N_CLASSES, "ks": ks,
            "budget": "1/K of the original's parameters per sub-model; K=10: 3.5 %", "int8": "int8-dynamic",
            "largest_submodel_only": True, "paper": PAPER, "cpu_limit": limit[0], "threads": 1,
-           "rounds": args.rounds, "runs_per_process": {MODELS[k]: RUNS[k][0] for k in keys},
+           "rounds": {MODELS[k]: min(args.rounds, ROUNDS_LARGE) if k == "l" else args.rounds for k in keys},
+           "runs_per_process": {MODELS[k]: RUNS[k][0] for k in keys}, "timing_seconds": timing_seconds,
+           "build_seconds_this_run": round(sum(r["build_seconds"] or 0 for r in rows if not r["cached"]), 1),
            "end_to_end": "not measured: K emulated boards for ViT-B/L need more cores than this machine's",
            "machine": {"nproc": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(),
                        "torch": torch.__version__},
