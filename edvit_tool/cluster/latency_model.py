@@ -11,7 +11,8 @@ elementwise work (norms, GELU, softmax, residual adds). Coefficients are >= 0 (s
 a few structures stays monotone in every width and cannot predict a negative time. Rows are weighted by 1/ms, so
 the fit minimises relative error: small and large structures count alike.
 
-`fit_boards` gives every board a model: its own fit when it has at least MIN_OWN distinct profiled structures;
+`fit_boards` gives every board a model: its own fit when it has at least MIN_OWN distinct profiled structures
+spanning a range of sizes (a ladder, not K near-identical sub-models of one uniform build);
 else a shape fitted on all boards' samples (each board's times divided by its speed) times its own measured
 scale; a board without measurements gets the shape times the speed ratio of its device profile (`speed`).
 """
@@ -137,6 +138,13 @@ def _distinct(samples):
     return [np.array(k) for k in by_row], [float(np.median(v)) for v in by_row.values()]
 
 
+def _spans(rows, ratio: float = 1.5) -> bool:
+    """Do the structures differ enough in size to fit more than a scale? (K near-identical sub-models of one
+    uniform build do not: a fit on them would extrapolate from noise.)"""
+    work = [float(r[TERMS.index("linear_mmacs")]) for r in rows]
+    return min(work) > 0 and max(work) / min(work) >= ratio
+
+
 def fit_boards(samples: dict[str, list], speeds: dict[str, float] | None = None) -> dict[str, LatencyModel]:
     """A LatencyModel for every board in `speeds` (and every board with samples).
 
@@ -150,7 +158,7 @@ def fit_boards(samples: dict[str, list], speeds: dict[str, float] | None = None)
     out: dict[str, LatencyModel] = {}
     for b in measured:
         rows, ms = pts[b]
-        if len(rows) >= MIN_OWN:
+        if len(rows) >= MIN_OWN and _spans(rows):
             out[b] = LatencyModel.fit(rows, ms)
     shape, scale = _shared_shape(pts, measured)
     for b in measured:
@@ -190,7 +198,7 @@ def _shared_shape(pts: dict, measured: list[str]) -> tuple[LatencyModel, dict[st
     for _ in range(4):
         rows = [r for b in measured for r in pts[b][0]]
         ms = [m / scale[b] for b in measured for m in pts[b][1]]
-        if len({tuple(r) for r in rows}) >= 2:
+        if len({tuple(r) for r in rows}) >= 2 and _spans(rows):
             shape = LatencyModel.fit(rows, ms)
         else:  # one structure everywhere: latency proportional to its MACs
             lin = TERMS.index("linear_mmacs"), TERMS.index("attention_mmacs")

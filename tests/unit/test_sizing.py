@@ -175,3 +175,19 @@ def test_device_profile_speed_must_be_positive():
             "preferred_backend": "onnxruntime", "threads": 1}
     assert validate_profile({**base, "speed": 2.5}, "p.yaml") == []
     assert any("speed must be a positive number" in p for p in validate_profile({**base, "speed": 0}, "p.yaml"))
+
+
+def test_near_identical_structures_give_a_scale_not_a_fit(vit):
+    """Six sub-models of one uniform build differ by a few neurons: fitting five terms on them would extrapolate
+    from noise, so each board gets a MACs-proportional shape times its measured scale."""
+    geo = lm.geometry_of_model(vit)
+    base = surgery.vit_arch(vit)
+    rows = [lm.structure_terms(ladder.rung_arch(base, 0.5, 0.5, 0.25 + 0.004 * i, 5), geo) for i in range(6)]
+    rng = np.random.default_rng(0)
+    samples = {"a": [(r, float(r @ LAW) * (1 + 0.1 * rng.standard_normal())) for r in rows],
+               "b": [(r, 3 * float(r @ LAW)) for r in rows]}
+    models = lm.fit_boards(samples)
+    assert {m.source for m in models.values()} == {"scaled"}
+    big = lm.structure_terms(base | {"num_outputs": 5}, geo)
+    assert float(models["b"].predict(big)) == pytest.approx(3 * float(models["a"].predict(big)), rel=0.2)
+    assert float(models["a"].predict(big)) > float(models["a"].predict(rows[0]))
