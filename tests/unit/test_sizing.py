@@ -191,3 +191,13 @@ def test_near_identical_structures_give_a_scale_not_a_fit(vit):
     big = lm.structure_terms(base | {"num_outputs": 5}, geo)
     assert float(models["b"].predict(big)) == pytest.approx(3 * float(models["a"].predict(big)), rel=0.2)
     assert float(models["a"].predict(big)) > float(models["a"].predict(rows[0]))
+
+
+def test_compile_with_a_board_count_other_than_k_fails_before_any_work(tmp_path, capsys):
+    from edvit_tool.cli.main import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {checkpoint: none.safetensors}\n")
+    assert main(["compile", "--recipe", str(recipe), "-k", "3", "--boards", _boards_yaml(tmp_path, [1.0, 0.5])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and "has 2 boards but split.groups is 3; one sub-model per board: pass -k 2" in err
