@@ -26,10 +26,12 @@ import argparse
 import contextlib
 import copy
 import fcntl
+import itertools
 import json
 import os
 import platform
 import signal
+import statistics
 import sys
 import time
 
@@ -118,15 +120,15 @@ def compile_builds(jobs: dict, work: str, log) -> dict:
 
     procs = {}
     for kind, (raw, out, stamp) in jobs.items():
-        rec = R.validate(copy.deepcopy(raw))
+        path = os.path.join(work, f"recipe-{kind}.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(raw, f)
+        rec = R.load(path)  # what compile will resolve from that file
         resolved, stamp_path = os.path.join(out, "recipe.resolved.yaml"), out + ".stamp"
         if os.path.isfile(resolved) and open(resolved).read() == R.dump(rec) and os.path.isfile(stamp_path) \
                 and open(stamp_path).read() == stamp:
             log(f"  cached build {out}")
             continue
-        path = os.path.join(work, f"recipe-{kind}.yaml")
-        with open(path, "w") as f:
-            yaml.safe_dump(raw, f)
         log(f"  compiling {kind} into {out}")
         procs[kind] = (subprocess.Popen([sys.executable, "-m", "edvit_tool.cli.main", "compile", "--recipe", path,
                                          "--out", out, "-q"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -174,6 +176,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quotas", default="1,0.5,0.25", help="CPU quota of each board (fraction of one core)")
     ap.add_argument("--runs", type=int, default=300, help="timed runs per artifact per board")
+    ap.add_argument("--repeats", type=int, default=3, help="profiling rounds of both builds (median taken)")
+    ap.add_argument("--reuse-ladder", action="store_true",
+                    help="reuse --work's ladder-profiles.json (and so the sized build) instead of profiling again")
     ap.add_argument("--train-steps", type=int, default=1500, help="steps to train the checkpoint (cached)")
     ap.add_argument("--work", default=os.path.join(REPO, "runs", "hetero"))
     ap.add_argument("--out", default=os.path.join(RESULTS, "hetero.json"))
@@ -190,7 +195,6 @@ def main() -> int:
     from edvit_tool.compile.ladder import write_ladder
     from edvit_tool.compile.sizing import pairing
     from edvit_tool.config import recipe as R
-    from edvit_tool.config.boards import boards_from_yaml
     from edvit_tool.demo_model import train_demo_model
 
     t_start = time.perf_counter()
@@ -228,7 +232,12 @@ def main() -> int:
             byaml = boards_yaml(os.path.join(args.work, "boards.yaml"), boards, names)
             log(f"boards up: {', '.join(f'{n} at {q:g} core' for n, q in zip(names, quotas))}; profiling the ladder")
             lp_path = os.path.join(args.work, "ladder-profiles.json")
-            ladder_prof = profile_on(boards, names, ladder_dir, lp_path, args.runs)
+            if args.reuse_ladder and os.path.isfile(lp_path):
+                log(f"  reusing {lp_path} (--reuse-ladder)")
+                with open(lp_path) as f:
+                    ladder_prof = json.load(f)
+            else:
+                ladder_prof = profile_on(boards, names, ladder_dir, lp_path, args.runs)
         errors = ladder_errors(ladder_prof, ladder_man, names)
         log("latency model held-out error: " + ", ".join(f"{b} {e['mean_abs_rel_error']:.1%}"
                                                           for b, e in errors.items()))
@@ -243,34 +252,42 @@ def main() -> int:
                                "sized": (het_raw, dirs["sized"], sha256_file(lp_path))}, args.work, log)
         builds = {k: (dirs[k], mans[k]) for k in dirs}
 
-        board_objs = boards_from_yaml(byaml)
         rows = {}
+        tables = {k: [] for k in builds}
         with e2e_lock(log):
-            for kind, (bdir, man) in builds.items():
-                log(f"profiling the {kind} build")
-                subs = [sm["name"] for sm in man["submodels"]]
-                prof = profile_on(boards, names, bdir, os.path.join(args.work, f"profiles-{kind}.json"), args.runs,
-                                  artifacts=subs)
-                costs = A.costs_from_profiles(man, prof, board_objs, prefer="onnx/fp32")
-                t = {s: {d: measured(prof, man, s, d) for d in names} for s in subs}
-                pairs = pairing(man)
-                if pairs:
-                    assignment = {s: [pairs[s]] for s in subs}
-                else:
-                    plan = A.solve_exact(subs, names, t, costs.m, costs.budgets_mb)
-                    assignment = plan.assignment
+            for rep in range(args.repeats):  # interleaved: a burst of load from other jobs hits both builds
+                for kind, (bdir, man) in builds.items():
+                    subs = [sm["name"] for sm in man["submodels"]]
+                    prof = profile_on(boards, names, bdir, os.path.join(args.work, f"profiles-{kind}.json"),
+                                      args.runs, artifacts=subs)
+                    tables[kind].append({s: {d: measured(prof, man, s, d) for d in names} for s in subs})
+                log(f"  repeat {rep + 1}/{args.repeats} profiled")
+        for kind, (bdir, man) in builds.items():
+            subs = [sm["name"] for sm in man["submodels"]]
+            t = {s: {d: round(statistics.median(tb[s][d] for tb in tables[kind]), 4) for d in names} for s in subs}
+            pairs = pairing(man)
+            if pairs:
+                placements = {"sized pairing": {s: [pairs[s]] for s in subs}}
+            else:  # uniform: the paper's one sub-model per board (best pairing), and assign's free placement
+                one_each = min(itertools.permutations(names, len(subs)),
+                               key=lambda perm: max(t[s][d] for s, d in zip(subs, perm)))
+                mem = {s: {d: 1.0 for d in names} for s in subs}
+                free = A.solve_exact(subs, names, t, mem, {d: float(len(subs)) for d in names})
+                placements = {"one per board": {s: [d] for s, d in zip(subs, one_each)},
+                              "assign (free)": free.assignment}
+            for label, assignment in placements.items():
                 per_board = {d: round(sum(t[s][d] for s in subs if d in assignment[s]), 4) for d in names}
-                rows[kind] = {"build": bdir, "assignment": assignment, "per_board_ms": per_board,
-                              "makespan_ms": max(per_board.values()),
-                              "params": {sm["name"]: sm["params"] for sm in man["submodels"]},
-                              "classes": {sm["name"]: len(sm["classes"]) for sm in man["submodels"]},
-                              "total_params": sum(sm["params"] for sm in man["submodels"]),
-                              "fused_accuracy": man["accuracy"]["fused"],
-                              "fused_accuracy_exported": (man["accuracy"].get("exported") or {}),
-                              "original_accuracy": man["accuracy"]["original"],
-                              "latency_table_ms": t, "sizing": man.get("sizing")}
-                log(f"  {kind}: makespan {rows[kind]['makespan_ms']:.3f} ms, per board {per_board}, fused "
-                    f"{rows[kind]['fused_accuracy']:.4f}")
+                rows[f"{kind}, {label}"] = {
+                    "build": bdir, "assignment": assignment, "per_board_ms": per_board,
+                    "makespan_ms": max(per_board.values()),
+                    "params": {sm["name"]: sm["params"] for sm in man["submodels"]},
+                    "classes": {sm["name"]: len(sm["classes"]) for sm in man["submodels"]},
+                    "total_params": sum(sm["params"] for sm in man["submodels"]),
+                    "fused_accuracy": man["accuracy"]["fused"],
+                    "original_accuracy": man["accuracy"]["original"],
+                    "latency_table_ms": t, "latency_repeats_ms": tables[kind], "sizing": man.get("sizing")}
+                log(f"  {kind}, {label}: makespan {max(per_board.values()):.3f} ms, per board {per_board}, fused "
+                    f"{man['accuracy']['fused']:.4f}")
     finally:
         farm.close()
 
@@ -283,16 +300,18 @@ def main() -> int:
         for sm in man["submodels"]:
             for d in names:
                 pred = float(models[d].predict(lm.structure_terms(sm["arch"], geo)))
-                meas = rows[kind]["latency_table_ms"][sm["name"]][d]
+                meas = next(r for k_, r in rows.items() if k_.startswith(kind))["latency_table_ms"][sm["name"]][d]
                 compiled_err[f"{kind}/{sm['name']}@{d}"] = round((pred - meas) / meas, 4)
-    ratio = rows["uniform"]["makespan_ms"] / rows["sized"]["makespan_ms"]
-    sized_times = list(rows["sized"]["per_board_ms"].values())
+    sized = rows["sized, sized pairing"]
+    ratios = {k: round(r["makespan_ms"] / sized["makespan_ms"], 3) for k, r in rows.items() if k.startswith("uniform")}
+    sized_times = list(sized["per_board_ms"].values())
     doc = {"benchmark": "hetero", "quotas": dict(zip(names, quotas)), "statistic": STAT, "runs": args.runs,
            "model": {"name": raw["model"]["name"], "kwargs": raw["model"]["kwargs"]}, "k": 3,
            "params_ratio": raw["prune"]["target"]["params_ratio"], "rows": rows,
-           "makespan_ratio_uniform_over_sized": round(ratio, 3),
+           "makespan_ratio_uniform_over_sized": ratios, "repeats": args.repeats,
            "sized_measured_spread": round(max(sized_times) / min(sized_times) - 1, 4),
-           "accuracy_gap_pp": round(100 * (rows["uniform"]["fused_accuracy"] - rows["sized"]["fused_accuracy"]), 2),
+           "accuracy_gap_pp": round(100 * (rows["uniform, one per board"]["fused_accuracy"]
+                                           - sized["fused_accuracy"]), 2),
            "latency_model": {"held_out": errors, "compiled_submodels_rel_error": compiled_err,
                              "compiled_mean_abs_rel_error": round(
                                  sum(abs(v) for v in compiled_err.values()) / len(compiled_err), 4),
@@ -309,24 +328,27 @@ def main() -> int:
 
 def print_table(doc: dict) -> None:
     names = list(doc["quotas"])
-    print(f"\n{'sizing':<8} " + " ".join(f"{n + ' (' + format(doc['quotas'][n], 'g') + ')':>26}" for n in names)
+    print(f"\n{'sizing, placement':<26} " + " ".join(f"{n + ' (' + format(doc['quotas'][n], 'g') + ')':>28}"
+                                                     for n in names)
           + f" {'makespan':>10} {'total params':>13} {'fused acc':>9}")
     for kind, r in doc["rows"].items():
         cells = []
         for d in names:
             subs = [s for s, ds in r["assignment"].items() if d in ds]
-            what = ",".join(f"{s}:{r['params'][s] // 1000}k/{r['classes'][s]}c" for s in subs)
+            what = ",".join(f"{s}:{r['params'][s] // 1000}k/{r['classes'][s]}c" for s in subs) or "-"
             cells.append(f"{what} {r['per_board_ms'][d]:.3f} ms")
-        print(f"{kind:<8} " + " ".join(f"{c:>26}" for c in cells)
+        print(f"{kind:<26} " + " ".join(f"{c:>28}" for c in cells)
               + f" {r['makespan_ms']:>8.3f}ms {r['total_params']:>13,} {r['fused_accuracy']:>9.4f}")
     lm_ = doc["latency_model"]
-    print(f"\nmakespan uniform / sized = {doc['makespan_ratio_uniform_over_sized']:.2f}x (target >= 1.5x); "
-          f"fused accuracy gap {doc['accuracy_gap_pp']:+.2f} pp (target within 1 pp); sized boards' measured "
-          f"spread {doc['sized_measured_spread']:.1%}")
+    print("\nmakespan uniform / sized: " + ", ".join(f"{k} {v:.2f}x" for k, v in
+                                                    doc["makespan_ratio_uniform_over_sized"].items())
+          + f" (target >= 1.5x); fused accuracy uniform - sized {doc['accuracy_gap_pp']:+.2f} pp (target within "
+            f"1 pp); sized boards' measured spread {doc['sized_measured_spread']:.1%}")
     print("latency model, mean |relative error|: held-out ladder rungs " + ", ".join(
         f"{b} {e['mean_abs_rel_error']:.1%}" for b, e in lm_["held_out"].items())
           + f"; compiled sub-models {lm_['compiled_mean_abs_rel_error']:.1%}")
-    print(f"times: {doc['statistic']} over {doc['runs']} back-to-back runs per artifact (ONNX fp32, 1 thread)")
+    print(f"times: median over {doc['repeats']} profiling rounds of the {doc['statistic']} over {doc['runs']} "
+          "back-to-back runs per artifact (ONNX fp32, 1 thread)")
 
 
 if __name__ == "__main__":

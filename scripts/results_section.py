@@ -101,19 +101,22 @@ def render_hetero(d: dict) -> list[str]:
         cells = []
         for b in names:
             subs = [s for s, ds in r["assignment"].items() if b in ds]
-            what = ", ".join(f"{s} {r['params'][s] / 1000:.0f}k / {r['classes'][s]} cl." for s in subs)
+            what = ", ".join(f"{s} {r['params'][s] / 1000:.0f}k / {r['classes'][s]} cl." for s in subs) or "idle"
             cells.append(f"{what}: {r['per_board_ms'][b]:.3f} ms")
         rows.append([kind, *cells, _f(r["makespan_ms"], ".3f"), f"{r['total_params']:,}",
                      _f(100 * r["fused_accuracy"], ".2f", " %")])
     lm = d["latency_model"]
     held = ", ".join(f"{b} {100 * e['mean_abs_rel_error']:.1f} %" for b, e in lm["held_out"].items())
-    return _table(["sizing", *[f"{b} ({d['quotas'][b]:g} core)" for b in names], "makespan ms", "total params",
+    return _table(["sizing, placement", *[f"{b} ({d['quotas'][b]:g} core)" for b in names], "makespan ms", "total params",
                    "fused accuracy"], rows) + [
-        "", f"Makespan uniform ÷ sized: {d['makespan_ratio_uniform_over_sized']:.2f}× (target ≥ 1.5×); fused "
-            f"accuracy uniform − sized: {d['accuracy_gap_pp']:+.2f} pp (target within 1 pp). Latency model, mean "
-            f"|relative error| on held-out ladder structures: {held}; on the compiled sub-models: "
-            f"{100 * lm['compiled_mean_abs_rel_error']:.1f} %. Times: {d['statistic']} over {d['runs']} "
-            f"back-to-back runs (ONNX fp32, 1 thread, loopback SSH boards under cgroup-v1 quotas)."]
+        "", "Makespan uniform ÷ sized: " + ", ".join(f"{k} {v:.2f}×" for k, v in
+                                                      d["makespan_ratio_uniform_over_sized"].items())
+            + f" (target ≥ 1.5×); fused accuracy uniform − sized: {d['accuracy_gap_pp']:+.2f} pp (target within "
+            f"1 pp); the sized boards' measured times differ by {100 * d['sized_measured_spread']:.1f} %. Latency "
+            f"model, mean |relative error| on held-out ladder structures: {held}; on the compiled sub-models: "
+            f"{100 * lm['compiled_mean_abs_rel_error']:.1f} %. Times: median of {d.get('repeats', 1)} profiling "
+            f"rounds of the {d['statistic']} over {d['runs']} back-to-back runs (ONNX fp32, 1 thread, loopback SSH "
+            f"boards under cgroup-v1 quotas, on a machine shared with other jobs)."]
 
 
 def render_compile(d: dict) -> list[str]:
