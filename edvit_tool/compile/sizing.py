@@ -48,7 +48,9 @@ class Sizing:
     def summary(self) -> str:
         parts = [f"g{i}→{b}: {len(g)} classes, {t:,} params, {ms:.3g} ms" for i, (b, g, t, ms)
                  in enumerate(zip(self.boards, self.groups, self.params_targets, self.predicted_ms))]
-        return (f"sized for boards (predicted {self.latency_stat}, spread {self.spread:.1%}; uniform makespan "
+        warn = (f" — more than {TOLERANCE:.0%} apart: a budget hit the smallest structure or the full model"
+                if self.spread > TOLERANCE else "")
+        return (f"sized for boards (predicted {self.latency_stat}, spread {self.spread:.1%}{warn}; uniform makespan "
                 f"{max(self.uniform_predicted_ms):.3g} ms): " + "; ".join(parts))
 
     def to_dict(self) -> dict:
@@ -60,7 +62,7 @@ class Sizing:
         return d
 
 
-def representative_arch(model, params_target: int, seed: int = 0) -> dict:
+def representative_arch(model, params_target: int, seed: int = 0, prune_embed: bool = True) -> dict:
     """The structure plan_keep picks for `params_target` under seeded random importance (the real one depends
     on the group's data; the budget, not the exact units kept, is what the latency depends on most)."""
     import torch
@@ -74,39 +76,40 @@ def representative_arch(model, params_target: int, seed: int = 0) -> dict:
     imp = Importance(heads=[torch.rand(h, generator=g) + 0.5 for h in arch["heads"]],
                      mlp=[torch.rand(m, generator=g) + 0.5 for m in arch["mlp_hidden"]],
                      embed=torch.rand(arch["embed_dim"], generator=g) + 0.5)
-    plan = plan_keep(model, imp, params_target=params_target)
+    plan = plan_keep(model, imp, params_target=params_target, prune_embed=prune_embed)
     return {"embed_dim": len(plan.embed) if plan.embed is not None else arch["embed_dim"],
             "head_dim": arch["head_dim"], "heads": [len(h) for h in plan.heads],
             "mlp_hidden": [len(m) for m in plan.mlp], "num_outputs": arch["num_outputs"]}
 
 
-def _terms_at(model, budgets, seed: int):
+def _terms_at(model, budgets, seed: int, prune_embed: bool):
     """(budgets the planner can meet, their representative structures' terms rows)."""
     geo = lm.geometry_of_model(model)
     kept, rows = [], []
     for p in budgets:
         try:
-            rows.append(lm.structure_terms(representative_arch(model, int(p), seed), geo))
+            rows.append(lm.structure_terms(representative_arch(model, int(p), seed, prune_embed), geo))
         except RecipeError:  # below the smallest structure the planner can make
             continue
         kept.append(int(p))
     return np.array(kept, dtype=np.int64), np.stack(rows)
 
 
-def latency_curves(model, models: dict[str, lm.LatencyModel], seed: int = 0, around: dict | None = None):
+def latency_curves(model, models: dict[str, lm.LatencyModel], seed: int = 0, around: dict | None = None,
+                   prune_embed: bool = True):
     """{board: (budgets, predicted ms made non-decreasing)}: a geometric grid from MIN_RATIO to the full model,
     plus, for boards in `around`, a fine grid within -20 %/+25 % of that budget (refinement)."""
     from ..prune import surgery
 
     hi = surgery.count_params(model)
     grid, rows = _terms_at(model, np.unique(np.geomspace(max(100, int(hi * MIN_RATIO)), hi, GRID).astype(np.int64)),
-                           seed)
+                           seed, prune_embed)
     out = {}
     for b, m in models.items():
         g, r = grid, rows
         if around and b in around:
             fine = np.unique(np.geomspace(around[b] * 0.8, min(hi, around[b] * 1.25), GRID // 2).astype(np.int64))
-            g2, r2 = _terms_at(model, fine, seed)
+            g2, r2 = _terms_at(model, fine, seed, prune_embed)
             g, idx = np.unique(np.concatenate([grid, g2]), return_index=True)
             r = np.concatenate([rows, r2])[idx]
         out[b] = (g, np.maximum.accumulate(m.predict(r)))
@@ -209,14 +212,15 @@ def size_for_boards(recipe: dict, model, n_classes: int, k: int, params_target: 
                           f"sub-model per board: pass -k {len(boards)}")
     models, used = board_models(boards, sp["profiles"], sp["latency_stat"], sp["variant"])
     total = min(k * params_target, k * surgery.count_params(model))
-    budgets = balance(latency_curves(model, models, recipe["seed"]), total)
-    budgets = balance(latency_curves(model, models, recipe["seed"], around=budgets), total)  # refined
+    seed, pe = recipe["seed"], recipe["prune"]["prune_embed"]
+    budgets = balance(latency_curves(model, models, seed, prune_embed=pe), total)
+    budgets = balance(latency_curves(model, models, seed, around=budgets, prune_embed=pe), total)  # refined
     names = [b.name for b in boards]
     targets = [budgets[n] for n in names]
     geo = lm.geometry_of_model(model)
-    pred = [float(models[n].predict(lm.structure_terms(representative_arch(model, t, recipe["seed"]), geo)))
+    pred = [float(models[n].predict(lm.structure_terms(representative_arch(model, t, seed, pe), geo)))
             for n, t in zip(names, targets)]
-    uni_row = lm.structure_terms(representative_arch(model, params_target, recipe["seed"]), geo)
+    uni_row = lm.structure_terms(representative_arch(model, params_target, seed, pe), geo)
     uniform = [float(models[n].predict(uni_row)) for n in names]
     groups = contiguous(share_classes(n_classes, targets))
     return Sizing(names, groups, targets, pred, uniform, {n: models[n].to_dict() for n in names}, used,
