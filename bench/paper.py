@@ -24,7 +24,11 @@ The end-to-end ratio through a deployed cluster is NOT measured here (ViT-B/L su
 need K cores; this machine has 2): see bench/distributed.py for the end-to-end figures on the demo model.
 
 Exports are cached under --cache (runs/paper/<model>/k<K>/, keyed by a meta.json of what made them): a second
-run only re-times. Prints the table and writes bench/results/paper.json.
+run only re-times. Uncached rows are built first, by --build-jobs worker processes (default 2; the exporters'
+tracing is mostly single-threaded, so two at once roughly halve the build time; each ViT-L export peaks at several
+GB). A time plan from the previous result file is printed first (budget: 30 min); paper.json records each row's
+build seconds and each model's timing seconds. ViT-L is timed in 2 rounds, the others in --rounds.
+Prints the table and writes bench/results/paper.json.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ K10_RATIO = 0.035
 VARIANTS = [("onnx", "fp32"), ("onnx", "int8-dynamic"), ("tflite", "fp32"), ("tflite", "int8-dynamic")]
 TIMED = [("tflite", "fp32"), ("onnx", "fp32")]
 RUNS = {"s": (20, 3), "b": (10, 2), "l": (4, 1)}   # (timed runs, warmup) per process: fewer for the big models
+ROUNDS_LARGE = 2     # ViT-L: each round is ten processes loading up to 1.2 GB files (--rounds caps it too)
+BUDGET_S = 30 * 60   # the whole run should fit in 30 min on this machine (issue 13)
 META_VERSION = 1
 CGROUP_CPU = "/sys/fs/cgroup/cpu"
 
@@ -138,8 +144,9 @@ def export_variants(sub, d: str, log) -> dict:
     return {f"{f}/{q}": os.path.getsize(_file(d, f, q)) for f, q in VARIANTS}
 
 
-def build_row(get_model, key: str, k: int, cache: str, seed: int, log) -> dict:
-    """meta.json of model `key` at K (cached: rebuilt only when missing or made differently)."""
+def build_row(get_model, key: str, k: int, cache: str, seed: int, log, cached_only: bool = False) -> dict | None:
+    """meta.json of model `key` at K (cached: rebuilt only when missing or made differently; cached_only: None
+    instead of building)."""
     import torch
 
     from edvit_tool.prune import surgery
@@ -152,8 +159,10 @@ def build_row(get_model, key: str, k: int, cache: str, seed: int, log) -> dict:
         with open(meta_path) as f:
             meta = json.load(f)
         if {x: meta.get(x) for x in want} == want and all(os.path.isfile(_file(d, f_, q)) for f_, q in VARIANTS):
-            log(f"  K={k}: cached exports in {d}")
-            return meta
+            log(f"  {MODELS[key]} K={k}: cached exports in {d}")
+            return {**meta, "cached": True}
+    if cached_only:
+        return None
     os.makedirs(d, exist_ok=True)
     t0 = time.perf_counter()
     images = 2 if key == "l" else 4
@@ -239,7 +248,8 @@ def rows_for(key: str, metas: dict, lat: dict) -> list[dict]:
                "latency_ms": {v: lat[k][v]["p50_ms"] for v in lat[k]},
                "latency_rounds_ms": {v: lat[k][v]["rounds"] for v in lat[k]},
                "latency_ratio": {v: round(lat[1][v]["p50_ms"] / lat[k][v]["p50_ms"], 3) for v in lat[k]},
-               "end_to_end_ratio": None}
+               "end_to_end_ratio": None,
+               "build_seconds": m.get("build_seconds"), "cached": m.get("cached", False)}
         rows.append(row)
     return rows
 
@@ -268,6 +278,99 @@ def print_table(rows: list[dict]) -> None:
           "single image, median of per-process p50s. Random weights; end-to-end cluster ratio not measured.")
 
 
+def _fresh_model(key: str, seed: int):
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    return timm.create_model(MODELS[key], pretrained=False, num_classes=N_CLASSES).eval()
+
+
+def _build_in_worker(key: str, k: int, cache: str, seed: int) -> dict:
+    """One (model, K) build in a worker process: 1 torch thread (the workers share the cores); the exporters'
+    tracing is mostly single-threaded Python anyway, so two builds at once take ~half the wall time of two in turn."""
+    import torch
+
+    torch.set_num_threads(1)
+    return build_row(lambda: _fresh_model(key, seed), key, k, cache, seed,
+                     lambda msg: print(f"    [{MODELS[key]} K={k}] {msg.strip()}", flush=True))
+
+
+def build_all(keys, ks, cache: str, seed: int, jobs: int, log) -> dict:
+    """{(key, K): meta}: cached rows read here, the others built by `jobs` worker processes, biggest first
+    (ViT-L K=1 is the longest; starting it first keeps the other worker busy with the rest)."""
+    import concurrent.futures
+    import multiprocessing
+
+    metas, todo = {}, []
+    for key in keys:
+        for k in ks:
+            meta = build_row(None, key, k, cache, seed, log, cached_only=True)
+            if meta is not None:
+                metas[(key, k)] = meta
+            else:
+                todo.append((key, k))
+    if not todo:
+        return metas
+    todo.sort(key=lambda t: ("lbs".index(t[0]), t[1]))
+    log(f"building {len(todo)} row(s) in {min(jobs, len(todo))} process(es): "
+        + ", ".join(f"{MODELS[key]} K={k}" for key, k in todo))
+    if jobs <= 1:
+        for key, k in todo:
+            metas[(key, k)] = build_row(lambda key=key: _fresh_model(key, seed), key, k, cache, seed, log)
+        return metas
+    ctx = multiprocessing.get_context("spawn")  # never fork a process holding torch threads
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+        futs = {pool.submit(_build_in_worker, key, k, cache, seed): (key, k) for key, k in todo}
+        for fut in concurrent.futures.as_completed(futs):
+            key, k = futs[fut]
+            metas[(key, k)] = fut.result()
+            log(f"  built {MODELS[key]} K={k} in {metas[(key, k)]['build_seconds']:.0f} s")
+    return metas
+
+
+def time_plan(keys, ks, cache: str, rounds: int, previous: str, jobs: int = 1) -> tuple[float, list[str]]:
+    """(estimated seconds, lines) from the previous result file: a build not in the cache costs its previous
+    build_seconds; timing costs, per process, its runs x the previous p50 plus start-up and a load time
+    proportional to the file size. Parts with no previous figure are named, not guessed."""
+    prev = {}
+    if os.path.isfile(previous):
+        with open(previous) as f:
+            prev = {(r["model"], r["k"]): r for r in json.load(f).get("rows", [])}
+    total, lines, builds = 0.0, [], []
+    for key in keys:
+        build = timing = 0.0
+        unknown = []
+        for k in ks:
+            d = os.path.join(cache, MODELS[key], f"k{k}")
+            meta_path = os.path.join(d, "meta.json")
+            cached = os.path.isfile(meta_path) and all(os.path.isfile(_file(d, f_, q)) for f_, q in VARIANTS)
+            row = prev.get((MODELS[key], k))
+            if not cached:
+                if row and row.get("build_seconds"):
+                    build += row["build_seconds"]
+                    builds.append(row["build_seconds"])
+                else:
+                    unknown.append(k)  # not cached and no previous build_seconds
+            n, w = RUNS[key]
+            r = min(rounds, ROUNDS_LARGE) if key == "l" else rounds
+            if row:
+                for v in TIMED:
+                    mb = row["bytes"][f"{v[0]}/{v[1]}"] / 1e6
+                    timing += r * ((n + w) * row["latency_ms"][f"{v[0]}/{v[1]}"] / 1e3 + 1.5 + mb / 200)
+            else:
+                unknown.append(k)
+        total += timing
+        lines.append(f"  {MODELS[key]}: builds ~{build:.0f} s, timing ~{timing:.0f} s"
+                     + (f" + builds of K={sorted(set(unknown))} (not cached, no build time in {previous})"
+                        if unknown else ""))
+    if builds:  # `jobs` workers, longest first: about the total over the workers, at least the longest one
+        wall = max(sum(builds) / max(1, jobs), max(builds))
+        total += wall
+        lines.append(f"  builds: ~{wall:.0f} s of wall time in {jobs} process(es)")
+    return total, lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="s,b,l", help="comma list of s, b, l")
@@ -276,6 +379,8 @@ def main() -> int:
     ap.add_argument("--cache", default=os.path.join(REPO, "runs", "paper"))
     ap.add_argument("--out", default=os.path.join(RESULTS, "paper.json"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--build-jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="worker processes for the (uncached) builds; each ViT-L export peaks at several GB")
     args = ap.parse_args()
     keys = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in keys if m not in MODELS]
@@ -283,7 +388,6 @@ def main() -> int:
     if bad or any(not 1 <= k <= N_CLASSES for k in ks):
         ap.error(f"--models takes s, b, l; --ks takes 1..{N_CLASSES}")
 
-    import timm
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -293,28 +397,34 @@ def main() -> int:
         print(f"[{time.perf_counter() - t_start:6.0f} s] {msg}", flush=True)
 
     log("RANDOM WEIGHTS (timm structures, pretrained=False): sizes and latency only, no accuracy")
+    est, lines = time_plan(keys, ks, args.cache, args.rounds, args.out, args.build_jobs)
+    log(f"plan: ~{est / 60:.0f} min estimated (budget {BUDGET_S // 60} min; known parts only)")
+    for line in lines:
+        log(line)
     rows = []
+    timing_seconds: dict[str, float] = {}
+    t_build = time.perf_counter()
+    built = build_all(keys, ks, args.cache, args.seed, args.build_jobs, log)
+    build_wall = round(time.perf_counter() - t_build, 1)
     with cpu_limit() as limit:
         log(f"latency: {limit[0]}, 1 thread, board python {board_python()}")
         for key in keys:
-            made: list = []
-
-            def get_model():  # only when something must be (re)built: a cached run never pays for it
-                if not made:
-                    torch.manual_seed(args.seed)
-                    made.append(timm.create_model(MODELS[key], pretrained=False, num_classes=N_CLASSES).eval())
-                return made[0]
             log(f"{MODELS[key]}")
-            metas = {k: build_row(get_model, key, k, args.cache, args.seed, log) for k in ks}
-            made.clear()
-            lat = measure_latency(key, metas, args.cache, args.rounds, limit, log)
+            metas = {k: built[(key, k)] for k in ks}
+            t_lat = time.perf_counter()
+            lat = measure_latency(key, metas, args.cache, min(args.rounds, ROUNDS_LARGE) if key == "l"
+                                  else args.rounds, limit, log)
+            timing_seconds[MODELS[key]] = round(time.perf_counter() - t_lat, 1)
             rows += rows_for(key, metas, lat)
     print()
     print_table(rows)
     doc = {"benchmark": "paper", "random_weights": True, "classes": N_CLASSES, "ks": ks,
            "budget": "1/K of the original's parameters per sub-model; K=10: 3.5 %", "int8": "int8-dynamic",
            "largest_submodel_only": True, "paper": PAPER, "cpu_limit": limit[0], "threads": 1,
-           "rounds": args.rounds, "runs_per_process": {MODELS[k]: RUNS[k][0] for k in keys},
+           "rounds": {MODELS[k]: min(args.rounds, ROUNDS_LARGE) if k == "l" else args.rounds for k in keys},
+           "runs_per_process": {MODELS[k]: RUNS[k][0] for k in keys}, "timing_seconds": timing_seconds,
+           "build_seconds_this_run": round(sum(r["build_seconds"] or 0 for r in rows if not r["cached"]), 1),
+           "build_wall_seconds": build_wall, "build_jobs": args.build_jobs,
            "end_to_end": "not measured: K emulated boards for ViT-B/L need more cores than this machine's",
            "machine": {"nproc": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(),
                        "torch": torch.__version__},

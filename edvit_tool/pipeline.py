@@ -283,10 +283,16 @@ def prepare(recipe: dict, device, bars=None, for_worker: bool = False) -> Simple
     if recipe["split"]["strategy"] == "similarity":
         sim = partition.class_similarity(f_ft.numpy(), data.finetune.y.numpy(), n_cls)
     groups = partition.partition(recipe["split"]["strategy"], n_cls, k, sim)
-    log("groups: " + "  ".join(f"g{i}={[data.classes[c] for c in g]}" for i, g in enumerate(groups)))
-
     ratio = recipe["prune"]["target"]["params_ratio"]
     params_target = int(orig_params * ratio) if ratio is not None else None
+    params_targets, sizing = [params_target] * len(groups), None
+    if recipe["split"]["boards"]:  # heterogeneous boards: group i sized (budget, classes) for board i
+        from .compile.sizing import size_for_boards
+        sizing = size_for_boards(recipe, model, n_cls, k, params_target)
+        groups, params_targets = sizing.groups, sizing.params_targets
+        log(sizing.summary())
+    log("groups: " + "  ".join(f"g{i}={[data.classes[c] for c in g]}" for i, g in enumerate(groups)))
+
     ft = recipe["finetune"]
     t_feats = f_ft if ft["feature_weight"] > 0 else None
     train = finetune.TrainSet(data.finetune.x, data.finetune.y, t_ft, t_feats)
@@ -317,7 +323,7 @@ def train_group(st: SimpleNamespace, gi: int, recipe: dict, device, bars=None,
     seed_everything(st.seed + 1000 * (gi + 1))
     plan = shared_trunk_plan(recipe, st.k, st.params_target)
     compute = 1.0 if plan is None else 1.0 - recipe["prune"]["shared_fraction"]
-    return prune_and_finetune(st.model, st.groups[gi], st.train, recipe, st.params_target, device,
+    return prune_and_finetune(st.model, st.groups[gi], st.train, recipe, st.params_targets[gi], device,
                               st.seed + 1000 * (gi + 1), bars, label=f"g{gi}", compute=compute, start=trunk)
 
 
@@ -432,6 +438,8 @@ def _write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> Simpl
                      "exported": {}},
         "artifacts": [],
     }
+    if st.st.sizing is not None:  # group -> board pairing for `assign`
+        manifest["sizing"] = st.st.sizing.to_dict()
     out_dir = os.path.abspath(out_dir)
     gate_failures: list[str] = []
     with staged_dir(out_dir) as root:

@@ -33,6 +33,8 @@ BENCHES = {
     "accuracy.json": ("Accuracy suite: fused ensemble vs the strong class-agnostic peer (generated tasks)",
                       ".venv/bin/python bench/accuracy.py"),
     "links.json": ("Wire formats over shaped links (K = 4 boards, tc tbf)", ".venv/bin/python bench/links.py"),
+    "hetero.json": ("Heterogeneous boards: capacity-aware vs uniform sizing (100 / 50 / 25 % of a core)",
+                    ".venv/bin/python bench/hetero.py"),
 }
 
 
@@ -79,10 +81,42 @@ def render_paper(d: dict) -> list[str]:
                   f"({best_lat['model']}, K={best_lat['k']}).",
               "", f"Random weights (structure only: sizes and latency, no accuracy). Budget: {d.get('budget')}. "
                   f"int8 = {d.get('int8')}. Ratios are original ÷ largest sub-model; latency: single image, "
-                  f"{d.get('threads')} thread, {d.get('cpu_limit')}, separate processes, median of {d.get('rounds')} "
+                  f"{d.get('threads')} thread, {d.get('cpu_limit')}, separate processes, median of {_rounds(d)} "
                   f"rounds of per-process p50s, on a machine shared with other jobs (noisy). End to end: "
                   f"{d.get('end_to_end')}."]
     return lines
+
+
+def _rounds(d: dict) -> str:
+    r = d.get("rounds")
+    if not isinstance(r, dict):
+        return str(r)
+    return ", ".join(f"{v} ({k})" for k, v in r.items())
+
+
+def render_hetero(d: dict) -> list[str]:
+    names = list(d["quotas"])
+    rows = []
+    for kind, r in d["rows"].items():
+        cells = []
+        for b in names:
+            subs = [s for s, ds in r["assignment"].items() if b in ds]
+            what = ", ".join(f"{s} {r['params'][s] / 1000:.0f}k / {r['classes'][s]} cl." for s in subs) or "idle"
+            cells.append(f"{what}: {r['per_board_ms'][b]:.3f} ms")
+        rows.append([kind, *cells, _f(r["makespan_ms"], ".3f"), f"{r['total_params']:,}",
+                     _f(100 * r["fused_accuracy"], ".2f", " %")])
+    lm = d["latency_model"]
+    held = ", ".join(f"{b} {100 * e['mean_abs_rel_error']:.1f} %" for b, e in lm["held_out"].items())
+    return _table(["sizing, placement", *[f"{b} ({d['quotas'][b]:g} core)" for b in names], "makespan ms", "total params",
+                   "fused accuracy"], rows) + [
+        "", "Makespan uniform ÷ sized: " + ", ".join(f"{k} {v:.2f}×" for k, v in
+                                                      d["makespan_ratio_uniform_over_sized"].items())
+            + f" (target ≥ 1.5×); fused accuracy uniform − sized: {d['accuracy_gap_pp']:+.2f} pp (target within "
+            f"1 pp); the sized boards' measured times differ by {100 * d['sized_measured_spread']:.1f} %. Latency "
+            f"model, mean |relative error| on held-out ladder structures: {held}; on the compiled sub-models: "
+            f"{100 * lm['compiled_mean_abs_rel_error']:.1f} %. Times: median of {d.get('repeats', 1)} profiling "
+            f"rounds of the {d['statistic']} over {d['runs']} back-to-back runs (ONNX fp32, 1 thread, loopback SSH "
+            f"boards under cgroup-v1 quotas, on a machine shared with other jobs)."]
 
 
 def render_compile(d: dict) -> list[str]:
@@ -155,7 +189,7 @@ def render_links(d: dict) -> list[str]:
                    "fp32 ÷ best"], rows) + ["", str(d.get("note", ""))]
 
 
-RENDERERS = {"accuracy.json": render_accuracy, "links.json": render_links, "paper.json": render_paper, "compile.json": render_compile, "export.json": render_export,
+RENDERERS = {"accuracy.json": render_accuracy, "links.json": render_links, "hetero.json": render_hetero, "paper.json": render_paper, "compile.json": render_compile, "export.json": render_export,
              "distributed.json": render_distributed, "worker_overhead.json": render_worker_overhead,
              "profile.json": render_profile, "scale.json": render_scale}
 

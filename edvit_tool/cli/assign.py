@@ -76,8 +76,12 @@ boards.yaml:
 @click.option("--prefer", default=None, metavar="FORMAT[/QUANT]",
               help="Only consider matching variants, e.g. tflite or onnx/int8-static.")
 @click.option("--out", "out", default="plan.json", show_default=True, metavar="FILE", help="Where to write the plan.")
+@click.option("--ignore-sizing", is_flag=True,
+              help="For a build sized for boards (compile --boards): place freely instead of keeping each "
+                   "sub-model on the board it was sized for.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of the table.")
-def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidth_mbps, wire, prefer, out, as_json):
+def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidth_mbps, wire, prefer, out,
+            ignore_sizing, as_json):
     """Place sub-models on boards to minimise the slowest board's latency within memory budgets.
 
     Uses each board's measured latency and peak memory of the fastest artifact variant that passed parity on
@@ -99,6 +103,11 @@ def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidt
     transfer = A.transfer_costs(manifest, boards, bandwidth_mbps, profiles, wire)
     basis = A.transfer_basis(boards, bandwidth_mbps, profiles)
     t, m = costs.t, costs.m
+    from ..compile.sizing import pairing, pin_to_pairing
+
+    pairs = {} if ignore_sizing else pairing(manifest)
+    if pairs and replicas == 1:  # the build sized sub-model i for board i: keep that pairing
+        t = pin_to_pairing(t, pairs, costs.boards, boards_file)
     exact = A.solve_exact(costs.submodels, costs.boards, t, m, costs.budgets_mb, transfer, replicas)
     greedy, greedy_error = None, None
     try:
@@ -110,6 +119,10 @@ def command(build_dir, profiles_path, boards_file, replicas, objective, bandwidt
 
     doc = build_plan_doc(build_dir, boards_file, boards, costs, exact, greedy, replicas, bandwidth_mbps, transfer,
                          basis, wire)
+    if pairs:
+        doc["sized_for"] = pairs
+        doc["notes"].append("sub-models kept on the boards they were sized for (compile --boards)" if replicas == 1
+                            else "replicas > 1: placed freely, not only on the boards the build was sized for")
     write_json_atomic(out, doc)
     if as_json:
         click.echo(json.dumps(doc, indent=2))

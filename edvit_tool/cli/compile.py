@@ -33,15 +33,28 @@ def _csv(value):
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="Train the groups' sub-models in this many worker processes (CPU threads are split between "
                    "them; one GPU each when several are visible). The build is the same as with --jobs 1.")
+@click.option("--boards", "boards_file", default=None, type=click.Path(dir_okay=False),
+              help="Override split.boards: boards.yaml with one board per group; each group's sub-model and class "
+                   "count are sized for its board (equal predicted latency, same total parameters).")
+@click.option("--profiles", "profiles_path", default=None, type=click.Path(dir_okay=False),
+              help="Override split.profiles: profiles.json of a --ladder build on those boards (without it, the "
+                   "device profiles' `speed` factors size the sub-models).")
+@click.option("--ladder", "ladder_dir", default=None, type=click.Path(file_okay=False),
+              help="Only write a latency ladder (the recipe's ViT pruned to several widths, random weights) into "
+                   "this dir, for `profile --build DIR`; then exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json instead of the table.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def command(recipe_path, out_dir, checkpoint, groups, strategy, criterion, params_ratio, formats, quant, device,
-            seed, peer, resume, jobs, as_json, quiet):
+            seed, peer, resume, jobs, boards_file, profiles_path, ladder_dir, as_json, quiet):
     """Compile a fine-tuned timm ViT into K class-wise pruned sub-models + a fusion head.
 
     \b
     Example:
       edvit-tool compile --recipe recipes/digits.yaml --out build/digits -k 4 --params-ratio 0.25
+    Boards of different speeds (one sub-model per board, sized to it):
+      edvit-tool compile --recipe R --ladder ladder/
+      edvit-tool profile --build ladder/ --boards boards.yaml --out ladder-profiles.json
+      edvit-tool compile --recipe R -k 3 --boards boards.yaml --profiles ladder-profiles.json
     """
     from ..config import recipe as recipe_mod
     from ..pipeline import compile_build
@@ -51,10 +64,26 @@ def command(recipe_path, out_dir, checkpoint, groups, strategy, criterion, param
     overrides = {"model.checkpoint": checkpoint, "split.groups": groups, "split.strategy": strategy,
                  "prune.criterion": criterion, "prune.target.params_ratio": params_ratio,
                  "export.formats": _csv(formats) if formats is not None else None,
-                 "export.quant": _csv(quant), "device": device, "seed": seed}
+                 "export.quant": _csv(quant), "device": device, "seed": seed, "split.boards": boards_file,
+                 "split.profiles": profiles_path}
     if formats == "":
         overrides["export.formats"] = []
     recipe = recipe_mod.load(recipe_path, overrides)
+    if ladder_dir:
+        from ..compile.ladder import write_ladder
+
+        path = write_ladder(recipe, ladder_dir, log=None if quiet else click.echo)
+        click.echo(f"Ladder written to {path}; next: edvit-tool profile --build {path} --boards boards.yaml")
+        return 0
+    if recipe["split"]["boards"]:  # a bad boards file fails now, not after the data and teacher passes
+        from ..config.boards import boards_from_yaml
+
+        n = len(boards_from_yaml(recipe["split"]["boards"]))
+        if n != recipe["split"]["groups"]:
+            from ..errors import RecipeError
+
+            raise RecipeError(f"split.boards: {recipe['split']['boards']} has {n} boards but split.groups is "
+                              f"{recipe['split']['groups']}; one sub-model per board: pass -k {n}")
     out_dir = out_dir or os.path.join("build", recipe["name"])
     if "tflite" in recipe["export"]["formats"]:
         from ..logs import preimport_quietly

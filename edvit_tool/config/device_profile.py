@@ -35,6 +35,7 @@ class DeviceProfile:
     threads: int              # interpreter threads per model
     python: str = "python3"   # interpreter on the board (name on PATH or absolute path)
     notes: str = ""
+    speed: float = 1.0        # relative speed (higher = faster): sizes sub-models for unprofiled boards
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +86,9 @@ def validate_profile(data, where: str) -> list[str]:
     for key in ("cores", "memory_mb", "memory_budget_mb", "threads"):
         if key in data and not _is_pos_int(data[key]):
             p.append(f"{where}: {key} must be a positive int, got {data[key]!r}")
+    if "speed" in data and (isinstance(data["speed"], bool) or not isinstance(data["speed"], (int, float))
+                            or not 0 < data["speed"] < float("inf")):
+        p.append(f"{where}: speed must be a positive number (relative speed, higher = faster), got {data['speed']!r}")
     if "preferred_backend" in data and data["preferred_backend"] not in BACKENDS:
         p.append(f"{where}: preferred_backend must be one of {', '.join(BACKENDS)}, "
                  f"got {data['preferred_backend']!r}")

@@ -93,6 +93,11 @@ SCHEMA: dict = {
     "split": {
         "groups": F(int, 4, _num(1)),
         "strategy": F(str, "balanced", choices=("balanced", "similarity")),
+        # heterogeneous boards: size group i's sub-model (and class count) for board i (compile/sizing.py)
+        "boards": F(str, None, nullable=True),         # boards.yaml
+        "profiles": F(str, None, nullable=True),       # profiles.json of a ladder build on those boards
+        "latency_stat": F(str, "p50", choices=("p50", "mean")),
+        "variant": F(str, None, nullable=True),        # format/quant the latency models use (default: most profiled)
     },
     "prune": {
         "criterion": F(str, "taylor", choices=("taylor", "magnitude")),
@@ -262,7 +267,8 @@ def load(path: str, overrides: dict | None = None) -> dict:
     raw = read_yaml(path)
     recipe = validate(raw or {}, source=path, overrides=overrides)
     base = os.path.dirname(os.path.abspath(path))
-    for section, key in (("model", "checkpoint"), ("model", "classes"), ("data", "root")):
+    for section, key in (("model", "checkpoint"), ("model", "classes"), ("data", "root"), ("split", "boards"),
+                         ("split", "profiles")):
         value = recipe[section][key]
         if value and not os.path.isabs(value) and not os.path.exists(value):
             candidate = os.path.join(base, value)
