@@ -6,7 +6,8 @@
 Routes: GET /v2/health/live, /v2/health/ready (200 once every model is loaded; no token needed for these two),
 GET /v2 (server metadata), GET /v2/models/<m>[/versions/1] (model metadata), GET /v2/models/<m>/ready,
 GET /v2/models/<m>/stats (ours: request count, errors, p50 of the last 1000 answered requests' time in the
-worker from headers read to answer ready, of the interpreter call alone, and of image preprocessing),
+worker from headers read to answer ready, of the interpreter call alone, and of image preprocessing, also per
+wire format),
 POST /v2/models/<m>[/versions/1]/infer (JSON tensors and the binary-tensor extension).
 Everything else needs `Authorization: Bearer <token file contents>`. Inputs with NaN/Inf are refused (400).
 
@@ -66,6 +67,7 @@ class ServedModel:
         self.request_ms: collections.deque = collections.deque(maxlen=STATS_WINDOW)
         self.infer_ms: collections.deque = collections.deque(maxlen=STATS_WINDOW)
         self.prep_ms: collections.deque = collections.deque(maxlen=STATS_WINDOW)
+        self.prep_by_wire: dict = {}  # wire format -> deque of preprocessing ms (deploy --wire auto's probe)
         self.image_spec: dict | None = None  # the manifest's input spec when this model takes the image
 
     @property
@@ -76,7 +78,8 @@ class ServedModel:
     def outputs(self) -> list:
         return self.art.get("outputs") or (self.model.outputs if self.model else [])
 
-    def record(self, ok: bool, request_ms: float, infer_ms: float | None, prep_ms: float | None = None) -> None:
+    def record(self, ok: bool, request_ms: float, infer_ms: float | None, prep_ms: float | None = None,
+               wire_format: str | None = None) -> None:
         with self._stats_lock:
             self.count += 1
             self.errors += not ok
@@ -86,13 +89,17 @@ class ServedModel:
                 self.infer_ms.append(infer_ms)
             if ok and prep_ms is not None:
                 self.prep_ms.append(prep_ms)
+                if wire_format:
+                    self.prep_by_wire.setdefault(wire_format, collections.deque(maxlen=STATS_WINDOW)).append(prep_ms)
 
     def stats(self) -> dict:
         with self._stats_lock:
             req, inf, prep = sorted(self.request_ms), sorted(self.infer_ms), sorted(self.prep_ms)
             count, errors = self.count, self.errors
+            by_wire = {w: sorted(d) for w, d in self.prep_by_wire.items()}
         return {"name": self.name, "count": count, "errors": errors, "window": len(req),
-                "p50_ms": _median(req), "infer_p50_ms": _median(inf), "preprocess_p50_ms": _median(prep)}
+                "p50_ms": _median(req), "infer_p50_ms": _median(inf), "preprocess_p50_ms": _median(prep),
+                "preprocess_p50_ms_by_wire": {w: _median(v) for w, v in by_wire.items()}}
 
     def take_image_input(self, spec: dict | None, inputs: list) -> None:
         """Accept uint8 / encoded images for the model's input when it is the manifest's image input."""
@@ -111,18 +118,19 @@ class ServedModel:
 
     def image_inputs(self, inputs: dict, limits: dict) -> tuple:
         """uint8 / encoded image input -> the model's float32 input (other inputs untouched). -> (inputs, ms
-        spent preprocessing or None)."""
+        spent preprocessing or None, the wire format or None)."""
         spec = self.image_spec
         name = spec.get("name", "pixel_values") if spec else None
         arr = inputs.get(name) if name else None
-        if arr is None or wire.wire_of(arr) in (None, "fp32"):  # other dtypes: validate() names them
-            return inputs, None
+        kind = wire.wire_of(arr) if arr is not None else None
+        if kind in (None, "fp32"):  # other dtypes: validate() names them
+            return inputs, None, None
         t0 = time.perf_counter()
         try:
             x = wire.to_model_input(arr, spec, name, **limits)
         except wire.WireError as e:
             raise httpd.HttpError(400, str(e)) from None
-        return {**inputs, name: x}, (time.perf_counter() - t0) * 1000
+        return {**inputs, name: x}, (time.perf_counter() - t0) * 1000, kind
 
     def metadata(self) -> dict:
         def spec(t):
@@ -198,12 +206,13 @@ class Handler(httpd.Handler):
     _served: ServedModel | None = None  # per request: the model an infer hit (for its stats)
     _infer_ms: float | None = None
     _prep_ms: float | None = None
+    _wire: str | None = None
 
     def _finished(self, method: str, status: int, t0: float, ready: float | None) -> None:
         if self._served is not None:
             self._served.record(status == 200, ((ready or time.perf_counter()) - t0) * 1000, self._infer_ms,
-                                self._prep_ms)
-        self._served = self._infer_ms = self._prep_ms = None
+                                self._prep_ms, self._wire)
+        self._served = self._infer_ms = self._prep_ms = self._wire = None
 
     # -- routing ---------------------------------------------------------------------------------------------
     def _route(self, method: str, path: str, parts: list) -> tuple:
@@ -243,7 +252,7 @@ class Handler(httpd.Handler):
         if served.model is None:
             raise httpd.HttpError(503, f"model {served.name!r} is still loading")
         req = self._decode_request(body)
-        inputs, self._prep_ms = served.image_inputs(req.inputs, self.state.image_limits)
+        inputs, self._prep_ms, self._wire = served.image_inputs(req.inputs, self.state.image_limits)
         served.validate(inputs)
         wanted = req.wanted([t["name"] for t in served.outputs])
         t0 = time.perf_counter()
