@@ -116,7 +116,7 @@ class ServedModel:
                                                      for d, want in zip(t["shape"][1:], (c, h, w))):
                 self.image_spec = spec
 
-    def image_inputs(self, inputs: dict, limits: dict) -> tuple:
+    def image_inputs(self, inputs: dict, limits: dict, early: "wire.EarlyDecoder | None" = None) -> tuple:
         """uint8 / encoded image input -> the model's float32 input (other inputs untouched). -> (inputs, ms
         spent preprocessing or None, the wire format or None)."""
         spec = self.image_spec
@@ -127,7 +127,9 @@ class ServedModel:
             return inputs, None, None
         t0 = time.perf_counter()
         try:
-            x = wire.to_model_input(arr, spec, name, **limits)
+            decoded = {0: early.image} if early is not None and early.image is not None and kind == "encoded" \
+                else None
+            x = wire.to_model_input(arr, spec, name, decoded=decoded, **limits)
         except wire.WireError as e:
             raise httpd.HttpError(400, str(e)) from None
         return {**inputs, name: x}, (time.perf_counter() - t0) * 1000, kind
@@ -207,12 +209,23 @@ class Handler(httpd.Handler):
     _infer_ms: float | None = None
     _prep_ms: float | None = None
     _wire: str | None = None
+    _early: wire.EarlyDecoder | None = None  # per request: the image file decoded while the body arrived
 
     def _finished(self, method: str, status: int, t0: float, ready: float | None) -> None:
         if self._served is not None:
             self._served.record(status == 200, ((ready or time.perf_counter()) - t0) * 1000, self._infer_ms,
                                 self._prep_ms, self._wire)
-        self._served = self._infer_ms = self._prep_ms = self._wire = None
+        self._served = self._infer_ms = self._prep_ms = self._wire = self._early = None
+
+    def _body_progress(self, header: bytes, data):
+        served = self._served
+        if served is None or not served.image_spec:
+            return None
+        lim = self.state.image_limits
+        self._early = wire.EarlyDecoder.for_request(header, data, served.image_spec.get("name", "pixel_values"),
+                                                    lim.get("max_bytes", wire.MAX_ENCODED_BYTES),
+                                                    lim.get("max_pixels", pp.MAX_PIXELS))
+        return self._early.feed if self._early is not None else None
 
     # -- routing ---------------------------------------------------------------------------------------------
     def _route(self, method: str, path: str, parts: list) -> tuple:
@@ -252,7 +265,7 @@ class Handler(httpd.Handler):
         if served.model is None:
             raise httpd.HttpError(503, f"model {served.name!r} is still loading")
         req = self._decode_request(body)
-        inputs, self._prep_ms, self._wire = served.image_inputs(req.inputs, self.state.image_limits)
+        inputs, self._prep_ms, self._wire = served.image_inputs(req.inputs, self.state.image_limits, self._early)
         served.validate(inputs)
         wanted = req.wanted([t["name"] for t in served.outputs])
         t0 = time.perf_counter()
