@@ -15,7 +15,9 @@ Per (link rate, wire format), sequential batch-1 requests through `Coordinator.r
   * e2e p50 / p99 (ms), including the host's preprocessing when the wire format asks for it;
   * physical limit = slowest board's compute p50 (worker /stats infer_p50_ms) + one request body at the link's
     MEASURED rate (the same probe `profile` runs) + one round trip; e2e p50 / limit (target <= 1.2);
-  * the boards' preprocessing p50 (uint8: normalise; encoded: decode + resize + crop + normalise) and the host's
+  * the boards' preprocessing p50 once the body is in (uint8: normalise; encoded: resize + crop + normalise, plus
+    whatever of the decode did not overlap the transfer: the worker decodes a one-file request as it arrives) and
+    the host's
     (`Coordinator.prepare`: fp32 decode + resize + crop + normalise; uint8 decode + resize + crop; encoded
     nothing) — neither is in the issue's limit, which counts only compute and transfer; e2e / (limit + both)
     is given beside it;
@@ -27,7 +29,8 @@ build's exported Triton ensemble (`export --triton-repo`: K sub-models + fusion 
 local tritonserver over loopback, with stock tritonclient.http (tests/triton_server.py; its venv is
 scripts/make-triton-venv.sh, $EDVIT_TRITON_VENV). The pip wheel's Triton has only the Python backend, so each
 step is a Python-backend model running onnxruntime (export/triton_python_model.py).
-Prints a table, writes bench/results/links.json. ~3-5 min on 2 cores (+ ~1 min once for the build export,
+The 1-minute load average before and after is recorded: the boards share this machine's cores with everything
+else running on it, so compare figures taken at similar load. Prints a table, writes bench/results/links.json. ~3-5 min on 2 cores (+ ~1 min once for the build export,
 + ~1 min for the Triton server's start).
 """
 
@@ -216,7 +219,7 @@ def main() -> int:
               f"{r['link_rtt_ms']:>5.2f} {r['physical_limit_ms']:>7.2f} {r['e2e_over_limit']:>7.2f} "
               f"{r['host_preprocess_p50_ms']:>6.2f} {r['board_preprocess_p50_ms']:>6.2f} "
               f"{r['e2e_over_limit_with_preprocessing']:>6.2f} {r['slowest_board_roundtrip_p50_ms']:>6.2f} "
-              f"{r['fp32_over_best_p50']:>9.2f}")
+              + (f"{r['fp32_over_best_p50']:>9.2f}" if r["fp32_over_best_p50"] else f"{'-':>9}"))
     if triton:
         print(f"{'triton':>6} {'fp32':<8} {triton['bytes_per_image']:>9.0f} {triton['e2e_p50_ms']:>8.2f} "
               f"{triton['e2e_p99_ms']:>7.2f}   (one unthrottled local tritonserver, ensemble "
