@@ -152,7 +152,11 @@ def test_deploy_status_rollback_and_stop_on_three_ssh_boards(boards, tiny_build,
         assert not mf.validate(shipped) and {a["name"] for a in shipped["artifacts"]} == set(b["models"])
         assert os.path.isfile(os.path.join(rdir, "runtime", "edvit_tool", "runtime", "worker.py"))
     _infer_matches_reference(tiny_build, doc)
-    assert doc["wire"] == "auto"
+    # profile measured the (loopback) links, so --wire auto probed the boards and recorded its pick and why
+    choice = doc["wire_choice"]
+    assert doc["wire"] == choice["chosen"] in ("fp32", "uint8", "encoded") and set(choice["predicted_ms"]) == \
+        {"fp32", "uint8", "encoded"} and set(choice["board_preprocess_ms"]) == set(NAMES)
+    assert all(v["source"] == "measured" for v in choice["links"].values())
     _image_files_match_on_the_boards(tiny_build, doc)  # the slim board venv decodes and preprocesses
 
     r = _cli("status", "--deployment", out, "--json")
