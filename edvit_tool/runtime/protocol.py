@@ -619,8 +619,8 @@ def send_bodies(items: list, deadline: float) -> dict:
                 return out
             wait = deadline - time.perf_counter()
             if wait <= 0:
-                for sock in list(sel.get_map()):
-                    out[left[sock][0]] = "the request was not sent within the deadline"
+                for key in list(sel.get_map().values()):
+                    out[left[key.fileobj][0]] = "the request was not sent within the deadline"
                 return out
             ready = [k.fileobj for k, _ in sel.select(wait)]
     finally:
