@@ -155,7 +155,8 @@ def render_links(d: dict) -> list[str]:
     if tr:  # the same requests through the exported ensemble on one unthrottled local Triton server
         rows.append(["Triton, loopback", tr.get("wire", "fp32"), f"{tr['bytes_per_image']:,.0f}",
                      _f(tr["e2e_p50_ms"], ".1f"), "—", "—", "—"])
-    notes = [str(d.get("note", ""))]
+    note = str(d.get("note", "")).rstrip()
+    notes = [note + ("" if not note or note.endswith(".") else ".")]
     if tr:
         notes.append(f"Triton row: {d.get('triton_reference_note', '')} ({tr.get('server', 'tritonserver')}; "
                      f"host preprocessing {_f(tr.get('host_preprocess_p50_ms'), '.1f')} ms of it).")
