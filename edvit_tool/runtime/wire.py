@@ -124,8 +124,8 @@ class EarlyDecoder:
             inputs = json.loads(header).get("inputs")
             first = inputs[0]
             size = first["parameters"]["binary_data_size"]
-        except (ValueError, AttributeError, TypeError, KeyError, IndexError):
-            return None
+        except (ValueError, AttributeError, TypeError, KeyError, IndexError, RecursionError):
+            return None  # not the simple case (or not even JSON: decode_request answers that with a 400)
         if first.get("name") != name or first.get("datatype") != "BYTES" or first.get("shape") not in ([1], [1, 1]):
             return None
         if type(size) is not int or not 4 < size <= len(data) or size - 4 > max_bytes:

@@ -203,4 +203,5 @@ def test_early_decoder_checks_the_header_before_decoding_and_declines_what_it_do
     dec = wire.EarlyDecoder.for_request(header, part, "pixel_values", 1 << 20, pp.MAX_PIXELS)
     dec.feed(len(part))
     assert dec.image is None and "length" in dec.failed
-    assert wire.EarlyDecoder.for_request(b"not json", part, "pixel_values", 1 << 20, pp.MAX_PIXELS) is None
+    for bad in (b"not json", b"[" * 100000 + b"]" * 100000, b'{"inputs": 5}', b'{"inputs": [{"name": 1}]}'):
+        assert wire.EarlyDecoder.for_request(bad, part, "pixel_values", 1 << 20, pp.MAX_PIXELS) is None
