@@ -15,9 +15,9 @@ Per (link rate, wire format), sequential batch-1 requests through `Coordinator.r
   * e2e p50 / p99 (ms), including the host's preprocessing when the wire format asks for it;
   * physical limit = slowest board's compute p50 (worker /stats infer_p50_ms) + one request body at the link's
     MEASURED rate (the same probe `profile` runs) + one round trip; e2e p50 / limit (target <= 1.2);
-  * the boards' preprocessing p50 once the body is in (uint8: normalise; encoded: resize + crop + normalise, plus
-    whatever of the decode did not overlap the transfer: the worker decodes a one-file request as it arrives) and
-    the host's
+  * the boards' preprocessing p50 once the body is in (uint8: normalise; encoded: the decoding the transfer did
+    not hide — the worker decodes a one-file request as it arrives — then resize + crop + normalise) and the
+    host's
     (`Coordinator.prepare`: fp32 decode + resize + crop + normalise; uint8 decode + resize + crop; encoded
     nothing) — neither is in the issue's limit, which counts only compute and transfer; e2e / (limit + both)
     is given beside it;

@@ -116,6 +116,7 @@ class EarlyDecoder:
         self._parser = None
         self.image = None
         self.failed: str | None = None
+        self.tail_ms = 0.0              # decoding left after the last byte arrived (what the transfer did not hide)
 
     @classmethod
     def for_request(cls, header: bytes, data: np.ndarray, name: str, max_bytes: int, max_pixels: int):
@@ -136,8 +137,11 @@ class EarlyDecoder:
         """The first `got` bytes of the binary part have arrived."""
         if self.failed or self.image is not None or got <= 4:
             return
+        import time
+
         from PIL import Image, ImageFile
 
+        t0 = time.perf_counter()
         end = min(got, self._size)
         try:
             if self._parser is None:
@@ -161,5 +165,6 @@ class EarlyDecoder:
             self._fed = end
             if end >= self._size:
                 self.image = self._parser.close()
+                self.tail_ms = (time.perf_counter() - t0) * 1000
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             self.failed = f"{type(e).__name__}: {e}"

@@ -118,7 +118,8 @@ class ServedModel:
 
     def image_inputs(self, inputs: dict, limits: dict, early: "wire.EarlyDecoder | None" = None) -> tuple:
         """uint8 / encoded image input -> the model's float32 input (other inputs untouched). -> (inputs, ms
-        spent preprocessing or None, the wire format or None)."""
+        spent preprocessing or None, the wire format or None). With `early` (the file decoded while the body
+        arrived) the time counted is the decoding left after the last byte plus the rest of the preprocessing."""
         spec = self.image_spec
         name = spec.get("name", "pixel_values") if spec else None
         arr = inputs.get(name) if name else None
@@ -127,12 +128,11 @@ class ServedModel:
             return inputs, None, None
         t0 = time.perf_counter()
         try:
-            decoded = {0: early.image} if early is not None and early.image is not None and kind == "encoded" \
-                else None
-            x = wire.to_model_input(arr, spec, name, decoded=decoded, **limits)
+            used = early is not None and early.image is not None and kind == "encoded"
+            x = wire.to_model_input(arr, spec, name, decoded={0: early.image} if used else None, **limits)
         except wire.WireError as e:
             raise httpd.HttpError(400, str(e)) from None
-        return {**inputs, name: x}, (time.perf_counter() - t0) * 1000, kind
+        return {**inputs, name: x}, (time.perf_counter() - t0) * 1000 + (early.tail_ms if used else 0.0), kind
 
     def metadata(self) -> dict:
         def spec(t):
