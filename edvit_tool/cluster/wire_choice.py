@@ -8,9 +8,11 @@ host(f): the coordinator's preprocessing (fp32: decode + resize + crop + normali
 encoded: nothing), timed here on the probe image. bytes(f): the probe's request body in that format. mbps_d /
 rtt_d: board d's link as `profile` measured it (the plan's `boards.<d>.link`; `--bandwidth-mbps` where it was not
 measured). board_d(f): what the board's worker spent preprocessing the probe in that format (uint8: normalise;
-encoded: decode + resize + crop + normalise), from its /stats after a few real requests (a short probe of the
-freshly started workers; fp32 costs the board nothing extra). The sub-models' compute is the same for every
-format, so it is left out. The probe is a photo-like JPEG, 4:3, its short side 1.5x the model's resize size
+encoded: decode + resize + crop + normalise), plus how much slower its model ran after that than after fp32
+input (on a board under a CPU quota the decoding eats the quota the model then waits for: +7 ms per image on a
+quarter core in bench/links.py), from its /stats after a few real requests per format (a short probe of the
+freshly started workers). The sub-models' own compute is otherwise the same for every format, so it is left
+out. The probe is a photo-like JPEG, 4:3, its short side 1.5x the model's resize size
 (what a camera frame scaled for the model looks like); another image may choose differently, which is why the
 figures are recorded in deployment.json (`wire_choice`).
 
@@ -33,7 +35,7 @@ from ..runtime import protocol as oip
 from ..runtime.wire import WIRE_FORMATS
 
 log = logging.getLogger("edvit.deploy")
-PROBE_REQUESTS = 5
+PROBE_REQUESTS = 7
 
 
 def probe_image(spec: dict) -> bytes:
@@ -102,19 +104,29 @@ def _host_costs(probe: bytes, spec: dict, n: int) -> tuple:
     return host, body
 
 
-def _board_costs(board: dict, token: str, spec: dict, probe: bytes, n: int, ssl_context) -> dict:
-    """{format: the board's own preprocessing p50 ms} after n real requests per format to its first model."""
+def _board_costs(board: dict, token: str, spec: dict, probe: bytes, n: int, ssl_context) -> tuple:
+    """({format: the board's preprocessing p50 ms}, {format: its model's p50 ms}) after n real requests per
+    format to its first model."""
     from ..serve import wire as host_wire
 
     name = spec.get("name", "pixel_values")
     model = board["models"][0]
     with oip.OipClient(board["address"], board["port"], token=token, timeout=60.0, ssl_context=ssl_context) as c:
-        for f in ("uint8", "encoded"):
-            arr = host_wire.prepare([probe], f, spec).array
-            for _ in range(n):
-                c.infer(model, {name: arr})
-        by_wire = c.stats(model).get("preprocess_p50_ms_by_wire") or {}
-    return {"fp32": 0.0, **{f: float(by_wire[f]) for f in ("uint8", "encoded") if by_wire.get(f) is not None}}
+        for _ in range(n):  # interleaved, so a slow spell on the board hits every format alike
+            for f in WIRE_FORMATS:
+                c.infer(model, {name: host_wire.prepare([probe], f, spec).array})
+        st = c.stats(model)
+    prep, infer = st.get("preprocess_p50_ms_by_wire") or {}, st.get("infer_p50_ms_by_wire") or {}
+    return ({"fp32": 0.0, **{f: float(prep[f]) for f in ("uint8", "encoded") if prep.get(f) is not None}},
+            {f: float(infer[f]) for f in WIRE_FORMATS if infer.get(f) is not None})
+
+
+def board_cost(prep: dict, infer: dict) -> dict:
+    """{format: ms the board adds for that format}: its preprocessing + how much slower its model ran than with
+    fp32 input (never negative: a faster run is noise, not a gain)."""
+    base = infer.get("fp32")
+    return {f: float(prep.get(f) or 0.0) + (max(0.0, infer[f] - base) if base is not None and f in infer else 0.0)
+            for f in WIRE_FORMATS}
 
 
 def decide(plan: dict, manifest: dict, boards: list, token: str, ssl_context=None,
@@ -130,12 +142,15 @@ def decide(plan: dict, manifest: dict, boards: list, token: str, ssl_context=Non
     host, body = _host_costs(probe, spec, n)
     with cf.ThreadPoolExecutor(max_workers=max(1, len(boards))) as pool:
         futs = {b["name"]: pool.submit(_board_costs, b, token, spec, probe, n, ssl_context) for b in boards}
-        board_ms = {name: f.result() for name, f in futs.items()}
+        measured = {name: f.result() for name, f in futs.items()}
+    board_ms = {name: board_cost(prep, infer) for name, (prep, infer) in measured.items()}
     predicted = predict(host, body, links, board_ms)
     chosen = choose(predicted)
     log.info("wire auto: %s (predicted ms %s)", chosen, ", ".join(f"{f} {v:.2f}" for f, v in predicted.items()))
     w, h = pp.image_size(probe)
     return chosen, {"chosen": chosen, "predicted_ms": {f: round(v, 3) for f, v in predicted.items()},
                     "host_preprocess_ms": {f: round(v, 3) for f, v in host.items()}, "request_bytes": body,
-                    "board_preprocess_ms": {d: {f: round(v, 3) for f, v in c.items()} for d, c in board_ms.items()},
+                    "board_ms": {d: {f: round(v, 3) for f, v in c.items()} for d, c in board_ms.items()},
+                    "board_preprocess_ms": {d: {f: round(v, 3) for f, v in p.items()} for d, (p, _) in measured.items()},
+                    "board_infer_ms": {d: {f: round(v, 3) for f, v in i.items()} for d, (_, i) in measured.items()},
                     "links": links, "probe": f"JPEG {w}x{h}, {len(probe)} bytes"}

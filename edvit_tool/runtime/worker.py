@@ -6,8 +6,8 @@
 Routes: GET /v2/health/live, /v2/health/ready (200 once every model is loaded; no token needed for these two),
 GET /v2 (server metadata), GET /v2/models/<m>[/versions/1] (model metadata), GET /v2/models/<m>/ready,
 GET /v2/models/<m>/stats (ours: request count, errors, p50 of the last 1000 answered requests' time in the
-worker from headers read to answer ready, of the interpreter call alone, and of image preprocessing, also per
-wire format),
+worker from headers read to answer ready, of the interpreter call alone, and of image preprocessing, the last
+two also per wire format),
 POST /v2/models/<m>[/versions/1]/infer (JSON tensors and the binary-tensor extension).
 Everything else needs `Authorization: Bearer <token file contents>`. Inputs with NaN/Inf are refused (400).
 
@@ -68,6 +68,8 @@ class ServedModel:
         self.infer_ms: collections.deque = collections.deque(maxlen=STATS_WINDOW)
         self.prep_ms: collections.deque = collections.deque(maxlen=STATS_WINDOW)
         self.prep_by_wire: dict = {}  # wire format -> deque of preprocessing ms (deploy --wire auto's probe)
+        self.infer_by_wire: dict = {}  # wire format -> deque of interpreter ms (a board's own preprocessing can
+                                       # slow the run after it, e.g. under a CPU quota)
         self.image_spec: dict | None = None  # the manifest's input spec when this model takes the image
 
     @property
@@ -87,6 +89,8 @@ class ServedModel:
                 self.request_ms.append(request_ms)
             if ok and infer_ms is not None:
                 self.infer_ms.append(infer_ms)
+                if wire_format:
+                    self.infer_by_wire.setdefault(wire_format, collections.deque(maxlen=STATS_WINDOW)).append(infer_ms)
             if ok and prep_ms is not None:
                 self.prep_ms.append(prep_ms)
                 if wire_format:
@@ -97,9 +101,11 @@ class ServedModel:
             req, inf, prep = sorted(self.request_ms), sorted(self.infer_ms), sorted(self.prep_ms)
             count, errors = self.count, self.errors
             by_wire = {w: sorted(d) for w, d in self.prep_by_wire.items()}
+            infer_by_wire = {w: sorted(d) for w, d in self.infer_by_wire.items()}
         return {"name": self.name, "count": count, "errors": errors, "window": len(req),
                 "p50_ms": _median(req), "infer_p50_ms": _median(inf), "preprocess_p50_ms": _median(prep),
-                "preprocess_p50_ms_by_wire": {w: _median(v) for w, v in by_wire.items()}}
+                "preprocess_p50_ms_by_wire": {w: _median(v) for w, v in by_wire.items()},
+                "infer_p50_ms_by_wire": {w: _median(v) for w, v in infer_by_wire.items()}}
 
     def take_image_input(self, spec: dict | None, inputs: list) -> None:
         """Accept uint8 / encoded images for the model's input when it is the manifest's image input."""
@@ -125,7 +131,7 @@ class ServedModel:
         arr = inputs.get(name) if name else None
         kind = wire.wire_of(arr) if arr is not None else None
         if kind in (None, "fp32"):  # other dtypes: validate() names them
-            return inputs, None, None
+            return inputs, None, kind
         t0 = time.perf_counter()
         try:
             used = early is not None and early.image is not None and kind == "encoded"

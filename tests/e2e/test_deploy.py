@@ -456,8 +456,11 @@ def test_wire_auto_probes_the_started_workers_and_records_its_choice(tiny_build,
         for costs in choice["board_preprocess_ms"].values():  # measured by the workers themselves
             assert costs["fp32"] == 0 and costs["uint8"] > 0 and costs["encoded"] > costs["uint8"]
         assert choice["request_bytes"]["fp32"] > choice["request_bytes"]["uint8"]
+        for board, infer in choice["board_infer_ms"].items():  # the model's time after each format, measured
+            assert set(infer) == {"fp32", "uint8", "encoded"} and min(infer.values()) > 0
+            assert choice["board_ms"][board] == wc.board_cost(choice["board_preprocess_ms"][board], infer)
         again = wc.predict(choice["host_preprocess_ms"], choice["request_bytes"], choice["links"],
-                           choice["board_preprocess_ms"])
+                           choice["board_ms"])
         assert again == pytest.approx(choice["predicted_ms"], abs=2e-3)
         _infer_matches_reference(tiny_build, dep)
     finally:
