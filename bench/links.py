@@ -15,15 +15,23 @@ Per (link rate, wire format), sequential batch-1 requests through `Coordinator.r
   * e2e p50 / p99 (ms), including the host's preprocessing when the wire format asks for it;
   * physical limit = slowest board's compute p50 (worker /stats infer_p50_ms) + one request body at the link's
     MEASURED rate (the same probe `profile` runs) + one round trip; e2e p50 / limit (target <= 1.2);
-  * the boards' preprocessing p50 (uint8: normalise; encoded: decode + resize + crop + normalise) and the host's
+  * the boards' preprocessing p50 once the body is in (uint8: normalise; encoded: the decoding the transfer did
+    not hide — the worker decodes a one-file request as it arrives — then resize + crop + normalise) and the
+    host's
     (`Coordinator.prepare`: fp32 decode + resize + crop + normalise; uint8 decode + resize + crop; encoded
     nothing) — neither is in the issue's limit, which counts only compute and transfer; e2e / (limit + both)
     is given beside it;
   * the slowest board's round trip as the coordinator saw it (p50 over requests of the max over boards: send,
     board preprocessing + HTTP + compute under its quota, answer), to show where e2e - limit goes;
   * bytes on the wire per image per board (the request body), and e2e p50 of fp32 / the best format.
-Prints a table, writes bench/results/links.json. ~3-5 min on 2 cores (+ ~1 min once for the build export).
-No Triton reference row: the Triton venv (nvidia-pytriton) is not installed here.
+Triton reference (--triton, default on): the same requests (host preprocessing to fp32 included) through the
+build's exported Triton ensemble (`export --triton-repo`: K sub-models + fusion as one model) on one UNTHROTTLED
+local tritonserver over loopback, with stock tritonclient.http (tests/triton_server.py; its venv is
+scripts/make-triton-venv.sh, $EDVIT_TRITON_VENV). The pip wheel's Triton has only the Python backend, so each
+step is a Python-backend model running onnxruntime (export/triton_python_model.py).
+The 1-minute load average before and after is recorded: the boards share this machine's cores with everything
+else running on it, so compare figures taken at similar load. Prints a table, writes bench/results/links.json. ~3-5 min on 2 cores (+ ~1 min once for the build export,
++ ~1 min for the Triton server's start).
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from workers import start_local_workers  # noqa: E402
 from edvit_tool.cluster.link import measure_link  # noqa: E402
 from edvit_tool.cluster.transport import LocalTransport  # noqa: E402
 from edvit_tool.runtime.protocol import OipClient  # noqa: E402
+from edvit_tool.serve import wire as host_wire  # noqa: E402
 from edvit_tool.serve.coordinator import Coordinator  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
@@ -143,6 +152,8 @@ def main() -> int:
     ap.add_argument("--wires", default="fp32,uint8,encoded")
     ap.add_argument("--quota", type=float, default=0.25, help="CPU quota per board, fraction of one core")
     ap.add_argument("--n", type=int, default=60, help="sequential requests per configuration")
+    ap.add_argument("--triton", default=True, action=argparse.BooleanOptionalAction,
+                    help="add the Triton ensemble reference row (default on)")
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     wires = [w.strip() for w in args.wires.split(",")]
@@ -186,6 +197,10 @@ def main() -> int:
         fp32 = next((r["e2e_p50_ms"] for r in same if r["wire"] == "fp32"), None)
         for r in same:
             r["fp32_over_best_p50"] = fp32 / best if fp32 else None
+    triton, triton_note = None, "not run (--no-triton)"
+    if args.triton:
+        print("  Triton ensemble, unthrottled ...", file=sys.stderr)
+        triton, triton_note = run_triton(build, photos, args)
     load = (load_before, os.getloadavg()[0])
     note = (f"K={K} random-weight ViT-Tiny/16-structured sub-models (embed 96) at 224x224x3, ONNX fp32; each board "
             + (f"a worker in a cgroup-v1 quota of {args.quota:g} core" if quotas.enabled else
@@ -204,7 +219,13 @@ def main() -> int:
               f"{r['link_rtt_ms']:>5.2f} {r['physical_limit_ms']:>7.2f} {r['e2e_over_limit']:>7.2f} "
               f"{r['host_preprocess_p50_ms']:>6.2f} {r['board_preprocess_p50_ms']:>6.2f} "
               f"{r['e2e_over_limit_with_preprocessing']:>6.2f} {r['slowest_board_roundtrip_p50_ms']:>6.2f} "
-              f"{r['fp32_over_best_p50']:>9.2f}")
+              + (f"{r['fp32_over_best_p50']:>9.2f}" if r["fp32_over_best_p50"] else f"{'-':>9}"))
+    if triton:
+        print(f"{'triton':>6} {'fp32':<8} {triton['bytes_per_image']:>9.0f} {triton['e2e_p50_ms']:>8.2f} "
+              f"{triton['e2e_p99_ms']:>7.2f}   (one unthrottled local tritonserver, ensemble "
+              f"{triton['model']}; host preprocessing {triton['host_preprocess_p50_ms']:.2f} ms included)")
+    else:
+        print(f"Triton reference: {triton_note}")
     print("link: tbf rate, Mbit/s (measured: " + ", ".join(f"{k:g} -> {v['mbps']:.1f} Mbit/s, rtt {v['rtt_ms']:.3f} ms"
                                                          for k, v in link_rows.items()) + "). bytes/img: request body "
           "per image per board. compute: slowest board's interpreter p50. xfer: bytes/img at the measured rate. "
@@ -215,11 +236,64 @@ def main() -> int:
     doc = {"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
            "python": platform.python_version(), "note": note, "quota": args.quota if quotas.enabled else None,
            "loadavg_before_after": load, "links": {str(k): v for k, v in link_rows.items()}, "rows": rows,
-           "triton_reference": None, "triton_reference_note": "not run: no Triton venv (nvidia-pytriton) here"}
+           "triton_reference": triton, "triton_reference_note": triton_note}
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "links.json"), "w") as f:
         json.dump(doc, f, indent=2)
     return 0
+
+
+def run_triton(build, photos, args) -> tuple:
+    """(row or None, note): the requests through the exported ensemble on a local, unthrottled tritonserver."""
+    import tritonclient.http as th
+    from triton_server import TritonServer, TritonUnavailable
+
+    from edvit_tool.export.triton import ensemble_name, write_triton_repo
+    from edvit_tool.runtime import manifest as mf
+    from edvit_tool.runtime import protocol as oip
+
+    manifest = mf.load(build)
+    spec = manifest["input"]
+    name = ensemble_name("onnx", "fp32")
+    with tempfile.TemporaryDirectory(prefix="edvit-bench-triton-") as root:
+        repo = os.path.join(root, "repo")
+        write_triton_repo(build, manifest, repo, max_batch_size=8)
+        server = TritonServer(repo, [name], root)
+        try:
+            server.start()
+        except TritonUnavailable as e:
+            return None, f"not run: {str(e).splitlines()[0][:300]}"
+        try:
+            client = server.client()
+            version = client.get_server_metadata().get("version")
+
+            def call(photo):
+                x = host_wire.prepare([photo], "fp32", spec).array
+                inp = th.InferInput(spec.get("name", "pixel_values"), list(x.shape), "FP32")
+                inp.set_data_from_numpy(x, binary_data=True)
+                res = client.infer(name, [inp], outputs=[th.InferRequestedOutput("logits", binary_data=True)])
+                return x, res.as_numpy("logits")
+
+            for i in range(3):
+                call(photos[i % len(photos)])
+            e2e, prep = [], []
+            for i in range(args.n):
+                t0 = time.perf_counter()
+                x, logits = call(photos[i % len(photos)])
+                e2e.append((time.perf_counter() - t0) * 1000)
+                assert logits.shape == (1, len(manifest["classes"])) and np.isfinite(logits).all()
+            for i in range(args.n):
+                t0 = time.perf_counter()
+                host_wire.prepare([photos[i % len(photos)]], "fp32", spec)
+                prep.append((time.perf_counter() - t0) * 1000)
+        finally:
+            server.close()
+    body = len(oip.encode_request({spec.get("name", "pixel_values"): x}, ["logits"])[0])
+    return ({"model": name, "server": f"tritonserver {version} (nvidia-pytriton)", "wire": "fp32",
+             "e2e_p50_ms": _pct(e2e, 50), "e2e_p99_ms": _pct(e2e, 99), "host_preprocess_p50_ms": _pct(prep, 50),
+             "bytes_per_image": body, "n": args.n, "loadavg_after": os.getloadavg()[0]},
+            "one unthrottled tritonserver on loopback (all K sub-models and the fusion head in one ensemble; "
+            "steps are Python-backend models running onnxruntime), same JPEG requests preprocessed here to fp32")
 
 
 def _measure_links(links, rate) -> dict:

@@ -52,8 +52,12 @@ and why. The bearer token is written to <out>.token (mode 0600) and never printe
 
 --wire: the image format on the wire to the boards. fp32: preprocessed float32 (588 KiB per 224x224x3 image
 per board); uint8: pixels at the model's size, normalised on the board (147 KiB); encoded: the png/jpg files
-as given, decoded and preprocessed on the board (typically 10-40 KiB); auto: the smallest the caller's input
-allows (files -> encoded unless the files are bigger than their pixels, pixels -> uint8, float32 -> fp32).
+as given, decoded and preprocessed on the board (typically 10-40 KiB); auto: the format with the lowest
+predicted end-to-end time — the request bytes at each board's link rate from the plan (`profile`'s measurement,
+else --bandwidth-mbps) plus the host's and the board's preprocessing of a probe JPEG in each format and how much
+slower the board's model then runs, timed on the started workers (deployment.json `wire_choice` keeps the figures). Without link figures, auto stays the
+smallest the caller's input allows (files -> encoded unless bigger than their pixels, pixels -> uint8).
+A caller's float32 tensors always go as fp32, and pixels never as encoded.
 """)
 @click.option("--plan", "plan_path", required=True, metavar="FILE", help="plan.json from `edvit-tool assign`.")
 @click.option("--boards", "boards_file", metavar="FILE",

@@ -432,9 +432,14 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
             failed = _each(boards, activate)
             bad = {n: e for n, e in failed.items() if e is not None}
             if not bad:
+                chosen, choice = wire, None
+                if wire == "auto":
+                    chosen, choice = _choose_wire(plan, manifest, boards, token, tls)
                 doc = deployment.document(plan_path, plan, manifest, bfile, boards, release, deadline_ms, out,
-                                          transport, known_hosts, host_key_policy, connect_timeout, wire,
+                                          transport, known_hosts, host_key_policy, connect_timeout, chosen,
                                           tls_ca=os.path.abspath(tls["ca"]) if tls else None)
+                if choice is not None:
+                    doc["wire_choice"] = choice
                 _write_secret(doc["token_file"], token)
                 write_json_atomic(out, doc)
         except BaseException as e:  # Ctrl-C (or a failed write) before the token is saved: nobody could call it
@@ -460,6 +465,21 @@ def deploy(plan_path: str, boards_yaml: str | None = None, transport: str = "ssh
             b.tr.close()
     doc["seconds"] = round(time.monotonic() - t_start, 3)
     return doc
+
+
+def _choose_wire(plan: dict, manifest: dict, boards: list, token: str, tls: dict | None) -> tuple:
+    """deploy --wire auto: (format, wire_choice record) from a short probe of the started workers (see
+    wire_choice.py); a probe that fails keeps `auto` (the smallest format per batch) and says why."""
+    from ..runtime import preprocess as pp
+    from ..runtime import protocol as oip
+    from . import wire_choice
+
+    info = [{"name": b.name, "address": b.address, "port": b.port, "models": b.models} for b in boards]
+    try:
+        return wire_choice.decide(plan, manifest, info, token, ssl_context=_client_tls(tls and tls.get("ca")))
+    except (oip.ProtocolError, EdvitError, pp.ImageError) as e:
+        log.warning("wire auto: the probe failed (%s); keeping auto (the smallest format per batch)", e)
+        return "auto", {"chosen": "auto", "why": f"the probe failed: {e}"}
 
 
 def _rollback_all(boards: list[_Board], release: str, timeout_s: float, step) -> list[str]:

@@ -445,14 +445,21 @@ class Handler(BaseHTTPRequestHandler):
             return self._read_body()
         return b""
 
-    def _read_exact(self, view) -> int:
+    def _read_exact(self, view, progress=None) -> int:
+        """Fill `view` from the body; progress(bytes so far), if given, is called as each piece arrives."""
         got = 0
         while got < len(view):
-            r = self.rfile.readinto(view[got:])
+            r = self.rfile.readinto(view[got:]) if progress is None else self.rfile.readinto1(view[got:])
             if not r:
                 break
             got += r
+            if progress is not None:
+                progress(got)
         return got
+
+    def _body_progress(self, header: bytes, data):
+        """A callback fed the binary part's progress while it arrives (see _read_exact), or None."""
+        return None
 
     def _read_body(self):
         """The request body: bytes, or (JSON header bytes, binary part as a uint8 array) for binary tensors.
@@ -483,7 +490,7 @@ class Handler(BaseHTTPRequestHandler):
 
             header = self.rfile.read(hlen)
             data = np.empty(n - hlen, dtype=np.uint8)
-            got = self._read_exact(memoryview(data)) if len(header) == hlen else 0
+            got = self._read_exact(memoryview(data), self._body_progress(header, data)) if len(header) == hlen else 0
             self._unread = n - len(header) - got
             if self._unread:
                 raise HttpError(400, f"body ended after {len(header) + got} of {n} bytes", close=True)

@@ -32,6 +32,7 @@ wire format or cache can store the former and apply the latter later.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -242,9 +243,24 @@ def normalize(pixels: np.ndarray, spec) -> np.ndarray:
             or tuple(arr.shape[-3:-1]) != t.size:
         raise ImageError(f"pixels {arr.dtype} {list(arr.shape)}: expected uint8 [(N,) {t.size[0]}, {t.size[1]}, "
                          f"{t.channels}] (resize_crop's output)")
-    x = arr.astype(np.float32) / np.float32(255)
-    x = (x - np.asarray(t.mean, dtype=np.float32)) / np.asarray(t.std, dtype=np.float32)
-    return np.ascontiguousarray(np.moveaxis(x, -1, -3), dtype=np.float32)
+    # one table lookup per pixel, straight into the channels-first output: the same float32 operations on each
+    # of the 256 values as on every pixel (so the result is identical), but no float temporaries (~4x faster,
+    # which counts on a board whose CPU quota also runs the model)
+    lut = _lut(t.mean, t.std)
+    src = np.moveaxis(arr, -1, -3)
+    out = np.empty(src.shape, dtype=np.float32)
+    for c in range(t.channels):
+        np.take(lut[c], src[..., c, :, :], out=out[..., c, :, :])
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _lut(mean: tuple, std: tuple) -> np.ndarray:
+    """[C, 256] float32: (v / 255 - mean[c]) / std[c] for every uint8 value v."""
+    v = np.arange(256, dtype=np.float32)[None, :] / np.float32(255)
+    lut = (v - np.asarray(mean, dtype=np.float32)[:, None]) / np.asarray(std, dtype=np.float32)[:, None]
+    lut.setflags(write=False)
+    return lut
 
 
 def preprocess(image, spec, where: str = "image") -> np.ndarray:

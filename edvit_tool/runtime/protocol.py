@@ -488,6 +488,61 @@ class OipClient:
             return resp.status, resp.headers, data
         raise AssertionError("unreachable")
 
+    # -- a request in two halves (the coordinator's fan-out) ----------------------------------------------------
+    @property
+    def plain(self) -> bool:
+        """Plain HTTP (not TLS): the body of a started request may be written to `socket` directly."""
+        return self.ssl_context is None
+
+    def start(self, method: str, path: str, body_len: int, headers: dict | None = None,
+              timeout: float | None = None):
+        """Send a request's line and headers (connecting when needed) and return the socket, so that the caller
+        writes exactly `body_len` body bytes to it and then calls `finish`. Plain HTTP only. On a transport
+        failure the connection is closed and ProtocolError(0) raised (then use `request`, which reconnects)."""
+        if not self.plain:
+            raise ValueError("start/finish is for plain HTTP; use request() over TLS")
+        if self._conn is None:
+            self._conn = self._connect()
+            self._used = False
+        try:
+            if self._conn.sock is not None:
+                self._conn.sock.settimeout(timeout or self.timeout)
+            else:
+                self._conn.timeout = timeout or self.timeout
+            self._conn.putrequest(method, path)
+            for k, v in {**self._auth, **(headers or {}), "Content-Length": str(body_len)}.items():
+                self._conn.putheader(k, v)
+            self._conn.endheaders()
+        except (OSError, http.client.HTTPException) as e:
+            self.close()
+            raise ProtocolError(0, f"{self.host}:{self.port}: {method} {path} failed ({e!r})") from None
+        return self._conn.sock
+
+    def finish(self, timeout: float | None = None):
+        """The answer to the request `start` began and the caller's body completed: (status, headers, body), or
+        None when a reused keep-alive connection turned out closed by the server (then retry with `request`).
+        Other transport failures -> ProtocolError(0)."""
+        reused = self._used
+        try:
+            self._conn.sock.settimeout(timeout or self.timeout)
+            resp = self._conn.getresponse()
+            data = self._read(resp)
+        except _DROPPED as e:
+            self.close()
+            if reused:
+                return None
+            raise ProtocolError(0, f"{self.host}:{self.port}: connection dropped ({e!r})") from None
+        except _TooLarge as e:
+            self.close()
+            raise ProtocolError(0, f"{self.host}:{self.port}: {e}") from None
+        except (OSError, http.client.HTTPException, AttributeError) as e:  # AttributeError: closed under us
+            self.close()
+            raise ProtocolError(0, f"{self.host}:{self.port}: no answer ({e!r})") from None
+        self._used = True
+        if resp.will_close:
+            self.close()
+        return resp.status, resp.headers, data
+
     def _json(self, method: str, path: str, ok=(200,)) -> dict:
         status, _, data = self.request(method, path)
         if status not in ok:
@@ -527,6 +582,54 @@ class OipClient:
         if status != 200:
             raise ProtocolError(status, _error_message(data))
         return decode_response(data, rh.get(HEADER_LENGTH))
+
+
+def send_bodies(items: list, deadline: float) -> dict:
+    """Write each (key, socket, body) body in full to its socket, all at once: non-blocking writes interleaved
+    as the sockets drain, so a slow link holds back neither a fast one nor the bodies after it. deadline:
+    time.perf_counter() value. -> {key: None when sent, else what went wrong}. Each socket gets its timeout back."""
+    import selectors
+    import time
+
+    out, left = {}, {}
+    for key, sock, body in items:
+        left[sock] = [key, memoryview(body).cast("B"), 0, sock.gettimeout()]
+        sock.setblocking(False)
+    sel = selectors.DefaultSelector()
+    try:
+        ready = list(left)
+        while True:
+            for sock in ready:
+                key, view, off, _ = st = left[sock]
+                try:
+                    while off < len(view):
+                        off += sock.send(view[off:])
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError as e:
+                    out[key] = f"sending the request failed ({e!r})"
+                st[2] = off
+                if key in out or off >= len(view):
+                    out.setdefault(key, None)
+                    if sock in sel.get_map():
+                        sel.unregister(sock)
+                elif sock not in sel.get_map():
+                    sel.register(sock, selectors.EVENT_WRITE)
+            if not sel.get_map():
+                return out
+            wait = deadline - time.perf_counter()
+            if wait <= 0:
+                for key in list(sel.get_map().values()):
+                    out[left[key.fileobj][0]] = "the request was not sent within the deadline"
+                return out
+            ready = [k.fileobj for k, _ in sel.select(wait)]
+    finally:
+        sel.close()
+        for sock, (_, _, _, timeout) in left.items():
+            try:
+                sock.settimeout(timeout)
+            except OSError as e:  # closed meanwhile: the caller sees it on its next use
+                out.setdefault(left[sock][0], f"socket closed ({e!r})")
 
 
 class _TooLarge(Exception):

@@ -19,6 +19,8 @@ Board side: stdlib + numpy + PIL.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from . import preprocess as pp
@@ -51,9 +53,10 @@ def expected(spec: dict) -> str:
 
 
 def to_model_input(arr: np.ndarray, spec: dict, name: str = "pixel_values", max_bytes: int = MAX_ENCODED_BYTES,
-                   max_pixels: int = pp.MAX_PIXELS) -> np.ndarray:
+                   max_pixels: int = pp.MAX_PIXELS, decoded: dict | None = None) -> np.ndarray:
     """An image input in any wire format -> what the model takes (float32 [B, C, H, W]); fp32 passes through
-    untouched (the caller validates its shape). WireError naming the tensor and element otherwise."""
+    untouched (the caller validates its shape). WireError naming the tensor and element otherwise.
+    decoded: {element index: PIL image} already decoded from those very files (EarlyDecoder)."""
     kind = wire_of(arr)
     if kind == "fp32":
         return arr
@@ -62,7 +65,7 @@ def to_model_input(arr: np.ndarray, spec: dict, name: str = "pixel_values", max_
         if kind == "uint8":
             return _from_pixels(arr, t, name, max_pixels)
         if kind == "encoded":
-            return _from_files(arr, t, name, max_bytes, max_pixels)
+            return _from_files(arr, t, name, max_bytes, max_pixels, decoded or {})
     except pp.ImageError as e:
         raise WireError(str(e)) from None
     raise WireError(f"input {name!r}: dtype {arr.dtype} is not an image format; send {expected(spec)}")
@@ -80,7 +83,8 @@ def _from_pixels(arr: np.ndarray, t: pp.Transform, name: str, max_pixels: int) -
     return pp.normalize(np.stack(crops), t)
 
 
-def _from_files(arr: np.ndarray, t: pp.Transform, name: str, max_bytes: int, max_pixels: int) -> np.ndarray:
+def _from_files(arr: np.ndarray, t: pp.Transform, name: str, max_bytes: int, max_pixels: int,
+                decoded: dict) -> np.ndarray:
     if arr.ndim == 2 and arr.shape[1] == 1:  # [B, 1]: what some clients send for one string per row
         arr = arr[:, 0]
     if arr.ndim != 1 or arr.shape[0] < 1:
@@ -91,5 +95,76 @@ def _from_files(arr: np.ndarray, t: pp.Transform, name: str, max_bytes: int, max
         if len(data) > max_bytes:
             raise WireError(f"{where}: image file of {len(data)} bytes is over the {max_bytes}-byte limit; send "
                             "it resized, or as UINT8 pixels")
-        crops.append(pp.resize_crop(data, t, where, max_pixels))
+        image = decoded.get(i)
+        crops.append(pp.resize_crop(data if image is None else image, t, where, max_pixels))
     return pp.normalize(np.stack(crops), t)
+
+
+class EarlyDecoder:
+    """Decodes a request's one image file while the body is still arriving (PIL's incremental parser), so on a
+    slow link the board's decoding overlaps the transfer instead of following it. Only for the simple case the
+    coordinator sends: the image input is the first tensor, BYTES [1] (or [1, 1]) in binary. Pixels are those of
+    a whole-file decode (the same decoder); formats PIL cannot decode incrementally (e.g. PNG) are decoded at the
+    end, as before. The header's pixel count is checked against max_pixels before any decoding; anything odd
+    (a bad length, an unreadable file) leaves `image` None and the request takes the ordinary path, which names
+    the problem."""
+
+    def __init__(self, data: np.ndarray, size: int, max_pixels: int):
+        self._data, self._size, self._max_pixels = data, size, max_pixels
+        self._fed = 4
+        self._tried = 0                 # prefix length of the last header check
+        self._parser = None
+        self.image = None
+        self.failed: str | None = None
+        self.tail_ms = 0.0              # decoding left after the last byte arrived (what the transfer did not hide)
+
+    @classmethod
+    def for_request(cls, header: bytes, data: np.ndarray, name: str, max_bytes: int, max_pixels: int):
+        """An EarlyDecoder for this request's binary part `data` (being filled), or None when it does not apply."""
+        try:
+            inputs = json.loads(header).get("inputs")
+            first = inputs[0]
+            size = first["parameters"]["binary_data_size"]
+        except (ValueError, AttributeError, TypeError, KeyError, IndexError, RecursionError):
+            return None  # not the simple case (or not even JSON: decode_request answers that with a 400)
+        if first.get("name") != name or first.get("datatype") != "BYTES" or first.get("shape") not in ([1], [1, 1]):
+            return None
+        if type(size) is not int or not 4 < size <= len(data) or size - 4 > max_bytes:
+            return None
+        return cls(data, size, max_pixels)
+
+    def feed(self, got: int) -> None:
+        """The first `got` bytes of the binary part have arrived."""
+        if self.failed or self.image is not None or got <= 4:
+            return
+        import time
+
+        from PIL import Image, ImageFile
+
+        t0 = time.perf_counter()
+        end = min(got, self._size)
+        try:
+            if self._parser is None:
+                if int.from_bytes(self._data[:4].tobytes(), "little") != self._size - 4:
+                    self.failed = "the element's length does not match binary_data_size"
+                    return
+                if end < self._size and end < 2 * self._tried:
+                    return  # check the header again once the prefix has doubled
+                self._tried = end
+                prefix = self._data[4:end].tobytes()
+                try:
+                    pp.image_size(prefix, max_pixels=self._max_pixels)
+                except pp.ImageError as e:
+                    if end >= self._size:
+                        self.failed = str(e)
+                    return  # header incomplete (or refused: then the ordinary path says so)
+                self._parser = ImageFile.Parser()
+                self._parser.feed(prefix)
+            elif end > self._fed:
+                self._parser.feed(self._data[self._fed:end].tobytes())
+            self._fed = end
+            if end >= self._size:
+                self.image = self._parser.close()
+                self.tail_ms = (time.perf_counter() - t0) * 1000
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            self.failed = f"{type(e).__name__}: {e}"

@@ -6,7 +6,8 @@
 Routes: GET /v2/health/live, /v2/health/ready (200 once every model is loaded; no token needed for these two),
 GET /v2 (server metadata), GET /v2/models/<m>[/versions/1] (model metadata), GET /v2/models/<m>/ready,
 GET /v2/models/<m>/stats (ours: request count, errors, p50 of the last 1000 answered requests' time in the
-worker from headers read to answer ready, of the interpreter call alone, and of image preprocessing),
+worker from headers read to answer ready, of the interpreter call alone, and of image preprocessing, the last
+two also per wire format),
 POST /v2/models/<m>[/versions/1]/infer (JSON tensors and the binary-tensor extension).
 Everything else needs `Authorization: Bearer <token file contents>`. Inputs with NaN/Inf are refused (400).
 
@@ -66,6 +67,9 @@ class ServedModel:
         self.request_ms: collections.deque = collections.deque(maxlen=STATS_WINDOW)
         self.infer_ms: collections.deque = collections.deque(maxlen=STATS_WINDOW)
         self.prep_ms: collections.deque = collections.deque(maxlen=STATS_WINDOW)
+        self.prep_by_wire: dict = {}  # wire format -> deque of preprocessing ms (deploy --wire auto's probe)
+        self.infer_by_wire: dict = {}  # wire format -> deque of interpreter ms (a board's own preprocessing can
+                                       # slow the run after it, e.g. under a CPU quota)
         self.image_spec: dict | None = None  # the manifest's input spec when this model takes the image
 
     @property
@@ -76,7 +80,8 @@ class ServedModel:
     def outputs(self) -> list:
         return self.art.get("outputs") or (self.model.outputs if self.model else [])
 
-    def record(self, ok: bool, request_ms: float, infer_ms: float | None, prep_ms: float | None = None) -> None:
+    def record(self, ok: bool, request_ms: float, infer_ms: float | None, prep_ms: float | None = None,
+               wire_format: str | None = None) -> None:
         with self._stats_lock:
             self.count += 1
             self.errors += not ok
@@ -84,15 +89,23 @@ class ServedModel:
                 self.request_ms.append(request_ms)
             if ok and infer_ms is not None:
                 self.infer_ms.append(infer_ms)
+                if wire_format:
+                    self.infer_by_wire.setdefault(wire_format, collections.deque(maxlen=STATS_WINDOW)).append(infer_ms)
             if ok and prep_ms is not None:
                 self.prep_ms.append(prep_ms)
+                if wire_format:
+                    self.prep_by_wire.setdefault(wire_format, collections.deque(maxlen=STATS_WINDOW)).append(prep_ms)
 
     def stats(self) -> dict:
         with self._stats_lock:
             req, inf, prep = sorted(self.request_ms), sorted(self.infer_ms), sorted(self.prep_ms)
             count, errors = self.count, self.errors
+            by_wire = {w: sorted(d) for w, d in self.prep_by_wire.items()}
+            infer_by_wire = {w: sorted(d) for w, d in self.infer_by_wire.items()}
         return {"name": self.name, "count": count, "errors": errors, "window": len(req),
-                "p50_ms": _median(req), "infer_p50_ms": _median(inf), "preprocess_p50_ms": _median(prep)}
+                "p50_ms": _median(req), "infer_p50_ms": _median(inf), "preprocess_p50_ms": _median(prep),
+                "preprocess_p50_ms_by_wire": {w: _median(v) for w, v in by_wire.items()},
+                "infer_p50_ms_by_wire": {w: _median(v) for w, v in infer_by_wire.items()}}
 
     def take_image_input(self, spec: dict | None, inputs: list) -> None:
         """Accept uint8 / encoded images for the model's input when it is the manifest's image input."""
@@ -109,20 +122,23 @@ class ServedModel:
                                                      for d, want in zip(t["shape"][1:], (c, h, w))):
                 self.image_spec = spec
 
-    def image_inputs(self, inputs: dict, limits: dict) -> tuple:
+    def image_inputs(self, inputs: dict, limits: dict, early: "wire.EarlyDecoder | None" = None) -> tuple:
         """uint8 / encoded image input -> the model's float32 input (other inputs untouched). -> (inputs, ms
-        spent preprocessing or None)."""
+        spent preprocessing or None, the wire format or None). With `early` (the file decoded while the body
+        arrived) the time counted is the decoding left after the last byte plus the rest of the preprocessing."""
         spec = self.image_spec
         name = spec.get("name", "pixel_values") if spec else None
         arr = inputs.get(name) if name else None
-        if arr is None or wire.wire_of(arr) in (None, "fp32"):  # other dtypes: validate() names them
-            return inputs, None
+        kind = wire.wire_of(arr) if arr is not None else None
+        if kind in (None, "fp32"):  # other dtypes: validate() names them
+            return inputs, None, kind
         t0 = time.perf_counter()
         try:
-            x = wire.to_model_input(arr, spec, name, **limits)
+            used = early is not None and early.image is not None and kind == "encoded"
+            x = wire.to_model_input(arr, spec, name, decoded={0: early.image} if used else None, **limits)
         except wire.WireError as e:
             raise httpd.HttpError(400, str(e)) from None
-        return {**inputs, name: x}, (time.perf_counter() - t0) * 1000
+        return {**inputs, name: x}, (time.perf_counter() - t0) * 1000 + (early.tail_ms if used else 0.0), kind
 
     def metadata(self) -> dict:
         def spec(t):
@@ -198,12 +214,24 @@ class Handler(httpd.Handler):
     _served: ServedModel | None = None  # per request: the model an infer hit (for its stats)
     _infer_ms: float | None = None
     _prep_ms: float | None = None
+    _wire: str | None = None
+    _early: wire.EarlyDecoder | None = None  # per request: the image file decoded while the body arrived
 
     def _finished(self, method: str, status: int, t0: float, ready: float | None) -> None:
         if self._served is not None:
             self._served.record(status == 200, ((ready or time.perf_counter()) - t0) * 1000, self._infer_ms,
-                                self._prep_ms)
-        self._served = self._infer_ms = self._prep_ms = None
+                                self._prep_ms, self._wire)
+        self._served = self._infer_ms = self._prep_ms = self._wire = self._early = None
+
+    def _body_progress(self, header: bytes, data):
+        served = self._served
+        if served is None or not served.image_spec:
+            return None
+        lim = self.state.image_limits
+        self._early = wire.EarlyDecoder.for_request(header, data, served.image_spec.get("name", "pixel_values"),
+                                                    lim.get("max_bytes", wire.MAX_ENCODED_BYTES),
+                                                    lim.get("max_pixels", pp.MAX_PIXELS))
+        return self._early.feed if self._early is not None else None
 
     # -- routing ---------------------------------------------------------------------------------------------
     def _route(self, method: str, path: str, parts: list) -> tuple:
@@ -243,7 +271,7 @@ class Handler(httpd.Handler):
         if served.model is None:
             raise httpd.HttpError(503, f"model {served.name!r} is still loading")
         req = self._decode_request(body)
-        inputs, self._prep_ms = served.image_inputs(req.inputs, self.state.image_limits)
+        inputs, self._prep_ms, self._wire = served.image_inputs(req.inputs, self.state.image_limits, self._early)
         served.validate(inputs)
         wanted = req.wanted([t["name"] for t in served.outputs])
         t0 = time.perf_counter()

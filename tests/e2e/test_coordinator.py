@@ -381,7 +381,8 @@ def test_calls_still_queued_at_the_deadline_are_cancelled_unsent(fresh, eval_set
     for b, port in workers.ports.items():
         with OipClient("127.0.0.1", port, token=token) as c:
             counts[b] = c.stats(ONE_EACH[b][0])["count"]
-    with Coordinator(dep, max_workers=1) as coord:  # one pool thread: b0's call blocks b1's and b2's
+    # fan_out="pool": every call goes through the pool; one pool thread: b0's call blocks b1's and b2's
+    with Coordinator(dep, max_workers=1, fan_out="pool") as coord:
         os.kill(workers.pid("b0"), signal.SIGSTOP)
         try:
             with pytest.raises(NoBoardAnswered, match="not sent"):
@@ -395,6 +396,29 @@ def test_calls_still_queued_at_the_deadline_are_cancelled_unsent(fresh, eval_set
     for b in ("b1", "b2"):  # the cancelled calls were never sent, not even late
         with OipClient("127.0.0.1", workers.ports[b], token=token) as c:
             assert c.stats(ONE_EACH[b][0])["count"] == counts[b], b
+
+
+def test_requests_sent_by_the_caller_do_not_wait_for_a_busy_pool(fresh, eval_set):
+    """The default fan-out: the calling thread sends every one-model board its request and reads the answers
+    itself, so with a single pool thread and a frozen b0 the other boards still answer within the deadline."""
+    dep, workers = fresh(ONE_EACH, deadline_ms=400)
+    x, _ = eval_set
+    with Coordinator(dep, max_workers=1) as coord:
+        os.kill(workers.pid("b0"), signal.SIGSTOP)
+        try:
+            res = coord.run(x[:2])
+        finally:
+            os.kill(workers.pid("b0"), signal.SIGCONT)
+        assert res.degraded and res.missing == ["g0"] and res.served_by == {"g1": "b1", "g2": "b2"}
+        boards = coord.stats()["boards"]
+        assert boards["b0"]["deadline_misses"] == 1 and boards["b0"]["cancelled"] == 0
+        assert res.board_ms["b0"] is None and res.board_ms["b1"] is not None
+        time.sleep(0.2)
+        again = coord.run(x[:2])  # b0's late answer went with its closed connection, not into this request
+        assert not again.degraded
+        full = Coordinator(dep, fan_out="pool")
+        with full:
+            np.testing.assert_allclose(again.logits, full.run(x[:2]).logits, atol=1e-6)
 
 
 def test_an_oversized_answer_is_refused_unread_and_the_slice_is_missing(cluster, build, eval_set, tmp_path):

@@ -152,7 +152,11 @@ def test_deploy_status_rollback_and_stop_on_three_ssh_boards(boards, tiny_build,
         assert not mf.validate(shipped) and {a["name"] for a in shipped["artifacts"]} == set(b["models"])
         assert os.path.isfile(os.path.join(rdir, "runtime", "edvit_tool", "runtime", "worker.py"))
     _infer_matches_reference(tiny_build, doc)
-    assert doc["wire"] == "auto"
+    # profile measured the (loopback) links, so --wire auto probed the boards and recorded its pick and why
+    choice = doc["wire_choice"]
+    assert doc["wire"] == choice["chosen"] in ("fp32", "uint8", "encoded") and set(choice["predicted_ms"]) == \
+        {"fp32", "uint8", "encoded"} and set(choice["board_preprocess_ms"]) == set(NAMES)
+    assert all(v["source"] == "measured" for v in choice["links"].values())
     _image_files_match_on_the_boards(tiny_build, doc)  # the slim board venv decodes and preprocesses
 
     r = _cli("status", "--deployment", out, "--json")
@@ -427,6 +431,49 @@ def test_a_corrupted_cached_file_is_caught_on_the_board_and_sent_again(boards, t
         _infer_matches_reference(tiny_build, doc)
     finally:
         dp.stop(out)
+
+
+@pytest.mark.slow
+def test_wire_auto_probes_the_started_workers_and_records_its_choice(tiny_build, tmp_path):
+    """deploy --wire auto with link figures in the plan (injected: 20 Mbit/s, as `assign --bandwidth-mbps` would
+    record them) times each format's preprocessing on the real workers and records the format with the lowest
+    predicted time; without link figures it keeps auto."""
+    from edvit_tool.cluster import wire_choice as wc
+
+    plan = _plan_by_hand(tiny_build, tmp_path / "plan.json", [("g0", "a"), ("g1", "b")])
+    doc = json.load(open(plan))
+    for b in doc["boards"]:
+        doc["boards"][b]["link"] = {"source": "--bandwidth-mbps", "mbps": 20.0, "rtt_ms": 0.5}
+    json.dump(doc, open(plan, "w"))
+    out = str(tmp_path / "run" / "deployment.json")
+    r = _cli("deploy", "--plan", plan, "--transport", "local", "--out", out)
+    assert r.returncode == 0, r.stderr
+    dep = json.load(open(out))
+    try:
+        choice = dep["wire_choice"]
+        assert dep["wire"] == choice["chosen"] == wc.choose(choice["predicted_ms"])
+        assert set(choice["board_preprocess_ms"]) == {"a", "b"}
+        for costs in choice["board_preprocess_ms"].values():  # measured by the workers themselves
+            assert costs["fp32"] == 0 and costs["uint8"] > 0 and costs["encoded"] > costs["uint8"]
+        assert choice["request_bytes"]["fp32"] > choice["request_bytes"]["uint8"]
+        for board, infer in choice["board_infer_ms"].items():  # the model's time after each format, measured
+            assert set(infer) == {"fp32", "uint8", "encoded"} and min(infer.values()) > 0
+            assert choice["board_ms"][board] == wc.board_cost(choice["board_preprocess_ms"][board], infer)
+        again = wc.predict(choice["host_preprocess_ms"], choice["request_bytes"], choice["links"],
+                           choice["board_ms"])
+        assert again == pytest.approx(choice["predicted_ms"], abs=2e-3)
+        _infer_matches_reference(tiny_build, dep)
+    finally:
+        _cli("stop", "--deployment", out)
+    plan2 = _plan_by_hand(tiny_build, tmp_path / "plan2.json", [("g0", "a")])
+    out2 = str(tmp_path / "run2" / "deployment.json")
+    r = _cli("deploy", "--plan", plan2, "--transport", "local", "--out", out2)
+    assert r.returncode == 0, r.stderr
+    try:
+        dep2 = json.load(open(out2))
+        assert dep2["wire"] == "auto" and "link figure" in dep2["wire_choice"]["why"]
+    finally:
+        _cli("stop", "--deployment", out2)
 
 
 def test_tls_deploy_serves_https_verified_against_the_ca_and_refuses_plain_http(tiny_build, tmp_path):

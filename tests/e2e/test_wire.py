@@ -111,6 +111,9 @@ def test_uint8_and_encoded_inputs_give_the_fp32_paths_features(build, cluster, i
                 for dt, f in got.items():
                     assert f.shape == want.shape and f.dtype == np.float32
                     assert np.abs(f - want).max() <= TOL, (m, dt)
+                for i in (2, 3):  # one JPEG per request: the worker decodes it while the body arrives
+                    one = _features(c, workers, m, _files([images[i][1]]), "BYTES")
+                    assert np.abs(one - want[i:i + 1]).max() <= TOL, (m, i)
                 raw_want = _features(c, workers, m, pp.preprocess_batch(list(raw), spec), "FP32")
                 assert np.abs(_features(c, workers, m, raw, "UINT8") - raw_want).max() <= TOL
             meta = c.get_model_metadata(models[0], headers=_auth(workers))

@@ -140,6 +140,23 @@ def test_uint8_stage_then_normalize_is_preprocess(images):
     assert pp.preprocess_batch([], spec).shape == (0, 3, 224, 224)
 
 
+@pytest.mark.parametrize("spec", [{"shape": [3, 24, 20], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+                                  {"shape": [1, 8, 8], "mean": [0.5], "std": [0.25]}])
+def test_normalize_table_equals_the_arithmetic(spec):
+    """normalize's lookup table gives exactly (x / 255 - mean) / std in float32, channels first, for one image
+    and a batch (the wire parity tests rely on host and board computing the same bits)."""
+    t = pp.transform_of(spec)
+    rng = np.random.default_rng(3)
+    for shape in [(*t.size, t.channels), (4, *t.size, t.channels)]:
+        px = rng.integers(0, 256, shape, dtype=np.uint8)
+        px.flat[:256] = np.arange(256)  # every value at least once
+        x = (px.astype(np.float32) / np.float32(255) - np.asarray(t.mean, np.float32)) / np.asarray(t.std, np.float32)
+        want = np.moveaxis(x, -1, -3)
+        got = pp.normalize(px, t)
+        assert got.dtype == np.float32 and got.flags.c_contiguous and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
 def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
     spec = T.resolve_input_spec(_model("vit_small_patch16_224"), {})
     deep = (_photo(50, 40, 7)[..., 0].astype(np.uint16) * 257 + 100)

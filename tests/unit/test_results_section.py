@@ -61,3 +61,17 @@ def test_missing_markers_or_a_broken_result_is_one_error_line(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("Error: ")
     assert open(readme).read() == body
+
+
+def test_links_table_carries_the_triton_reference_row_when_measured():
+    row = {"rate_mbit": 100.0, "wire": "encoded", "bytes_per_image_per_board": 75208.0, "e2e_p50_ms": 70.5,
+           "physical_limit_ms": 55.6, "e2e_over_limit": 1.27, "fp32_over_best_p50": 1.5}
+    doc = {"note": "K=4 ...", "rows": [row], "triton_reference": {
+        "wire": "fp32", "bytes_per_image": 602293, "e2e_p50_ms": 96.0, "host_preprocess_p50_ms": 3.2,
+        "server": "tritonserver 2.51.0 (nvidia-pytriton)"}, "triton_reference_note": "one unthrottled server"}
+    lines = rs.render_links(doc)
+    assert any(line.startswith("| Triton, loopback | fp32 | 602,293 | 96.0 |") for line in lines), lines
+    assert "tritonserver 2.51.0" in lines[-1] and "3.2 ms" in lines[-1]
+    doc["triton_reference"], doc["triton_reference_note"] = None, "not run (--no-triton)"
+    lines = rs.render_links(doc)
+    assert not any("Triton, loopback" in line for line in lines) and "not run (--no-triton)" in lines[-1]

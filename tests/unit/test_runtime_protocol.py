@@ -260,3 +260,39 @@ def test_client_errors_carry_the_status_and_message(echo_server):
     with pytest.raises(ProtocolError) as e:
         oip.OipClient("127.0.0.1", 1, timeout=1).live()  # nothing listens on port 1
     assert e.value.status == 0 and "127.0.0.1:1" in e.value.message
+
+
+def test_send_bodies_interleaves_and_a_stalled_peer_only_costs_its_own_request():
+    """Two connections: one peer reads, one never does. The reader gets its whole body; the stalled one is
+    reported at the deadline (its body is far larger than the socket buffers), and both keep their timeouts."""
+    import socket
+    import threading
+    import time
+
+    body = bytes(range(256)) * (64 * 1024)  # 16 MiB: more than any socket buffer here
+    (a, a_peer), (b, b_peer) = socket.socketpair(), socket.socketpair()
+    for s in (a, b):
+        s.settimeout(3.0)
+    got = bytearray()
+
+    def read_all():
+        while len(got) < len(body):
+            chunk = a_peer.recv(1 << 20)
+            if not chunk:
+                break
+            got.extend(chunk)
+
+    t = threading.Thread(target=read_all)
+    t.start()
+    try:
+        out = oip.send_bodies([("reader", a, body), ("stalled", b, body)], time.perf_counter() + 2.0)
+        t.join(5)
+        assert out["reader"] is None and bytes(got) == body
+        assert "not sent within the deadline" in out["stalled"]
+        assert a.gettimeout() == 3.0 and b.gettimeout() == 3.0
+        b_peer.close()  # a peer that went away: an error for that body, not an exception
+        out = oip.send_bodies([("gone", b, b"x" * (8 << 20))], time.perf_counter() + 2.0)
+        assert out["gone"].startswith("sending the request failed")
+    finally:
+        for s in (a, a_peer, b, b_peer):
+            s.close()

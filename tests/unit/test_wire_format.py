@@ -153,3 +153,55 @@ def test_caps_on_file_size_and_pixels_are_enforced():
 def test_bad_image_inputs_are_named(arr, expect):
     with pytest.raises(wire.WireError, match=expect):
         wire.to_model_input(arr, SPEC)
+
+
+def _early_body(data: bytes, name: str = "pixel_values", shape=(1,)) -> tuple:
+    """(JSON header, binary part as a uint8 array) of a request carrying one file, as the worker reads them."""
+    arr = np.empty(len(shape) and shape[0], dtype=object)
+    arr[0] = data
+    body, hlen = oip.encode_request({name: arr.reshape(shape)}, ["features"])
+    return body[:hlen], np.frombuffer(body[hlen:], dtype=np.uint8).copy()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("chunk", [1, 700, 1 << 20])
+def test_early_decoder_decodes_while_the_body_arrives_to_the_same_pixels(fmt, chunk):
+    """A file fed in pieces (as the worker reads the body) decodes to exactly the whole file's pixels (JPEG as it
+    arrives; PNG, which PIL cannot decode incrementally, at the end), and the board's tensor is the same."""
+    from PIL import Image
+    import io
+
+    data = encode(photo(300, 200, 4), fmt)
+    header, part = _early_body(data)
+    dec = wire.EarlyDecoder.for_request(header, part, "pixel_values", wire.MAX_ENCODED_BYTES, pp.MAX_PIXELS)
+    assert dec is not None
+    for got in range(chunk, len(part) + chunk, chunk):
+        dec.feed(min(got, len(part)))
+    assert dec.failed is None and dec.image is not None and dec.tail_ms > 0  # the last piece's share, timed
+    np.testing.assert_array_equal(np.asarray(dec.image), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    spec = {"shape": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "crop_pct": 0.875}
+    files = _files(data)
+    np.testing.assert_array_equal(wire.to_model_input(files, spec, decoded={0: dec.image}),
+                                  wire.to_model_input(files, spec))
+
+
+def test_early_decoder_checks_the_header_before_decoding_and_declines_what_it_does_not_handle():
+    bomb = _png_claiming(9000, 9000)
+    header, part = _early_body(bomb)
+    dec = wire.EarlyDecoder.for_request(header, part, "pixel_values", wire.MAX_ENCODED_BYTES, pp.MAX_PIXELS)
+    dec.feed(len(part))
+    assert dec.image is None and "more than" in dec.failed      # refused from its header, never decoded
+    jpeg = encode(photo(40, 30, 1), "JPEG")
+    header, part = _early_body(jpeg)
+    assert wire.EarlyDecoder.for_request(header, part, "other_input", 1 << 20, pp.MAX_PIXELS) is None
+    assert wire.EarlyDecoder.for_request(header, part, "pixel_values", 10, pp.MAX_PIXELS) is None  # over max_bytes
+    two = _files(jpeg, jpeg)
+    body, hlen = oip.encode_request({"pixel_values": two}, ["features"])
+    assert wire.EarlyDecoder.for_request(body[:hlen], np.frombuffer(body[hlen:], np.uint8), "pixel_values",
+                                         1 << 20, pp.MAX_PIXELS) is None  # only one file per request
+    part[:4] = np.frombuffer((len(jpeg) + 9).to_bytes(4, "little"), np.uint8)  # a length that lies
+    dec = wire.EarlyDecoder.for_request(header, part, "pixel_values", 1 << 20, pp.MAX_PIXELS)
+    dec.feed(len(part))
+    assert dec.image is None and "length" in dec.failed
+    for bad in (b"not json", b"[" * 100000 + b"]" * 100000, b'{"inputs": 5}', b'{"inputs": [{"name": 1}]}'):
+        assert wire.EarlyDecoder.for_request(bad, part, "pixel_values", 1 << 20, pp.MAX_PIXELS) is None
