@@ -291,7 +291,10 @@ def recipe_for(task: str) -> dict:
                              "num_classes": None, "embed_dim": c["embed"], "depth": c["depth"],
                              "num_heads": c["heads"]},
                   "checkpoint": "model.safetensors"},
-        "data": {"kind": "npz", "root": "data.npz", "mean": [0.5] * c["chans"], "std": [0.5] * c["chans"]},
+        # the originals train on the stored pixels as they are: the eval transform must be the identity
+        # (timm's default for vit_tiny_patch16_224 is a 0.9 centre crop, bicubic)
+        "data": {"kind": "npz", "root": "data.npz", "mean": [0.5] * c["chans"], "std": [0.5] * c["chans"],
+                 "crop_pct": 1.0, "interpolation": "bilinear"},
         "export": {"formats": [], "quant": ["fp32"]},
     }
 
