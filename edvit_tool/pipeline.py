@@ -137,6 +137,7 @@ def _joint_phase(recipe: dict, st: SimpleNamespace, students: list, partial, dev
         return None
     dims = [s.model.head.in_features for s in students]
     n_cls = st.n_cls
+    seed_everything(st.seed + 11)  # the head's init too: the same whether the groups were trained here or not
     head = fuse.FusionMLP(dims, n_cls, max(fcfg["hidden"], 2 * n_cls), fcfg["dropout"])
     names = [f"joint-g{gi}" for gi in range(len(students))]
     if all(partial.has(n) for n in names) and partial.has_tensors("joint-fusion"):
@@ -144,7 +145,6 @@ def _joint_phase(recipe: dict, st: SimpleNamespace, students: list, partial, dev
             students[gi] = partial.load(n, st.m["name"], st.m["kwargs"]).to(device).eval()
         head.load_state_dict(partial.load_tensors("joint-fusion"))
         return head.eval()
-    seed_everything(st.seed + 11)
     advance = bars.task("joint fine-tune (all sub-models + fusion)", steps) if bars else None
     finetune.joint_finetune(students, st.groups, head, st.train, steps, ft, fcfg, device, st.seed + 11, advance)
     for gi, n in enumerate(names):
@@ -157,11 +157,13 @@ def _fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, va_out
                 bars, joint_head=None) -> SimpleNamespace:
     """The chosen fusion head (and what choosing it measured).
 
-    Fitted on the fusion split (which no sub-model trained on) plus shifted views of it (features through the
-    frozen sub-models, teacher logits from the original): the MLP, and the ensemble head's combination weights
-    (its experts are the sub-models' own heads and aux N-class heads). `auto` keeps whichever of logits /
-    ensemble / mlp is most accurate on the validation split (ties: fewest fitted numbers). Every candidate head
-    is returned so the report can show each one's test figure — read after every choice is made.
+    Fitted on the fusion split, or — `data.fusion_fraction: 0`, the default — on a class-stratified sample of the
+    fine-tune split, plus shifted views of it (features through the frozen sub-models, teacher logits from the
+    original): the MLP, and the ensemble head's combination weights (its experts are the sub-models' own heads
+    and aux N-class heads). `joint` is the MLP trained together with the sub-models (finetune.joint_fraction).
+    `auto` keeps whichever of logits / ensemble / mlp / joint is most accurate on the validation split (ties:
+    fewest fitted numbers). Every candidate head is returned so the report can show each one's test figure —
+    read after every choice is made.
     """
     log = bars.log if bars else (lambda s: None)
     n_cls = len(data.classes)
@@ -171,11 +173,15 @@ def _fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, va_out
     dims = [o[0].shape[1] for o in va_out]
     logit_fusion = fuse.LogitFusion(groups, n_cls)
     ensemble = fuse.EnsembleFusion.from_students(students, groups, n_cls)
-    fit = data.fusion if len(data.fusion) else data.finetune  # data.fusion_fraction 0: the fine-tune split
-    feats_views, t_views = [torch.cat([finetune.predict(w, fit.x, device)[0] for w in wrapped], 1)], [t_fu]
+    fit, t_fit = data.fusion, t_fu
+    if not len(fit):  # data.fusion_fraction 0: a class-stratified sample of the fine-tune split
+        sel = stratified_sample(data.finetune.y, fcfg["fit_samples"], seed + 6)
+        fit = SimpleNamespace(x=data.finetune.x.subset(sel), y=data.finetune.y[sel])
+        t_fit = t_fu[sel]
+    feats_views, t_views = [torch.cat([finetune.predict(w, fit.x, device)[0] for w in wrapped], 1)], [t_fit]
     for _ in range(fcfg["augment_views"]):  # shifted views, decoded chunk by chunk
         fs, ts = [], []
-        for i in range(0, len(fit), 256):
+        for i in range(0, len(fit.y), 256):
             xb = finetune.augment(fit.x[i:i + 256], gen, pad=2)
             fs.append(torch.cat([finetune.predict(w, xb, device)[0] for w in wrapped], 1))
             ts.append(finetune.predict(model, xb, device))
@@ -186,7 +192,7 @@ def _fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, va_out
     ensemble.fit(feats_fu.reshape(-1, feats_fu.shape[-1]), fit.y.repeat(v))
     heads = {"logits": logit_fusion, "ensemble": ensemble}
     kind = fcfg["kind"]
-    if kind in ("auto", "mlp"):
+    if kind in ("auto", "mlp") or (kind == "joint" and joint_head is None):
         advance = bars.task("fusion head", fcfg["steps"]) if bars else None
         # the hidden layer follows the class count: 128 squeezes 100 classes through too few units
         wide = {**fcfg, "hidden": max(fcfg["hidden"], 2 * n_cls)}
@@ -198,8 +204,8 @@ def _fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, va_out
     inputs_va = {"logits": logits_va, "ensemble": feats_va, "mlp": feats_va, "joint": feats_va}
     with torch.no_grad():
         val_acc = {k_: finetune.accuracy(h(inputs_va[k_]), data.val.y) for k_, h in heads.items()}
-    if kind == "mlp" and joint_head is not None:
-        kind = "joint"  # the MLP trained with the sub-models
+    if kind == "joint" and joint_head is None:
+        kind = "mlp"  # no joint phase ran (K = 1 or finetune.joint_fraction 0): the MLP fitted afterwards
     if kind == "auto":
         kind = max(("logits", "ensemble", "mlp", "joint"), key=lambda k_: val_acc.get(k_, -1.0))
         log("fusion on the validation split: " + ", ".join(f"{k_} {a:.4f}" for k_, a in val_acc.items())

@@ -7,7 +7,7 @@ import os
 import click
 
 
-def _reusable_build(out_dir: str, recipe: dict, ckpt: str) -> str | None:
+def _reusable_build(out_dir: str, recipe: dict, ckpt: str, peer: bool = False) -> str | None:
     """Why the build in out_dir can stand for this recipe (None: it cannot): complete, made from the same
     resolved recipe, and not older than the checkpoint."""
     from ..config import recipe as recipe_mod
@@ -20,6 +20,12 @@ def _reusable_build(out_dir: str, recipe: dict, ckpt: str) -> str | None:
             return None
     if os.path.getmtime(ckpt) > os.path.getmtime(need[0]):
         return None
+    if peer:
+        import json
+
+        with open(need[2], encoding="utf-8") as f:
+            if not json.load(f).get("peer"):
+                return None
     return f"{out_dir} was built from this very recipe and checkpoint"
 
 
@@ -114,10 +120,13 @@ def _print_loop(res: dict) -> None:
               help="Number of local boards [default: one per sub-model].")
 @click.option("--known-hosts", "known_hosts", type=click.Path(dir_okay=False), default=None,
               help="--ssh-boards: known_hosts file [default: ~/.ssh/known_hosts].")
+@click.option("--peer/--no-peer", default=True, show_default=True,
+              help="Also build the class-agnostic peer (one pruned ViT at the largest sub-model's size, K "
+                   "sub-models' compute) and report it beside the ensemble; --no-peer halves the compile time.")
 @click.option("--runs", default=30, show_default=True, type=click.IntRange(1),
               help="Timed runs per artifact when profiling.")
 def command(recipe_path, out_dir, run_dir, retrain, rebuild, train_steps, seed, device, no_boards, ssh_boards,
-            local_boards, known_hosts, runs):
+            local_boards, known_hosts, peer, runs):
     """Train a small timm ViT on digits (cached under runs/), compile it with the demo recipe (K=4), then run the
     whole loop: profile the artifacts on K local boards (or --ssh-boards), assign, deploy, send the whole
     held-out set through the deployment, compare with the build, stop the workers.
@@ -157,7 +166,7 @@ def command(recipe_path, out_dir, run_dir, retrain, rebuild, train_steps, seed, 
             trained = True
         else:
             bars.log(f"using cached demo checkpoint {ckpt} (--retrain to rebuild)")
-        why = None if (rebuild or trained) else _reusable_build(out_dir, recipe, ckpt)
+        why = None if (rebuild or trained) else _reusable_build(out_dir, recipe, ckpt, peer)
         if why:
             bars.log(f"reusing the build: {why} (--rebuild to compile again)")
             with open(os.path.join(out_dir, "report.json"), encoding="utf-8") as f:
@@ -166,7 +175,7 @@ def command(recipe_path, out_dir, run_dir, retrain, rebuild, train_steps, seed, 
         else:
             from ..pipeline import compile_build
 
-            result = compile_build(recipe, out_dir, bars=bars)
+            result = compile_build(recipe, out_dir, bars=bars, peer=peer)
             report, gate_failures = result.report, result.gate_failures
     click.echo(render_markdown(report))
     click.echo(f"Build: {os.path.abspath(out_dir)}")

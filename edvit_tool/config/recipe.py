@@ -71,7 +71,7 @@ SCHEMA: dict = {
         "distort": F(bool, False),
         "distort_copies": F(int, 1, _num(1, 20)),  # distorted views per digit (digits + distort only)
         "test_fraction": F(float, 0.2, FRACTION),
-        "fusion_fraction": F(float, 0.2, _num(0, 1, hi_open=True)),  # 0: fusion head fits on the fine-tune split
+        "fusion_fraction": F(float, 0.0, _num(0, 1, hi_open=True)),  # 0: fusion heads fit on the fine-tune split
         # validation: every choice compile makes (gate, float fallback, fusion kind, early stopping) is made here
         "val_fraction": F(float, 0.15, FRACTION),
         "val_samples": F(int, 1000, POS),      # cap on the validation images the export gate runs
@@ -115,7 +115,7 @@ SCHEMA: dict = {
         "recovery_steps": F(int, 100, NONNEG),
         # shared trunk: this fraction of the ensemble's steps trains one class-agnostic student at shared_size x
         # the sub-model budget; each sub-model is pruned class-wise from it (0 = from the original)
-        "shared_fraction": F(float, 0.0, _num(0, 1, hi_open=True)),
+        "shared_fraction": F(float, 0.5, _num(0, 1, hi_open=True)),
         "shared_size": F(float, 2.0, _num(1, 100)),
     },
     "finetune": {
@@ -133,7 +133,7 @@ SCHEMA: dict = {
         "clip_grad": F(float, 1.0, NONNEG),        # 0 = no clipping
         # share of each sub-model's fine-tune steps spent in the joint phase: all sub-models + the fusion MLP
         # trained together on the fused loss (one joint step = K sub-model steps, so compute is unchanged)
-        "joint_fraction": F(float, 0.0, _num(0, 1)),
+        "joint_fraction": F(float, 1.0, _num(0, 1)),
         "joint_fusion_weight": F(float, 1.0, NONNEG),
     },
     "peer": {
@@ -141,11 +141,12 @@ SCHEMA: dict = {
         "evals": F(int, 10, NONNEG),               # early-stopping evaluations on the validation split
     },
     "fusion": {
-        "kind": F(str, "mlp", choices=("auto", "mlp", "logits", "ensemble")),
+        "kind": F(str, "auto", choices=("auto", "mlp", "joint", "logits", "ensemble")),
         "hidden": F(int, 128, POS),
         "dropout": F(float, 0.3, _num(0, 1, hi_open=True)),
         "submodel_dropout": F(float, 0.2, _num(0, 1, hi_open=True)),
         "feature_noise": F(float, 0.1, NONNEG),
+        "fit_samples": F(int, 4000, POS),    # data.fusion_fraction 0: fine-tune images the heads are fitted on
         "augment_views": F(int, 4, NONNEG),  # shifted copies of the fusion split added to its training set
         "kd_weight": F(float, 0.5, _num(0, 1)),
         "steps": F(int, 1500, NONNEG),
