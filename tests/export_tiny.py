@@ -146,16 +146,23 @@ def write_inputs(root: str, models) -> dict:
 
     from edvit_tool.compile.data import stratified_sample
 
+    from edvit_tool import reference
+
     x, y = digits()
+    # compile stores images as uint8 pixels at model resolution [N, H, W, C]; readers normalise them (mean = std
+    # = 0.5 here), so the floats below are what export and check see
+    pixels = np.clip(np.round((x * 0.5 + 0.5) * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    spec = manifest_skeleton([EMBED] * len(GROUPS), 0.0)["input"]
+    x = reference.normalize(pixels, spec)
     xtr, ytr = x[:-N_EVAL], y[:-N_EVAL]
     xev, yev = x[-N_EVAL:], y[-N_EVAL:]
-    os.makedirs(os.path.join(root, "reference"), exist_ok=True)
-    np.savez(os.path.join(root, "reference", "eval.npz"), x=xev, y=yev)
+    ref = os.path.join(root, "reference")
+    reference.save(os.path.join(ref, "eval.npz"), pixels[-N_EVAL:], yev)
     # the tiny models trained on all of xtr: the gate needs unseen images, so here val repeats the held-out set
-    np.savez(os.path.join(root, "reference", "val.npz"), x=xev, y=yev)
+    reference.save(os.path.join(ref, "val.npz"), pixels[-N_EVAL:], yev)
     cal = stratified_sample(torch.from_numpy(ytr), 64, seed=0).numpy()
     for i in range(len(GROUPS)):
-        np.savez(os.path.join(root, "reference", f"calib-g{i}.npz"), x=xtr[cal])
+        reference.save(os.path.join(ref, f"calib-g{i}.npz"), pixels[:-N_EVAL][cal])
     with torch.no_grad():
         feats = torch.cat([models[f"g{i}"](torch.from_numpy(xtr[cal]))[0] for i in range(len(GROUPS))], 1)
     np.savez(os.path.join(root, "reference", "calib-fusion.npz"), x=feats.numpy())
