@@ -141,28 +141,23 @@ def fused_torch_accuracy(models, x, y) -> float:
 
 
 def write_inputs(root: str, models) -> dict:
-    """reference/val.npz, eval.npz and calib-*.npz as compile writes them; returns the manifest skeleton."""
+    """reference/val.npz, eval.npz and calib-*.npz in the form builds before uint8 `pixels` had (float32 `x`,
+    already normalised: still read, see edvit_tool/reference.py; compile's `pixels` form is covered by
+    tests/unit/test_reference_sets.py and tests/e2e/test_compile_cli.py); returns the manifest skeleton."""
     import torch
 
     from edvit_tool.compile.data import stratified_sample
 
-    from edvit_tool import reference
-
     x, y = digits()
-    # compile stores images as uint8 pixels at model resolution [N, H, W, C]; readers normalise them (mean = std
-    # = 0.5 here), so the floats below are what export and check see
-    pixels = np.clip(np.round((x * 0.5 + 0.5) * 255), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-    spec = manifest_skeleton([EMBED] * len(GROUPS), 0.0)["input"]
-    x = reference.normalize(pixels, spec)
     xtr, ytr = x[:-N_EVAL], y[:-N_EVAL]
     xev, yev = x[-N_EVAL:], y[-N_EVAL:]
-    ref = os.path.join(root, "reference")
-    reference.save(os.path.join(ref, "eval.npz"), pixels[-N_EVAL:], yev)
+    os.makedirs(os.path.join(root, "reference"), exist_ok=True)
+    np.savez(os.path.join(root, "reference", "eval.npz"), x=xev, y=yev)
     # the tiny models trained on all of xtr: the gate needs unseen images, so here val repeats the held-out set
-    reference.save(os.path.join(ref, "val.npz"), pixels[-N_EVAL:], yev)
+    np.savez(os.path.join(root, "reference", "val.npz"), x=xev, y=yev)
     cal = stratified_sample(torch.from_numpy(ytr), 64, seed=0).numpy()
     for i in range(len(GROUPS)):
-        reference.save(os.path.join(ref, f"calib-g{i}.npz"), pixels[:-N_EVAL][cal])
+        np.savez(os.path.join(root, "reference", f"calib-g{i}.npz"), x=xtr[cal])
     with torch.no_grad():
         feats = torch.cat([models[f"g{i}"](torch.from_numpy(xtr[cal]))[0] for i in range(len(GROUPS))], 1)
     np.savez(os.path.join(root, "reference", "calib-fusion.npz"), x=feats.numpy())
