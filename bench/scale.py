@@ -49,14 +49,14 @@ def _dataset(n: int) -> str:
     return root
 
 
-def _recipe(root: str, ckpt: str, depth: int, steps: int, name: str) -> str:
+def _recipe(root: str, ckpt: str, depth: int, steps: int, name: str, per_class: int | None = None) -> str:
     import yaml
 
     rec = {"name": name, "threads": 2,
            "model": {"name": "vit_small_patch16_224", "kwargs": {"num_classes": 10, "depth": depth},
                      "checkpoint": ckpt},
            "data": {"kind": "imagefolder", "root": root, "cache_dir": os.path.join(WORK, "cache"), "workers": 2,
-                    "check_labels": False},
+                    "check_labels": False, "max_images_per_class": per_class},
            "split": {"groups": 4}, "prune": {"steps": 1, "recovery_steps": 0, "importance_batches": 1},
            "finetune": {"steps": steps, "batch_size": 32}, "fusion": {"kind": "logits"}}
     path = os.path.join(WORK, f"{name}.yaml")
@@ -261,6 +261,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--jobs-steps", type=int, default=8, help="fine-tune steps per group for the ViT-S --jobs timing")
     ap.add_argument("--digits-steps", type=int, default=100, help="fine-tune steps per group, digits --jobs timing")
+    ap.add_argument("--jobs-per-class", type=int, default=None,
+                    help="cap the ViT-S --jobs timing's training images per class (data.max_images_per_class)")
     ap.add_argument("--parts", default="rss,throughput,jobs")
     a = ap.parse_args()
     parts = set(a.parts.split(","))
@@ -269,9 +271,6 @@ def main() -> int:
     ckpt = _checkpoint(a.depth)
     path = os.path.join(HERE, "results", "scale.json")
     res = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            res = json.load(f)
     res.update({"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
                 f"{os.cpu_count()} cores", "model": f"vit_small_patch16_224 structure, depth {a.depth}, random "
                 "weights", "nice": os.nice(0),
@@ -301,9 +300,13 @@ def main() -> int:
         if digits:
             jobs["digits"] = _jobs(digits, "digits")
             jobs["digits"]["finetune_steps"] = a.digits_steps
-        jobs["vit_s"] = _jobs(_recipe(_dataset(sizes[0]), ckpt, a.depth, a.jobs_steps, "jobs-vit-s"), "vit-s")
-        jobs["vit_s"]["finetune_steps"] = a.jobs_steps
+        jobs["vit_s"] = _jobs(_recipe(_dataset(sizes[0]), ckpt, a.depth, a.jobs_steps, "jobs-vit-s",
+                                      a.jobs_per_class), "vit-s")
+        jobs["vit_s"].update(finetune_steps=a.jobs_steps, images=sizes[0], max_images_per_class=a.jobs_per_class)
         res["jobs_seconds"] = jobs
+    if os.path.isfile(path):  # parts run alone (or at once, in two processes) merge: read it again now
+        with open(path) as f:
+            res = {**json.load(f), **res}
 
     print("\n| images | peak RSS | with decode workers | compile s | load avg (mean) |\n|---:|---:|---:|---:|---:|")
     for r in res.get("compile", []):
