@@ -93,8 +93,9 @@ def load_profile(ref: str) -> dict:
 
 
 def load_eval(path: str, manifest: dict | None) -> tuple[np.ndarray, np.ndarray]:
-    """--eval: an .npz (x float32 preprocessed, or raw uint8 images; y labels) or a folder of class sub-folders;
-    raw images get the build's own preprocessing (runtime/preprocess.py with the manifest's input spec)."""
+    """--eval: an .npz (x float32 preprocessed or raw uint8 images, or a build's reference `pixels`; y labels) or a
+    folder of class sub-folders; raw images get the build's own preprocessing (runtime/preprocess.py with the
+    manifest's input spec)."""
     from .images import load_image_folder, load_npz
 
     spec = (manifest or {}).get("input")

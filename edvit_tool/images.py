@@ -6,7 +6,9 @@ crop_pct are stretched to H x W as they were built (see runtime/preprocess.py).
 
 npz files: key `x`, either raw uint8 images ([N, H, W], [N, H, W, C] or [N, C, H, W]; preprocessed here) or float
 arrays that are already preprocessed ([N, C, H, W], or [N, H, W] for a 1-channel model; resized when the size
-differs, never channel-converted since their normalisation is unknown). Optional `y`: integer labels, for accuracy.
+differs, never channel-converted since their normalisation is unknown). Or key `pixels` instead of `x`: a build's
+reference set (reference/eval.npz; see reference.py), uint8 [N, H, W, C] already at the model's size, only
+normalised. Optional `y`: integer labels, for accuracy.
 Image folders (eval sets): DIR/<class name>/<image>, class names as in the manifest.
 `load_wire_inputs` keeps what the sources give for a deployment to send compactly (serve/wire.py): image files
 as their bytes, raw uint8 npz images as uint8 pixels at the model's size; float npz rows stay float32.
@@ -20,6 +22,7 @@ import os
 
 import numpy as np
 
+from . import reference
 from .errors import DataError
 from .runtime import preprocess as pp
 
@@ -83,15 +86,20 @@ def load_npz(path: str, spec: dict) -> tuple:
     c, h, w = spec["shape"]
     try:
         with np.load(path, allow_pickle=False) as z:
-            if "x" not in z.files:
+            if reference.holds_pixels(z.files):
+                x = None
+            elif "x" not in z.files:
                 raise DataError(f"{path}: no array 'x' (it has {', '.join(z.files) or 'none'}); store the images "
                                 "as x (and labels as y)")
-            x = z["x"]
-            y = z["y"] if "y" in z.files else None
+            else:
+                x = z["x"]
+                y = z["y"] if "y" in z.files else None
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read it as an npz archive ({e})") from None
+    if x is None:  # a build's reference set
+        return reference.load(path, spec)
     shape = list(x.shape)
     if x.dtype == np.uint8:
         raw = _raw_channels_last(x, path, spec)
@@ -210,6 +218,8 @@ def _load_npz_raw(path: str, spec: dict) -> tuple:
     """npz -> (uint8 [N, H, W, C] at the model's size for raw images, or float32 [N, C, H, W], y or None)."""
     try:
         with np.load(path, allow_pickle=False) as z:
+            if reference.holds_pixels(z.files):  # a build's reference set: pixels already at the model's size
+                return reference.load_pixels(path, spec)
             is_raw = "x" in z.files and z["x"].dtype == np.uint8
             if is_raw:
                 x = z["x"]

@@ -162,14 +162,14 @@ def run_loop(build_dir: str, run_dir: str, boards_file: str | None = None, local
     from .artifacts import load_manifest
     from .config.boards import boards_from_yaml
     from .serve.coordinator import Coordinator
-    from .images import load_npz
+    from .reference import load as load_reference
     from .runtime import manifest as mf
 
     t_start = time.monotonic()
     build_dir = os.path.abspath(build_dir)
     manifest = load_manifest(build_dir)
     eval_path = os.path.join(build_dir, "reference", "eval.npz")
-    x, y = load_npz(eval_path, manifest["input"])
+    x, y = load_reference(eval_path, manifest["input"])
     if y is None:
         raise EdvitError(f"{eval_path}: has no labels y; recompile the build")
     os.makedirs(run_dir, exist_ok=True)

@@ -458,15 +458,17 @@ def _write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> Simpl
         # the exported figures only. Both class-stratified seeded samples (splits can be class-sorted).
         val_idx = stratified_sample(data.val.y, recipe["data"]["val_samples"], seed + 3)
         eval_idx = stratified_sample(data.test.y, recipe["data"]["eval_samples"], seed + 4)
-        _save_npz(os.path.join(root, "reference", "val.npz"), x=data.val.x[val_idx], y=data.val.y[val_idx])
-        _save_npz(os.path.join(root, "reference", "eval.npz"), x=data.test.x[eval_idx], y=data.test.y[eval_idx])
+        from . import reference  # uint8 pixels at model resolution, normalised on load: never float32 here
+        reference.save(os.path.join(root, "reference", "val.npz"), data.val.x.uint8(val_idx), data.val.y[val_idx])
+        reference.save(os.path.join(root, "reference", "eval.npz"), data.test.x.uint8(eval_idx),
+                       data.test.y[eval_idx])
         manifest["accuracy"].update(eval_samples=len(eval_idx), val_samples=len(val_idx))
         # Calibration: every sub-model sees every class at inference, so all calibrate on one class-stratified
         # random sample of all classes from the fine-tune split; the fusion head on those images' features.
         cal_idx = stratified_sample(data.finetune.y, recipe["export"]["calibration_samples"], seed + 5)
-        cal_x = data.finetune.x[cal_idx]
+        cal_x = data.finetune.x.subset(cal_idx)  # lazy: predict normalises it batch by batch
         for gi in range(len(groups)):
-            _save_npz(os.path.join(root, "reference", f"calib-g{gi}.npz"), x=cal_x)
+            reference.save(os.path.join(root, "reference", f"calib-g{gi}.npz"), cal_x.uint8())
         cal_out = [finetune.predict(w, cal_x, device) for w in wrapped]
         _save_npz(os.path.join(root, "reference", "calib-fusion.npz"),
                   x=torch.cat([o[0 if fu.source == "features" else 1] for o in cal_out], 1))

@@ -141,7 +141,9 @@ def fused_torch_accuracy(models, x, y) -> float:
 
 
 def write_inputs(root: str, models) -> dict:
-    """reference/val.npz, eval.npz and calib-*.npz as compile writes them; returns the manifest skeleton."""
+    """reference/val.npz, eval.npz and calib-*.npz in the form builds before uint8 `pixels` had (float32 `x`,
+    already normalised: still read, see edvit_tool/reference.py; compile's `pixels` form is covered by
+    tests/unit/test_reference_sets.py and tests/e2e/test_compile_cli.py); returns the manifest skeleton."""
     import torch
 
     from edvit_tool.compile.data import stratified_sample

@@ -13,8 +13,9 @@ import click
               help="Device profile name (device_profiles/P.yaml) or YAML path; repeatable. Every sub-model "
                    "artifact must fit its memory_budget_mb.")
 @click.option("--eval", "eval_path", type=click.Path(), metavar="DATA.npz|DIR",
-              help="Held-out set: .npz with y [M] and x (float32 [M,C,H,W] normalised, or raw uint8 images), or a "
-                   "folder of class sub-folders; raw images get the build's preprocessing. Fused accuracy through "
+              help="Held-out set: .npz with y [M] and x (float32 [M,C,H,W] normalised, or raw uint8 images) or "
+                   "pixels (a build's reference/eval.npz), or a folder of class sub-folders; raw images get the "
+                   "build's preprocessing. Fused accuracy through "
                    "the artifacts must be within 0.5 pp of the manifest's figure.")
 @click.option("--junit", "junit", type=click.Path(dir_okay=False), metavar="OUT.xml",
               help="Write a JUnit XML report (one testcase per check) for CI systems.")

@@ -15,7 +15,8 @@ Examples:
 \b
 Images (png/jpg/...) get the build's own preprocessing (the checkpoint's timm eval transform recorded in the
 manifest: resize by crop_pct, centre crop, mean/std; RGB, or gray for a 1-channel model). An .npz holds `x` (raw
-uint8 images [N,H,W(,C)], or float32 [N,C,H,W] already preprocessed) and optionally `y` (labels); a folder
+uint8 images [N,H,W(,C)], or float32 [N,C,H,W] already preprocessed) or `pixels` (a build's reference/eval.npz:
+uint8 at the model's size, only normalised) and optionally `y` (labels); a folder
 holds one sub-folder of images per class (named as the build's classes): then accuracy is printed too. A board that is down or misses the
 deadline is replaced by its replica if it has one; otherwise the answer comes from the other sub-models and is
 marked DEGRADED with the missing groups. Exit 2 when no board answers at all (see `edvit-tool status`).

@@ -214,9 +214,11 @@ class Images:
         return self.pixels.read(np.atleast_1d(self.rows[key]))
 
     def __getitem__(self, key) -> torch.Tensor:
-        u8 = torch.from_numpy(self.uint8(key)).permute(0, 3, 1, 2).float()
-        # same float32 operations, in the same order, as runtime.preprocess.normalize
-        return ((u8 / 255.0 - self._mean) / self._std).contiguous()
+        # one float32 array per call, filled in place (a 1,000-image 224-px batch is 600 MB; temporaries would
+        # triple it): the same float32 operations, in the same order, as runtime.preprocess.normalize
+        x = torch.from_numpy(self.uint8(key)).permute(0, 3, 1, 2)
+        x = x.to(torch.float32, memory_format=torch.contiguous_format)
+        return x.div_(255.0).sub_(self._mean).div_(self._std)
 
     def subset(self, key) -> "Images":
         if isinstance(key, torch.Tensor):

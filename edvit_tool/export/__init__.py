@@ -119,20 +119,27 @@ class _Exporter:
         return os.path.join(self.root, rel)
 
     def _load_split(self, rel: str, what: str):
-        from .validate import load_npz
-
         path = self._path(rel)
         if not os.path.isfile(path):
-            raise ExportError(f"{path}: not found; compile writes the {what} there (x [M,C,H,W], y [M])")
-        try:
-            data = load_npz(path, ("x", "y"))
-        except ValueError as e:
-            raise ExportError(f"{e}; rewrite it with x float32 [M,C,H,W] and y int64 [M]") from None
-        x, y = data["x"].astype(np.float32), data["y"].astype(np.int64)
+            raise ExportError(f"{path}: not found; compile writes the {what} there (pixels uint8 [M,H,W,C], "
+                              "y [M])")
+        x, y = self._load_reference(path)
+        if y is None:
+            raise ExportError(f"{path}: no labels y; recompile the build to rewrite it")
         if list(x.shape[1:]) != self.input_shape or len(x) != len(y) or len(x) == 0:
             raise ExportError(f"{path}: x {list(x.shape)}, y {list(y.shape)}; expected x [M, "
                               f"{', '.join(map(str, self.input_shape))}] and y [M] with M > 0")
         return x, y
+
+    def _load_reference(self, path: str):
+        """(float32 x, y or None): uint8 `pixels` normalised with the build's input spec, or an older float x."""
+        from .. import reference
+        from ..errors import DataError
+
+        try:
+            return reference.load(path, self.manifest["input"])
+        except DataError as e:
+            raise ExportError(str(e)) from None
 
     def _load_val(self):
         """The validation images every choice is made on; an older build without them gates on eval.npz (said in
@@ -169,7 +176,6 @@ class _Exporter:
 
     def _load_calibration(self) -> dict:
         from .quantize import MIN_CALIBRATION
-        from .validate import load_npz
 
         if "int8-static" not in self.quants or not self.formats:
             return {}
@@ -184,8 +190,8 @@ class _Exporter:
                                 "(x [M, ...]) there, or drop int8-static from export.quant")
                 continue
             try:
-                x = load_npz(path, ("x",))["x"].astype(np.float32)
-            except ValueError as e:
+                x = self._load_reference(path)[0]
+            except ExportError as e:
                 problems.append(str(e))
                 continue
             if list(x.shape[1:]) != want:

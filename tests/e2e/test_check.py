@@ -194,13 +194,15 @@ def test_eval_on_raw_images_gets_the_builds_preprocessing(build, tmp_path, capsy
     import numpy as np
     from PIL import Image
 
-    ev = np.load(os.path.join(build, "reference", "eval.npz"))
+    from edvit_tool import reference
+
     spec = json.load(open(os.path.join(build, "manifest.json")))["input"]
+    x, y = reference.load(os.path.join(build, "reference", "eval.npz"), spec)
     mean, std = spec["mean"][0], spec["std"][0]
-    pixels = np.clip(np.round((ev["x"][:, 0] * std + mean) * 255), 0, 255).astype(np.uint8)  # [M, H, W]
-    order = np.argsort(ev["y"], kind="stable")  # the folder's order: int8-dynamic scales depend on the batch
-    np.savez(tmp_path / "raw.npz", x=pixels[order], y=ev["y"][order])
-    for i, (img, label) in enumerate(zip(pixels, ev["y"])):
+    pixels = np.clip(np.round((x[:, 0] * std + mean) * 255), 0, 255).astype(np.uint8)  # [M, H, W]
+    order = np.argsort(y, kind="stable")  # the folder's order: int8-dynamic scales depend on the batch
+    np.savez(tmp_path / "raw.npz", x=pixels[order], y=y[order])
+    for i, (img, label) in enumerate(zip(pixels, y)):
         os.makedirs(tmp_path / "folder" / str(label), exist_ok=True)
         Image.fromarray(img).save(tmp_path / "folder" / str(label) / f"{i:04d}.png")
 

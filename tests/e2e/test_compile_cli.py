@@ -67,7 +67,8 @@ def test_compile_writes_a_complete_build_with_budgets_met(tmp_path, tiny_ckpt, c
     assert set(manifest["files"]) >= {"submodels/g0.pt", "report.json"}
     # the held-out eval subset is a seeded random sample of the test split, not its first rows
     ev = np.load(out / "reference/eval.npz")
-    assert ev["x"].shape[0] == 120 == manifest["accuracy"]["eval_samples"]
+    assert ev["pixels"].dtype == np.uint8 and "x" not in ev.files   # compact: uint8 at model resolution
+    assert ev["pixels"].shape == (120, 16, 16, 1) and 120 == manifest["accuracy"]["eval_samples"]
     assert len(set(ev["y"].tolist())) == 10
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 

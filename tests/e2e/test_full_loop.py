@@ -70,8 +70,9 @@ def _manifest(build):
 
 
 def _eval(build):
-    with np.load(os.path.join(build, "reference", "eval.npz")) as z:
-        return z["x"], z["y"]
+    from edvit_tool import reference
+
+    return reference.load(os.path.join(build, "reference", "eval.npz"), _manifest(build)["input"])
 
 
 def _worker_pids(marker: str) -> list[int]:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import export_tiny as et
+from edvit_tool import reference
 from edvit_tool.export import validate as V
 from edvit_tool.export.triton import ensemble_name, write_triton_repo
 from edvit_tool.runtime import manifest as mf
@@ -63,8 +64,7 @@ def test_ensemble_answers_like_the_exported_artifacts(served, fmt, quant):
     manifest = mf.load(build)
     name = ensemble_name(fmt, quant)
     assert client.is_model_ready(name), open(log_path).read()[-3000:]
-    ev = np.load(os.path.join(build, "reference", "eval.npz"))
-    x, y = ev["x"].astype(np.float32), ev["y"]
+    x, y = reference.load(os.path.join(build, "reference", "eval.npz"), manifest["input"])
     logits, probs = [], []
     for i in range(0, len(x), BATCH):
         inp = th.InferInput("pixel_values", list(x[i:i + BATCH].shape), "FP32")

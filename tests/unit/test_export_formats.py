@@ -15,6 +15,7 @@ import onnx
 import pytest
 
 import export_tiny as et
+from edvit_tool import reference
 from edvit_tool.export import validate as V
 from edvit_tool.runtime import manifest as mf
 
@@ -90,8 +91,8 @@ def test_reference_files_hold_the_torch_outputs_per_artifact(build, manifest, to
 
 def test_reference_inputs_cover_every_group(build, manifest):
     refs = V.load_npz(os.path.join(build, "reference", "inputs.npz"))
-    ev = V.load_npz(os.path.join(build, "reference", "eval.npz"))
-    rows = {ev["x"][i].tobytes(): int(ev["y"][i]) for i in range(len(ev["y"]))}
+    x, y = reference.load(os.path.join(build, "reference", "eval.npz"), manifest["input"])
+    rows = {x[i].tobytes(): int(y[i]) for i in range(len(y))}
     labels = {rows[x.tobytes()] for x in refs["pixel_values"]}
     for group in manifest["groups"]:
         assert labels & set(group), group

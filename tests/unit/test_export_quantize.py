@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import export_tiny as et
+from edvit_tool import reference
 from edvit_tool.errors import ExportError
 from edvit_tool.export import export_build
 from edvit_tool.export import validate as V
@@ -120,7 +121,7 @@ def test_outlier_channel_falls_back_to_float_layers_until_int8_passes(staged, mo
     fp32 = os.path.join(root, "submodels", "g0.fp32.onnx")
     pre, plain = str(tmp_path / "pre.onnx"), str(tmp_path / "plain.onnx")
     onnx_preprocess(fp32, pre)
-    calib = V.load_npz(os.path.join(root, "reference", "calib-g0.npz"))["x"]
+    calib = reference.load(os.path.join(root, "reference", "calib-g0.npz"), manifest["input"])[0]
     quantize_onnx(fp32, pre, plain, "int8-static", "pixel_values", calib, [])
     refs = V.load_npz(os.path.join(root, "reference", "inputs.npz"))
     ref = V.load_npz(os.path.join(root, g0["reference"]))
@@ -162,7 +163,7 @@ def test_tflite_fallback_keeps_the_named_ops_float(models, staged, tmp_path):
     # the working fp32 copy export quantises from keeps litert-torch's module-path tensor names
     src = str(tmp_path / "g0.fp32.tflite")
     convert_tflite(models["g0"], "submodel", random_example([1, 16, 16]), src)
-    calib = V.load_npz(os.path.join(staged[0], "reference", "calib-g0.npz"))["x"][:16]
+    calib = reference.load(os.path.join(staged[0], "reference", "calib-g0.npz"), staged[1]["input"])[0][:16]
     groups = node_groups(src)
     assert list(groups)[:3] == ["layernorm", "softmax", "gelu"] and "blocks.1" in groups
 
