@@ -3,7 +3,7 @@ score every fusion head on the validation and test splits, without export or a b
 
     python bench/ablate.py TASK K RATIO LABEL [--set finetune.joint_fraction=1.0 ...] [--peer]
 
-Appends one JSON line per run to bench/results/ablate.jsonl (the peer is a separate run: it does not depend on
+Appends one entry per run to bench/results/ablate.json (the peer is a separate run: it does not depend on
 the sub-model knobs). Decisions are read off the *_val figures; *_test is for the report. Sub-model outputs are
 kept in runs/ablate/<label>/ for offline fusion experiments.
 """
@@ -75,5 +75,12 @@ else:
         res[f"orig_{split}"] = finetune.accuracy(d["teacher"], d["y"])
 res["total_s"] = time.perf_counter() - t0
 print(json.dumps(res))
-with open(os.path.join(ROOT, "bench", "results", "ablate.jsonl"), "a") as f:
-    f.write(json.dumps(res) + "\n")
+path = os.path.join(ROOT, "bench", "results", "ablate.json")
+doc = {"about": "bench/ablate.py runs", "runs": []}
+if os.path.isfile(path):
+    with open(path) as f:
+        doc = json.load(f)
+doc["runs"].append(res)
+with open(path + ".tmp", "w") as f:
+    json.dump(doc, f, indent=1)
+os.replace(path + ".tmp", path)

@@ -32,6 +32,8 @@ BENCHES = {
     "scale.json": ("Compile memory and throughput at scale", ".venv/bin/python bench/scale.py"),
     "accuracy.json": ("Accuracy suite: fused ensemble vs the strong class-agnostic peer (generated tasks)",
                       ".venv/bin/python bench/accuracy.py"),
+    "ablate.json": ("Method ablations: fused (fusion kind picked on the validation split) vs the peer, test %",
+                    ".venv/bin/python bench/ablate.py TASK K RATIO LABEL [--set ...] [--peer]"),
     "links.json": ("Wire formats over shaped links (K = 4 boards, tc tbf)", ".venv/bin/python bench/links.py"),
     "hetero.json": ("Heterogeneous boards: capacity-aware vs uniform sizing (100 / 50 / 25 % of a core)",
                     ".venv/bin/python bench/hetero.py"),
@@ -181,6 +183,32 @@ def render_accuracy(d: dict) -> list[str]:
     return lines
 
 
+def render_ablate(d: dict) -> list[str]:
+    runs = d.get("runs") or []
+    kinds = ("logits", "ensemble", "mlp", "joint")
+
+    def data_key(r):
+        return "ff0" if any(str(x).startswith("data.fusion_fraction=0") for x in r.get("set") or []) else "base"
+
+    # a variant's own peer run if there is one (e.g. a learning rate the peer shares), else the plain peer on
+    # the same data split (variant "base" or "ff0")
+    own = {(r["task"], r["k"], r["ratio"], r["variant"]): r["peer_test"] for r in runs if "peer_test" in r}
+    peers = {(r["task"], r["k"], r["ratio"], data_key(r)): r["peer_test"] for r in runs
+             if "peer_test" in r and r["variant"] in ("base", "ff0")}
+    rows = []
+    for r in runs:
+        if "peer_test" in r:
+            continue
+        pick = max((k for k in kinds if f"{k}_val" in r), key=lambda k: r[f"{k}_val"])
+        peer = own.get((r["task"], r["k"], r["ratio"], r["variant"]),
+                       peers.get((r["task"], r["k"], r["ratio"], data_key(r))))
+        rows.append([r["task"], r["k"], f"{100 * r['ratio']:.1f} %", r.get("labels") or r["variant"], pick,
+                     _pp(r[f"{pick}_test"]), _pp(peer), _f(None if peer is None else 100 * (r[f"{pick}_test"] - peer),
+                                                         "+.2f"), _pp(r.get("orig_test"))])
+    return _table(["task", "K", "params", "variant", "fusion (val)", "fused", "peer", "fused − peer (pp)",
+                   "original"], rows) + ["", d.get("about", "")]
+
+
 def render_links(d: dict) -> list[str]:
     rows = [[f"{r['rate_mbit']:.0f} Mbit/s", r["wire"], f"{r['bytes_per_image_per_board']:,.0f}",
              _f(r["e2e_p50_ms"], ".1f"), _f(r["physical_limit_ms"], ".1f"), _f(r["e2e_over_limit"], ".2f"),
@@ -200,7 +228,7 @@ def render_links(d: dict) -> list[str]:
                    "fp32 ÷ best"], rows) + [""] + [" ".join(notes)]
 
 
-RENDERERS = {"accuracy.json": render_accuracy, "links.json": render_links, "hetero.json": render_hetero, "paper.json": render_paper, "compile.json": render_compile, "export.json": render_export,
+RENDERERS = {"ablate.json": render_ablate, "accuracy.json": render_accuracy, "links.json": render_links, "hetero.json": render_hetero, "paper.json": render_paper, "compile.json": render_compile, "export.json": render_export,
              "distributed.json": render_distributed, "worker_overhead.json": render_worker_overhead,
              "profile.json": render_profile, "scale.json": render_scale}
 
