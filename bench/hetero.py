@@ -75,19 +75,9 @@ def e2e_lock(log):
 
 
 def boards_yaml(path: str, boards, names) -> str:
-    from boards import free_port
+    from boards import write_boards_yaml
 
-    prof = os.path.join(os.path.dirname(path), "loopback.yaml")
-    with open(prof, "w") as f:
-        f.write("name: loopback\narch: x86_64\ncores: 1\nmemory_mb: 4096\nmemory_budget_mb: 1024\n"
-                "preferred_backend: onnxruntime\nthreads: 1\npython: python3\n")
-    lines = ["boards:"]
-    for name, b in zip(names, boards):
-        lines.append(f"  - {{name: {name}, host: 127.0.0.1, port: {b.port}, user: {b.user}, identity: {b.identity}, "
-                     f"device_profile: {prof}, python: {b.python}, worker_port: {free_port()}}}")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
+    return write_boards_yaml(path, names, boards, cores=1)
 
 
 def profile_on(boards, names, build: str, out: str, runs: int, artifacts=None) -> dict:

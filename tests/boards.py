@@ -590,3 +590,18 @@ def tamper_reference(build: str, artifact_name: str = "g0", delta: float = 0.5) 
     np.savez(path, **arrays)
     write_manifest(build, manifest)
     return path
+
+
+def write_boards_yaml(path: str, names: list[str], boards, cores: int = 1) -> str:
+    """A boards.yaml for loopback SSH boards (one per name), with a loopback device profile beside it."""
+    prof = os.path.join(os.path.dirname(str(path)), "loopback.yaml")
+    with open(prof, "w") as f:
+        f.write(f"name: loopback\narch: x86_64\ncores: {cores}\nmemory_mb: 4096\nmemory_budget_mb: 1024\n"
+                "preferred_backend: onnxruntime\nthreads: 1\npython: python3\n")
+    lines = ["boards:"]
+    for name, b in zip(names, boards):
+        lines.append(f"  - {{name: {name}, host: 127.0.0.1, port: {b.port}, user: {b.user}, identity: {b.identity}, "
+                     f"device_profile: {prof}, python: {b.python}, worker_port: {free_port()}}}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return str(path)

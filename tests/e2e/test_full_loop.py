@@ -87,18 +87,9 @@ def _ssh_worker_pids(users) -> list[int]:
 
 
 def _boards_yaml(tmp_path, boards):
-    prof = tmp_path / "loopback.yaml"
-    prof.write_text("name: loopback\narch: x86_64\ncores: 2\nmemory_mb: 4096\nmemory_budget_mb: 1024\n"
-                    "preferred_backend: onnxruntime\nthreads: 1\npython: python3\n")
-    from boards import free_port
+    from boards import write_boards_yaml
 
-    lines = ["boards:"]
-    for name, b in zip(NAMES, boards):
-        lines.append(f"  - {{name: {name}, host: 127.0.0.1, port: {b.port}, user: {b.user}, identity: {b.identity}, "
-                     f"device_profile: {prof}, python: {b.python}, worker_port: {free_port()}}}")
-    path = tmp_path / "boards.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+    return write_boards_yaml(str(tmp_path / "boards.yaml"), NAMES, boards, cores=2)
 
 
 def _infer_accuracy(dep, build, batch):
