@@ -454,7 +454,7 @@ def test_wire_auto_probes_the_started_workers_and_records_its_choice(tiny_build,
         assert dep["wire"] == choice["chosen"] == wc.choose(choice["predicted_ms"])
         assert set(choice["board_preprocess_ms"]) == {"a", "b"}
         for costs in choice["board_preprocess_ms"].values():  # measured by the workers themselves
-            assert costs["fp32"] == 0 and costs["uint8"] > 0 and costs["encoded"] > costs["uint8"]
+            assert costs["fp32"] == 0 and costs["uint8"] > 0 and costs["encoded"] > 0  # no order: timings under load
         assert choice["request_bytes"]["fp32"] > choice["request_bytes"]["uint8"]
         for board, infer in choice["board_infer_ms"].items():  # the model's time after each format, measured
             assert set(infer) == {"fp32", "uint8", "encoded"} and min(infer.values()) > 0

@@ -162,7 +162,7 @@ def test_demo_runs_the_loop_on_local_workers_and_stops_them(digits_build, tmp_pa
     recipe, build = digits_build
     run = tmp_path / "run"
     built_at = os.path.getmtime(os.path.join(build, "manifest.json"))
-    rc = main(["demo", "--recipe", recipe, "--out", build, "--run-dir", str(run), "--runs", "5"])
+    rc = main(["demo", "--recipe", recipe, "--out", build, "--run-dir", str(run), "--runs", "5", "--no-peer"])
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert os.path.getmtime(os.path.join(build, "manifest.json")) == built_at  # same recipe: the build is reused
@@ -187,7 +187,7 @@ def test_demo_runs_the_loop_on_local_workers_and_stops_them(digits_build, tmp_pa
     assert os.path.getmtime(os.path.join(build, "report.html")) >= built_at
 
     # a second run reuses the profiles too
-    rc = main(["demo", "--recipe", recipe, "--out", build, "--run-dir", str(run), "--runs", "5"])
+    rc = main(["demo", "--recipe", recipe, "--out", build, "--run-dir", str(run), "--runs", "5", "--no-peer"])
     assert rc == 0, capsys.readouterr().err
     assert json.load(open(run / "loop.json"))["profile"]["reused"] is True
 
