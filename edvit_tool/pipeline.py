@@ -316,7 +316,9 @@ def shared_trunk_plan(recipe: dict, k: int, params_target: int | None):
 
 
 def train_trunk(st: SimpleNamespace, recipe: dict, device, bars=None) -> finetune.Student:
-    compute, params = shared_trunk_plan(recipe, st.k, st.params_target)
+    # sized for the biggest sub-model: boards of different speeds get different budgets (compile --boards)
+    biggest = max(st.params_targets) if st.params_target is not None else None
+    compute, params = shared_trunk_plan(recipe, st.k, biggest)
     seed_everything(st.seed + 500)
     return prune_and_finetune(st.model, list(range(st.n_cls)), st.train, recipe, params, device, st.seed + 500,
                               bars, label="trunk", compute=compute)
