@@ -110,6 +110,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def save(args, overrides: dict, rows: list, t0: float) -> dict:
+    """Merge this run's rows into the label's entry (replacing rows of the same task/K/budget) and write it."""
+    import torch
+
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    doc = {}
+    if os.path.isfile(args.out):
+        with open(args.out) as f:
+            doc = json.load(f)
+    entry = doc.setdefault("runs", {}).setdefault(args.label, {"overrides": overrides, "rows": []})
+    entry["overrides"] = overrides
+    keep = {(r["task"], r["k"], r["params_ratio"]) for r in rows}
+    entry["rows"] = [r for r in entry["rows"] if (r["task"], r["k"], r["params_ratio"]) not in keep] + rows
+    entry["torch"], entry["threads"], entry["suite_seconds"] = torch.__version__, 1, time.perf_counter() - t0
+    entry["table"] = table(entry["rows"]).splitlines()
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, args.out)
+    return entry
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--label", default="default", help="name of this recipe variant in accuracy.json")
@@ -147,21 +169,8 @@ def main():
             print(json.dumps({k: row[k] for k in ("task", "k", "params_ratio", "original", "fused", "fusion_kind",
                                                   "peer", "in_group", "ensemble_seconds", "peer_seconds")}),
                   flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    doc = {}
-    if os.path.isfile(args.out):
-        with open(args.out) as f:
-            doc = json.load(f)
-    import torch
-
-    entry = doc.setdefault("runs", {}).setdefault(args.label, {"overrides": overrides, "rows": []})
-    entry["overrides"] = overrides
-    keep = {(r["task"], r["k"], r["params_ratio"]) for r in rows}
-    entry["rows"] = [r for r in entry["rows"] if (r["task"], r["k"], r["params_ratio"]) not in keep] + rows
-    entry["torch"], entry["threads"], entry["suite_seconds"] = torch.__version__, 1, time.perf_counter() - t0
-    entry["table"] = table(entry["rows"]).splitlines()
-    with open(args.out, "w") as f:
-        json.dump(doc, f, indent=1)
+            save(args, overrides, rows, t0)  # after every row: a long suite that dies keeps what it finished
+    entry = save(args, overrides, rows, t0)
     print(f"\n[{args.label}] {json.dumps(overrides)}")
     print(table(entry["rows"]))
     print(f"wrote {args.out}")
