@@ -65,6 +65,31 @@ def _summary_tables(inp: ReportInputs) -> list[str]:
     return out
 
 
+def _fusion_choice_table(inp: ReportInputs) -> str | None:
+    """Which fusion head `fusion.kind: auto` kept, and the validation accuracy of every candidate it tried."""
+    choice = (inp.manifest.get("accuracy") or {}).get("fusion_choice") or {}
+    cands = [(k[:-len("_val")], v) for k, v in choice.items() if k.endswith("_val") and isinstance(v, (int, float))]
+    if not cands:
+        return None
+    return ("<p>Fusion head chosen on the validation split: <b>" + _esc(choice.get("kind")) + "</b></p>"
+            + _table(["fusion candidate", "validation accuracy"], [[k, _pct(v)] for k, v in cands]))
+
+
+def _sizing_table(inp: ReportInputs) -> str:
+    """compile --boards: each board's group, budget and predicted time, sized vs uniform."""
+    s = inp.manifest["sizing"]
+    rows = [[f"g{i}", b, len(g), _num(t), f"{ms:.3f}", f"{u:.3f}"] for i, (b, g, t, ms, u) in
+            enumerate(zip(s["boards"], s["groups"], s["params_targets"], s["predicted_ms"],
+                          s["uniform_predicted_ms"]))]
+    sized, uniform = max(s["predicted_ms"]), max(s["uniform_predicted_ms"])
+    ratio = f" ({uniform / sized:.2f}× shorter)" if sized > 0 else ""
+    return (_table(["group", "board", "classes", "params budget", "predicted ms (sized)",
+                    "predicted ms (uniform budget)"], rows)
+            + f"<p>Predicted makespan {sized:.3f} ms sized vs {uniform:.3f} ms with uniform budgets{ratio}; spread "
+            f"between boards {100 * s.get('spread', 0):.1f} %. Predictions come from the per-board latency models "
+            "fitted on the profiled ladder, not from a deployed run.</p>")
+
+
 def _artifact_table(inp: ReportInputs) -> str:
     rows = []
     for a in inp.manifest.get("artifacts") or []:
@@ -114,6 +139,9 @@ def render_html(inp: ReportInputs, plots) -> str:
              f"<p>Model <code>{_esc((m.get('model') or {}).get('name'))}</code>, {len(m.get('submodels') or [])} "
              f"sub-models, generated {_esc(time.strftime('%Y-%m-%d %H:%M:%S %z'))}.</p>", "<h2>Build</h2>"]
     parts += _summary_tables(inp)
+    fusion = _fusion_choice_table(inp)
+    if fusion:
+        parts.append(fusion)
     for key, title_, png, why in plots:
         parts.append(f"<h2 id='{key}'>{_esc(title_)}</h2>")
         if png is None:
@@ -123,6 +151,8 @@ def render_html(inp: ReportInputs, plots) -> str:
             parts.append(f"<img alt='{_esc(title_)}' src='data:image/png;base64,{data}'>")
         if key == "bytes":
             parts.append(_artifact_table(inp))
+        if key == "sizing":
+            parts.append(_sizing_table(inp))
     run = _run_tables(inp)
     if run:
         parts += ["<h2>Run</h2>"] + run

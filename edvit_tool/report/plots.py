@@ -219,4 +219,28 @@ def render_all(inp: ReportInputs) -> list[tuple[str, str, bytes | None, str | No
     for key, title, fn in PLOTS:
         png, why = fn(inp)
         out.append((key, title, png, why))
+    if inp.manifest.get("sizing"):  # only builds compiled with --boards have this section at all
+        png, why = sizing_plot(inp)
+        out.append(("sizing", "Sized for the boards", png, why))
     return out
+
+
+def sizing_plot(inp: ReportInputs):
+    """Capacity-aware sizing (compile --boards): predicted time per board for the sized sub-models beside each
+    board running a sub-model of the uniform budget, with both makespans."""
+    s = inp.manifest.get("sizing")
+    if not s:
+        return None, "the build was not sized for boards (compile --boards)"
+    boards, sized, uniform = s["boards"], s["predicted_ms"], s["uniform_predicted_ms"]
+    fig, ax = _figure(7.5, 4.0)
+    xs = range(len(boards))
+    ax.bar([x - 0.2 for x in xs], uniform, 0.4, label="uniform budget", color="#bab0ac")
+    ax.bar([x + 0.2 for x in xs], sized, 0.4, label="sized for the board", color="#4c78a8")
+    ax.axhline(max(uniform), color="#222222", linestyle=":", linewidth=1.5,
+               label=f"uniform makespan {max(uniform):.3g} ms")
+    ax.axhline(max(sized), color="#e45756", linewidth=1.8, label=f"sized makespan {max(sized):.3g} ms")
+    ax.set_xticks(list(xs), [f"g{i}→{b}" for i, b in enumerate(boards)], fontsize=8)
+    ax.set_ylabel(f"predicted {s.get('latency_stat', 'p50')} per image (ms)")
+    ax.set_title("Sub-models sized to their boards (predicted by the per-board latency model)")
+    ax.legend(fontsize=7)
+    return _png(fig), None

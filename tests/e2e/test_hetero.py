@@ -46,6 +46,19 @@ def _recipe(tmp_path) -> str:
     return str(path)
 
 
+def _assert_report_shows_sizing(build: str, sizing: dict) -> None:
+    """compile's report.html has the sizing section: its plot (decodes, not blank) and each board's budget."""
+    import numpy as np
+    from PIL import Image
+
+    text = open(os.path.join(build, "report.html"), encoding="utf-8").read()
+    assert "Sized for the boards" in text
+    for board, budget in zip(sizing["boards"], sizing["params_targets"]):
+        assert board in text and f"{budget:,}" in text
+    px = np.asarray(Image.open(os.path.join(build, "report-plots", "sizing.png")).convert("RGB"), dtype=np.float32)
+    assert px.shape[0] > 100 and px.std() > 0
+
+
 @pytest.mark.slow
 def test_sizing_gives_the_faster_board_the_bigger_submodel_and_assign_keeps_the_pairing(boards, tmp_path):
     from edvit_tool.compile import ladder
@@ -72,6 +85,7 @@ def test_sizing_gives_the_faster_board_the_bigger_submodel_and_assign_keeps_the_
     assert subs["g0"]["params"] > subs["g1"]["params"]
     assert len(subs["g0"]["classes"]) >= len(subs["g1"]["classes"])
     assert sizing["predicted_ms"][0] < sizing["uniform_predicted_ms"][1]  # sized beats uniform on the slow one
+    _assert_report_shows_sizing(build, sizing)
 
     prof = str(tmp_path / "profiles.json")
     assert main(["profile", "--boards", byaml, "--build", build, "--artifacts", "g0,g1", "--runs", "5",
