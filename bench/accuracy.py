@@ -50,7 +50,7 @@ def run_one(task: str, k: int, ratio: float, overrides: dict, export: bool, labe
 
     torch.set_num_threads(1)
     from edvit_tool.config import recipe as recipe_mod
-    from edvit_tool.pipeline import compile_build
+    from edvit_tool.compile.pipeline import compile_build
 
     recipe_path = task_mod.ensure_task(task)
     ov = {"split.groups": k, "prune.target.params_ratio": ratio, "threads": 1, "device": device,

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(_HERE))
 
 from edvit_tool.config import recipe as recipe_mod  # noqa: E402
 from edvit_tool.demo_model import train_demo_model  # noqa: E402
-from edvit_tool.pipeline import compile_build  # noqa: E402
+from edvit_tool.compile.pipeline import compile_build  # noqa: E402
 from edvit_tool.progress import Bars  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

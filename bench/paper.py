@@ -77,7 +77,7 @@ def _file(d: str, fmt: str, quant: str) -> str:
 
 # -- build: prune + export ---------------------------------------------------------------------------------
 def _flops(model) -> int:
-    from edvit_tool.prune import surgery
+    from edvit_tool.compile.prune import surgery
 
     pe = model.patch_embed
     return surgery.estimate_flops(surgery.vit_arch(model), pe.img_size, pe.patch_size, pe.proj.in_channels,
@@ -96,10 +96,10 @@ def prune_largest(model, k: int, seed: int, images: int):
     """The largest of K sub-models: group head + magnitude importance + one-shot plan to 1/K (K=10: 3.5 %)."""
     import torch.nn.functional as F
 
-    from edvit_tool import partition
-    from edvit_tool.prune import surgery
-    from edvit_tool.prune.importance import compute_importance
-    from edvit_tool.prune.plan import params_of_arch, plan_keep
+    from edvit_tool.compile import partition
+    from edvit_tool.compile.prune import surgery
+    from edvit_tool.compile.prune.importance import compute_importance
+    from edvit_tool.compile.prune.plan import params_of_arch, plan_keep
 
     groups = partition.balanced(N_CLASSES, k)
     p_orig = surgery.count_params(model)
@@ -122,7 +122,7 @@ def export_variants(sub, d: str, log) -> dict:
     from edvit_tool.export.onnx import compact_names, export_onnx, random_example
     from edvit_tool.export.quantize import onnx_preprocess, quantize_onnx, quantize_tflite
     from edvit_tool.export.tflite import compact_tensor_names, convert_tflite
-    from edvit_tool.prune.surgery import SubModelWrapper
+    from edvit_tool.compile.prune.surgery import SubModelWrapper
 
     wrapped = SubModelWrapper(sub).eval()
     example = random_example([3, 224, 224], batch=2)
@@ -149,7 +149,7 @@ def build_row(get_model, key: str, k: int, cache: str, seed: int, log, cached_on
     instead of building)."""
     import torch
 
-    from edvit_tool.prune import surgery
+    from edvit_tool.compile.prune import surgery
 
     d = os.path.join(cache, MODELS[key], f"k{k}")
     meta_path = os.path.join(d, "meta.json")

@@ -138,7 +138,7 @@ def _throughput(root: str, depth: int, steps: int, batch: int = 32) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from edvit_tool import finetune
+    from edvit_tool.compile import distill
     from edvit_tool.compile.data import load_data
     from edvit_tool.compile.transforms import resolve_input_spec
     from edvit_tool.config import recipe as R
@@ -171,11 +171,11 @@ def _throughput(root: str, depth: int, steps: int, batch: int = 32) -> dict:
         clipping, schedule (teacher outputs random: their values do not change the cost)."""
         m = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=4, depth=depth)
         aux = torch.nn.Linear(m.embed_dim, 10)
-        student = finetune.Student.from_teacher(m, aux, feature_distill=True)
-        train = finetune.TrainSet(x, y, torch.randn(len(y), 10), torch.randn(len(y), m.embed_dim))
+        student = distill.Student.from_teacher(m, aux, feature_distill=True)
+        train = distill.TrainSet(x, y, torch.randn(len(y), 10), torch.randn(len(y), m.embed_dim))
         cfg = {**rec["finetune"], "batch_size": batch}
         times = []
-        finetune.distill_finetune(student, train, [0, 1, 2], steps + 2, cfg, torch.device("cpu"), 0,
+        distill.distill_finetune(student, train, [0, 1, 2], steps + 2, cfg, torch.device("cpu"), 0,
                                   progress=lambda n, **kw: times.append(time.perf_counter()))
         return steps / (times[-1] - times[1])
 

@@ -315,7 +315,7 @@ def ensure_task(task: str, threads: int = 1, log=print, device: str = "cpu", ste
     """Build the task folder if missing (data, trained original, recipe); returns its recipe path."""
     from safetensors.torch import save_file
 
-    from edvit_tool import checkpoint, finetune
+    from edvit_tool.compile import checkpoint, distill
 
     folder = os.path.join(TASK_DIR, task)
     recipe_path = os.path.join(folder, "recipe.yaml")
@@ -336,8 +336,8 @@ def ensure_task(task: str, threads: int = 1, log=print, device: str = "cpu", ste
     xtr, xte = conv(x), conv(xt)
     ytr, yte = torch.from_numpy(y).long(), torch.from_numpy(yt).long()
     dev = torch.device(device)
-    finetune.train_classifier(model, xtr, ytr, steps or c["train_steps"], 64, 2e-3, dev, 0)
-    acc = finetune.accuracy(finetune.predict(model, xte, dev), yte)
+    distill.train_classifier(model, xtr, ytr, steps or c["train_steps"], 64, 2e-3, dev, 0)
+    acc = distill.accuracy(distill.predict(model, xte, dev), yte)
     model.cpu()
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
               os.path.join(folder, "model.safetensors"))

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from . import checkpoint, finetune
+from .compile import checkpoint, distill
 from .compile.data import load_data, input_spec
 
 
@@ -16,7 +16,7 @@ def train_demo_model(recipe: dict, out_path: str, steps: int = 1500, bars=None) 
     Returns its test accuracy. The test split is the same one compile later holds out (same seed)."""
     from safetensors.torch import save_file
 
-    from .pipeline import set_threads
+    from .compile.pipeline import set_threads
 
     torch.manual_seed(recipe["seed"])
     set_threads(recipe["threads"])
@@ -27,8 +27,8 @@ def train_demo_model(recipe: dict, out_path: str, steps: int = 1500, bars=None) 
     train = data.train
     device = checkpoint.resolve_device(recipe["device"])
     advance = bars.task("train original ViT", steps) if bars else None
-    finetune.train_classifier(model, train.x, train.y, steps, 64, 2e-3, device, recipe["seed"], advance)
-    acc = finetune.accuracy(finetune.predict(model, data.test.x, device), data.test.y)
+    distill.train_classifier(model, train.x, train.y, steps, 64, 2e-3, device, recipe["seed"], advance)
+    acc = distill.accuracy(distill.predict(model, data.test.x, device), data.test.y)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = out_path + ".tmp"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp)

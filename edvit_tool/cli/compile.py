@@ -57,7 +57,7 @@ def command(recipe_path, out_dir, checkpoint, groups, strategy, criterion, param
       edvit-tool compile --recipe R -k 3 --boards boards.yaml --profiles ladder-profiles.json
     """
     from ..config import recipe as recipe_mod
-    from ..pipeline import compile_build
+    from ..compile.pipeline import compile_build
     from ..progress import Bars
     from ..report import render_markdown
 

@@ -173,7 +173,7 @@ def command(recipe_path, out_dir, run_dir, retrain, rebuild, train_steps, seed, 
                 report = json.load(f)
             gate_failures = report.get("gate_failures") or []
         else:
-            from ..pipeline import compile_build
+            from ..compile.pipeline import compile_build
 
             result = compile_build(recipe, out_dir, bars=bars, peer=peer)
             report, gate_failures = result.report, result.gate_failures

@@ -63,7 +63,7 @@ def command(build_dir, formats, quant, opset, triton_repo, as_json, quiet):
     failures: list[str] = []
     reexport = formats is not None or quant is not None or opset is not None or not triton_repo
     if reexport:
-        from ..build_models import load_build_models
+        from ..compile.build import load_build_models
         from ..export import export_build
         from ..progress import Bars
 

@@ -505,7 +505,7 @@ def load_data(recipe: dict, spec: dict, num_classes: int, bars=None) -> Data:
         val_rows, val_y = np.arange(offsets[2], offsets[3]), val.labels
     if d["fusion_fraction"] > 0:
         ft, fu = _stratified(y, d["fusion_fraction"], seed + 1, base)
-    else:  # no fusion split: the fusion head fits on the fine-tune split (see pipeline._fit_fusion)
+    else:  # no fusion split: the fusion head fits on the fine-tune split (see fuse.fit_fusion)
         ft, fu = np.arange(len(y)), np.arange(0)
 
     def split(r, labels):

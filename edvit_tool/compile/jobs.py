@@ -73,8 +73,8 @@ def main(argv: list[str]) -> int:
     recipe_path, partial_dir, groups, threads, device_type = argv
     import torch
 
-    from ..checkpoint import resolve_device
-    from ..pipeline import autocast_for, prepare, train_group
+    from .checkpoint import resolve_device
+    from .pipeline import autocast_for, prepare, train_group
     from .resume import Partial
 
     with open(recipe_path, encoding="utf-8") as f:

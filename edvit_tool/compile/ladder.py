@@ -35,10 +35,10 @@ def write_ladder(recipe: dict, out_dir: str, rungs=None, formats=None, log=None)
     import torch
 
     from ..artifacts import staged_dir, write_manifest
-    from ..checkpoint import create_model
+    from .checkpoint import create_model
     from ..compile.data import input_spec
     from ..export.onnx import export_onnx, random_example
-    from ..prune import surgery
+    from .prune import surgery
     from ..runtime.manifest import sha256_file
     from ..cluster.latency_model import geometry_of_model
 

@@ -15,7 +15,7 @@ import shutil
 
 import torch
 
-from ..prune import surgery
+from .prune import surgery
 
 
 def partial_dir(out_dir: str) -> str:
@@ -58,8 +58,8 @@ class Partial:
         return os.path.isfile(os.path.join(self.dir, f"{name}.json"))
 
     def load(self, name: str, model_name: str, kwargs: dict):
-        """The finished sub-model `name` (a finetune.Student: the pruned ViT + its aux head), or None."""
-        from ..finetune import Student
+        """The finished sub-model `name` (a distill.Student: the pruned ViT + its aux head), or None."""
+        from .distill import Student
 
         meta = os.path.join(self.dir, f"{name}.json")
         if not os.path.isfile(meta):

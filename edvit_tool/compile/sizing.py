@@ -67,9 +67,9 @@ def representative_arch(model, params_target: int, seed: int = 0, prune_embed: b
     on the group's data; the budget, not the exact units kept, is what the latency depends on most)."""
     import torch
 
-    from ..prune.importance import Importance
-    from ..prune.plan import plan_keep
-    from ..prune import surgery
+    from .prune.importance import Importance
+    from .prune.plan import plan_keep
+    from .prune import surgery
 
     arch = surgery.vit_arch(model)
     g = torch.Generator().manual_seed(seed)
@@ -99,7 +99,7 @@ def latency_curves(model, models: dict[str, lm.LatencyModel], seed: int = 0, aro
                    prune_embed: bool = True):
     """{board: (budgets, predicted ms made non-decreasing)}: a geometric grid from MIN_RATIO to the full model,
     plus, for boards in `around`, a fine grid within -20 %/+25 % of that budget (refinement)."""
-    from ..prune import surgery
+    from .prune import surgery
 
     hi = surgery.count_params(model)
     grid, rows = _terms_at(model, np.unique(np.geomspace(max(100, int(hi * MIN_RATIO)), hi, GRID).astype(np.int64)),
@@ -198,7 +198,7 @@ def board_models(boards, profiles_path: str | None, stat: str, variant: str | No
 
 def size_for_boards(recipe: dict, model, n_classes: int, k: int, params_target: int | None) -> Sizing:
     from ..config.boards import boards_from_yaml
-    from ..prune import surgery
+    from .prune import surgery
 
     sp = recipe["split"]
     if sp["strategy"] != "balanced":

@@ -73,7 +73,7 @@ def test_compile_writes_a_complete_build_with_budgets_met(tmp_path, tiny_ckpt, c
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
     # the sub-model rebuilds from its state dict + manifest arch and matches its recorded size
-    from edvit_tool.prune.surgery import build_pruned, count_params
+    from edvit_tool.compile.prune.surgery import build_pruned, count_params
     sm = manifest["submodels"][1]
     model = build_pruned(manifest["model"]["name"], manifest["model"]["kwargs"], sm["arch"])
     model.load_state_dict(torch.load(out / sm["checkpoint"], weights_only=True))
@@ -129,7 +129,7 @@ def test_bad_recipes_give_one_clear_line_and_no_build(tmp_path, tiny_ckpt, capsy
 def test_checkpoint_formats_and_wrappers_load(tmp_path, tiny_ckpt):
     from safetensors.torch import load_file
 
-    from edvit_tool.checkpoint import load_model
+    from edvit_tool.compile.checkpoint import load_model
 
     sd = load_file(str(tiny_ckpt))
     ref = load_model("vit_tiny_patch16_224", KW, str(tiny_ckpt))

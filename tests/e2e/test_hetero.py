@@ -28,7 +28,7 @@ def _boards_yaml(tmp_path, boards):
 def _recipe(tmp_path) -> str:
     from safetensors.torch import save_file
 
-    from edvit_tool.checkpoint import create_model
+    from edvit_tool.compile.checkpoint import create_model
 
     ckpt = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in create_model("vit_tiny_patch16_224", KW).state_dict().items()},

@@ -4,10 +4,10 @@ stopping, and the peer's budget."""
 import torch
 import torch.nn.functional as F
 
-from edvit_tool import finetune
+from edvit_tool.compile import distill
 from edvit_tool.config import recipe as recipe_mod
-from edvit_tool.prune import surgery
-from edvit_tool.prune.surgery import KeepPlan
+from edvit_tool.compile.prune import surgery
+from edvit_tool.compile.prune.surgery import KeepPlan
 from prune_models import make_vit, one_thread  # noqa: F401  (autouse: one torch thread)
 
 KW = dict(img_size=8, patch_size=4, in_chans=1, num_classes=6, embed_dim=24, depth=1, num_heads=2)
@@ -28,7 +28,7 @@ def _toy(n=240, seed=0):
 
 def test_group_teacher_logits_fold_the_rest_into_other():
     t = torch.randn(5, 6)
-    out = finetune.group_teacher_logits(t, [1, 4], temperature=2.0)
+    out = distill.group_teacher_logits(t, [1, 4], temperature=2.0)
     p, q = F.softmax(t / 2, 1), F.softmax(out / 2, 1)
     assert torch.allclose(q[:, :2], p[:, [1, 4]], atol=1e-6)
     assert torch.allclose(q[:, 2], p[:, [0, 2, 3, 5]].sum(1), atol=1e-6)
@@ -37,16 +37,16 @@ def test_group_teacher_logits_fold_the_rest_into_other():
 def test_other_as_best_rival_says_other_only_where_the_teacher_looks_outside():
     t = torch.tensor([[3.0, 1.0, 2.5, 2.4, 2.3, 2.2],    # top class 0 (in the group), many close rivals
                       [1.0, 0.5, 4.0, 0.0, 0.0, 0.0]])   # top class 2 (outside)
-    folded = finetune.group_teacher_logits(t, [0, 1], temperature=2.0)
-    rival = finetune.group_teacher_logits(t, [0, 1], temperature=2.0, other="max")
+    folded = distill.group_teacher_logits(t, [0, 1], temperature=2.0)
+    rival = distill.group_teacher_logits(t, [0, 1], temperature=2.0, other="max")
     assert folded[0].argmax() == 2      # the summed foreign mass outweighs the true class...
     assert rival[0].argmax() == 0       # ...the best rival does not
     assert rival[1].argmax() == 2 and torch.equal(rival[:, :2], t[:, :2])
 
 
 def test_balanced_batches_split_other_and_cover_every_group_class():
-    y_rel = finetune.relabel(torch.tensor([0] * 50 + [1] * 5 + [2] * 200 + [3] * 30), [0, 1, 3], 4)
-    b = finetune.BalancedBatches(y_rel, 3, 64, 0.25, seed=0)
+    y_rel = distill.relabel(torch.tensor([0] * 50 + [1] * 5 + [2] * 200 + [3] * 30), [0, 1, 3], 4)
+    b = distill.BalancedBatches(y_rel, 3, 64, 0.25, seed=0)
     counts = torch.bincount(y_rel[b()], minlength=4)
     assert counts.sum() == 64 and counts[3] == 16          # 25 % "other" (relabelled class 2 → 3)
     assert counts[:3].min() >= 16 and counts[:3].max() <= 17  # the rare class gets its share
@@ -54,7 +54,7 @@ def test_balanced_batches_split_other_and_cover_every_group_class():
 
 def test_student_prune_slices_side_heads_to_the_kept_channels():
     model = make_vit(**KW)
-    st = finetune.Student.from_teacher(model, model.head, feature_distill=True)
+    st = distill.Student.from_teacher(model, model.head, feature_distill=True)
     keep = list(range(0, 24, 2))
     plan = KeepPlan(heads=[[0, 1]], mlp=[list(range(model.blocks[0].mlp.fc1.out_features))], embed=keep)
     pruned = st.prune(plan)
@@ -77,8 +77,8 @@ def _losses(st, data, group, cfg):
     st.eval()
     with torch.no_grad():
         out = st(data.x)
-        tg = finetune.group_teacher_logits(data.t_logits, group, cfg["temperature"])
-        total = finetune.distill_loss(out, data.y, finetune.relabel(data.y, group, 6), data.t_logits, tg,
+        tg = distill.group_teacher_logits(data.t_logits, group, cfg["temperature"])
+        total = distill.distill_loss(out, data.y, distill.relabel(data.y, group, 6), data.t_logits, tg,
                                       data.t_feats, cfg, float(data.t_feats.pow(2).mean()))
         aux = F.kl_div(F.log_softmax(out[1], 1), F.log_softmax(data.t_logits, 1), log_target=True,
                        reduction="batchmean")
@@ -89,14 +89,14 @@ def test_distill_finetune_reduces_every_part_of_the_loss():
     x, y = _toy()
     teacher = make_vit(**KW)
     t_logits = 4.0 * F.one_hot(y, 6).float()  # a confident, correct teacher
-    t_feats = finetune.predict(surgery.SubModelWrapper(teacher), x, torch.device("cpu"))[0]
+    t_feats = distill.predict(surgery.SubModelWrapper(teacher), x, torch.device("cpu"))[0]
     group = [0, 1]
     base = surgery.replace_head(make_vit(**KW), 3, init_from=surgery.group_head_init(teacher, group))
-    st = finetune.Student.from_teacher(base, teacher.head, feature_distill=True)
-    data = finetune.TrainSet(x, y, t_logits, t_feats)
+    st = distill.Student.from_teacher(base, teacher.head, feature_distill=True)
+    data = distill.TrainSet(x, y, t_logits, t_feats)
     cfg = _cfg(lr=1e-2)
     total0, aux0 = _losses(st, data, group, cfg)
-    finetune.distill_finetune(st, data, group, 80, cfg, torch.device("cpu"), seed=1)
+    distill.distill_finetune(st, data, group, 80, cfg, torch.device("cpu"), seed=1)
     total1, aux1 = _losses(st, data, group, cfg)
     assert total1 < 0.7 * total0 and aux1 < 0.7 * aux0, (total0, total1, aux0, aux1)
 
@@ -104,15 +104,15 @@ def test_distill_finetune_reduces_every_part_of_the_loss():
 def test_early_stopping_keeps_the_best_scoring_weights():
     x, y = _toy(96)
     model = make_vit(**KW)
-    st = finetune.Student.from_teacher(model, None, feature_distill=False)
-    data = finetune.TrainSet(x, y, torch.randn(96, 6))
+    st = distill.Student.from_teacher(model, None, feature_distill=False)
+    data = distill.TrainSet(x, y, torch.randn(96, 6))
     seen = []
 
     def validate(s):
         seen.append({k: v.clone() for k, v in s.state_dict().items()})
         return [0.2, 0.9, 0.5, 0.1][len(seen) - 1]
 
-    finetune.distill_finetune(st, data, list(range(6)), 40, _cfg(), torch.device("cpu"), seed=0,
+    distill.distill_finetune(st, data, list(range(6)), 40, _cfg(), torch.device("cpu"), seed=0,
                               validate=validate, eval_every=10)
     assert len(seen) == 4
     final = st.state_dict()
@@ -121,30 +121,30 @@ def test_early_stopping_keeps_the_best_scoring_weights():
 
 
 def test_joint_finetune_trains_every_sub_model_and_the_fusion_head_towards_the_fused_answer():
-    from edvit_tool import fuse
+    from edvit_tool.compile import fuse
 
     x, y = _toy()
     teacher = make_vit(**KW)
     t_logits = 4.0 * F.one_hot(y, 6).float()
-    t_feats = finetune.predict(surgery.SubModelWrapper(teacher), x, torch.device("cpu"))[0]
+    t_feats = distill.predict(surgery.SubModelWrapper(teacher), x, torch.device("cpu"))[0]
     groups = [[0, 1, 2], [3, 4, 5]]
     students = []
     for g in groups:
         base = surgery.replace_head(make_vit(**KW), 4, init_from=surgery.group_head_init(teacher, g))
-        students.append(finetune.Student.from_teacher(base, teacher.head, feature_distill=True))
+        students.append(distill.Student.from_teacher(base, teacher.head, feature_distill=True))
     head = fuse.FusionMLP([24, 24], 6, hidden=32, dropout=0.0)
-    data = finetune.TrainSet(x, y, t_logits, t_feats)
+    data = distill.TrainSet(x, y, t_logits, t_feats)
     before = [{k: v.clone() for k, v in s.state_dict().items()} for s in students]
 
     def fused_accuracy():
-        feats = torch.cat([finetune.predict(surgery.SubModelWrapper(s.model), x, torch.device("cpu"))[0]
+        feats = torch.cat([distill.predict(surgery.SubModelWrapper(s.model), x, torch.device("cpu"))[0]
                            for s in students], 1)
         with torch.no_grad():
-            return finetune.accuracy(head.eval()(feats), y)
+            return distill.accuracy(head.eval()(feats), y)
 
     acc0 = fused_accuracy()
     fcfg = {"submodel_dropout": 0.2}
-    finetune.joint_finetune(students, groups, head, data, 150, _cfg(lr=1e-2), fcfg, torch.device("cpu"), seed=0)
+    distill.joint_finetune(students, groups, head, data, 150, _cfg(lr=1e-2), fcfg, torch.device("cpu"), seed=0)
     assert fused_accuracy() >= max(0.9, acc0 + 0.3)
     for s, b in zip(students, before):  # every sub-model moved, and is left in eval mode
         assert any(not torch.equal(v, b[k]) for k, v in s.state_dict().items())

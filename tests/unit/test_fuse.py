@@ -3,9 +3,9 @@
 import torch
 import torch.nn.functional as F
 
-from edvit_tool import finetune, fuse
+from edvit_tool.compile import distill, fuse
 from edvit_tool.config import recipe as recipe_mod
-from edvit_tool.prune import surgery
+from edvit_tool.compile.prune import surgery
 from prune_models import make_vit, one_thread  # noqa: F401  (autouse: one torch thread)
 
 GROUPS = [[0, 2], [1, 3, 4]]
@@ -69,7 +69,7 @@ def test_from_students_copies_each_group_head_and_aux_head():
     students = []
     for g in GROUPS:
         base = surgery.replace_head(make_vit(**kw), len(g) + 1, init_from=surgery.group_head_init(teacher, g))
-        students.append(finetune.Student.from_teacher(base, teacher.head if g is GROUPS[0] else None, False))
+        students.append(distill.Student.from_teacher(base, teacher.head if g is GROUPS[0] else None, False))
     f = fuse.EnsembleFusion.from_students(students, GROUPS, 5)
     assert torch.equal(f.heads[1].weight, students[1].model.head.weight)
     assert torch.equal(f.aux[0].weight, teacher.head.weight)
@@ -77,21 +77,21 @@ def test_from_students_copies_each_group_head_and_aux_head():
 
 
 def test_peer_gets_k_sub_models_steps_and_stays_within_the_budget():
-    from edvit_tool.peer import build_peer
+    from edvit_tool.compile.peer import build_peer
 
     kw = dict(img_size=8, patch_size=4, in_chans=1, num_classes=4, embed_dim=24, depth=2, num_heads=2)
     teacher = make_vit(**kw)
     x, y = torch.randn(64, 1, 8, 8), torch.arange(64) % 4
-    t = finetune.predict(teacher, x, torch.device("cpu"))
-    feats = finetune.predict(surgery.SubModelWrapper(teacher), x, torch.device("cpu"))[0]
+    t = distill.predict(teacher, x, torch.device("cpu"))
+    feats = distill.predict(surgery.SubModelWrapper(teacher), x, torch.device("cpu"))[0]
     recipe = recipe_mod.validate({"prune": {"steps": 2, "recovery_steps": 3, "importance_batches": 1},
                                   "finetune": {"steps": 4, "batch_size": 16}, "peer": {"evals": 2}})
     budget = surgery.count_params(teacher) // 3
-    peer, info = build_peer(teacher, finetune.TrainSet(x, y, t, feats), x[:16], y[:16], recipe, budget, 3,
+    peer, info = build_peer(teacher, distill.TrainSet(x, y, t, feats), x[:16], y[:16], recipe, budget, 3,
                             torch.device("cpu"), seed=0)
     assert info["params"] <= budget and peer.num_classes == 4
     assert info["train_steps"] == 3 * (3 * 1 + 4)  # K x (recovery between the 2 prune steps + fine-tune)
     one = recipe_mod.validate({**{k: recipe[k] for k in ("prune", "finetune")}, "peer": {"compute": "submodel"}})
-    _, info1 = build_peer(teacher, finetune.TrainSet(x, y, t, feats), x[:16], y[:16], one, budget, 3,
+    _, info1 = build_peer(teacher, distill.TrainSet(x, y, t, feats), x[:16], y[:16], one, budget, 3,
                           torch.device("cpu"), seed=0)
     assert info1["train_steps"] == 3 * 1 + 4

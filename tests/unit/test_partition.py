@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from edvit_tool import partition as P
+from edvit_tool.compile import partition as P
+from edvit_tool.compile.teacher import class_similarity
 from edvit_tool.errors import RecipeError
 
 
@@ -19,7 +20,7 @@ def test_k_larger_than_the_class_count_is_a_recipe_error():
 def test_similarity_puts_confusable_classes_together():
     # classes {0,3} and {1,2} are near-duplicates; balanced sizes of 2
     feats = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 0.1], [1, 0.05, 0]], dtype=float)
-    sim = P.class_similarity(np.repeat(feats, 5, axis=0), np.repeat(np.arange(4), 5), 4)
+    sim = class_similarity(np.repeat(feats, 5, axis=0), np.repeat(np.arange(4), 5), 4)
     assert P.partition("similarity", 4, 2, sim) == [[0, 3], [1, 2]]
 
 

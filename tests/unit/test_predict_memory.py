@@ -1,4 +1,4 @@
-"""finetune.predict keeps compact copies of each batch's outputs: a pooled feature is a view of the batch's whole
+"""distill.predict keeps compact copies of each batch's outputs: a pooled feature is a view of the batch's whole
 token tensor, and keeping the view would keep every batch's tokens alive until the end (3 GB for a teacher pass
 over 10,000 ViT-S images)."""
 
@@ -6,7 +6,7 @@ import weakref
 
 import torch
 
-from edvit_tool import finetune
+from edvit_tool.compile import distill
 
 
 class _ViewOutputs(torch.nn.Module):
@@ -27,7 +27,7 @@ class _ViewOutputs(torch.nn.Module):
 def test_predict_does_not_keep_earlier_batches_alive():
     model = _ViewOutputs()
     x = torch.randn(40, 3, 4, 4)
-    feats, logits = finetune.predict(model, x, torch.device("cpu"), batch_size=8)
+    feats, logits = distill.predict(model, x, torch.device("cpu"), batch_size=8)
     # at most the previous batch (the loop's last `out` until it is rebound), not every earlier one
     assert model.alive == [0, 1, 1, 1, 1]
     assert torch.equal(feats, x.flatten(1)) and feats.shape == (40, 48) and logits.shape == (40, 1)

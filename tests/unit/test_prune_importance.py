@@ -7,8 +7,8 @@ from prune_models import make_vit as _make_vit
 from prune_models import one_thread  # noqa: F401  (autouse fixture)
 
 from edvit_tool.errors import DataError, RecipeError
-from edvit_tool.prune.importance import CRITERIA, Importance, compute_importance, register_criterion
-from edvit_tool.prune.surgery import KeepPlan, apply_keep
+from edvit_tool.compile.prune.importance import CRITERIA, Importance, compute_importance, register_criterion
+from edvit_tool.compile.prune.surgery import KeepPlan, apply_keep
 
 
 def make_vit(**kw):

@@ -6,9 +6,9 @@ from prune_models import make_vit
 from prune_models import one_thread  # noqa: F401  (autouse fixture)
 
 from edvit_tool.errors import ModelError, RecipeError
-from edvit_tool.prune.importance import Importance
-from edvit_tool.prune.plan import arch_spec, params_of_arch, plan_keep
-from edvit_tool.prune.surgery import KeepPlan, apply_keep, count_params, vit_arch
+from edvit_tool.compile.prune.importance import Importance
+from edvit_tool.compile.prune.plan import arch_spec, params_of_arch, plan_keep
+from edvit_tool.compile.prune.surgery import KeepPlan, apply_keep, count_params, vit_arch
 
 VARIANTS = [
     {},

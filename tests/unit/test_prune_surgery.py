@@ -12,8 +12,8 @@ from prune_models import make_vit as _make_vit
 from prune_models import one_thread  # noqa: F401  (autouse fixture)
 
 from edvit_tool.errors import CheckpointError, ModelError
-from edvit_tool.prune.plan import params_of_arch
-from edvit_tool.prune.surgery import (
+from edvit_tool.compile.prune.plan import params_of_arch
+from edvit_tool.compile.prune.surgery import (
     KeepPlan, PrunedBlock, SubModelWrapper, apply_keep, build_pruned, check_supported, count_params,
     estimate_flops, group_head_init, mask_heads, mask_mlp, replace_head, vit_arch,
 )

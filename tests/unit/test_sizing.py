@@ -10,13 +10,13 @@ import math
 import numpy as np
 import pytest
 
-from edvit_tool.checkpoint import create_model
+from edvit_tool.compile.checkpoint import create_model
 from edvit_tool.cluster import assign as A
 from edvit_tool.cluster import latency_model as lm
 from edvit_tool.compile import ladder, sizing
 from edvit_tool.config import recipe as R
 from edvit_tool.errors import EdvitError, RecipeError
-from edvit_tool.prune import surgery
+from edvit_tool.compile.prune import surgery
 
 KW = {"img_size": 16, "patch_size": 2, "in_chans": 1, "num_classes": 10, "embed_dim": 96, "depth": 4,
       "num_heads": 4}  # the digits demo's ViT with 2x2 patches (65 tokens): fine-grained enough to balance

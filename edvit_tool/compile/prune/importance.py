@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from edvit_tool.errors import DataError, RecipeError
-from edvit_tool.prune.surgery import check_supported
+from edvit_tool.compile.prune.surgery import check_supported
 
 
 @dataclass

@@ -2,14 +2,15 @@
 
 balanced   — contiguous class ids, sizes differing by at most one (the paper's default).
 similarity — confusable classes share a sub-model: greedy balanced clustering on a class-similarity matrix
-             (cosine similarity of class-mean CLS features, or a symmetrised confusion matrix).
+             (cosine similarity of class-mean features, teacher.class_similarity, or a symmetrised confusion
+             matrix).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .errors import RecipeError
+from ..errors import RecipeError
 
 STRATEGIES = ("balanced", "similarity")
 
@@ -57,14 +58,6 @@ def similarity(sim: np.ndarray, k: int) -> list[list[int]]:
             free.remove(best)
         groups.append(sorted(group))
     return sorted(groups, key=lambda g: g[0])
-
-
-def class_similarity(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Cosine similarity of class-mean feature vectors."""
-    means = np.stack([features[labels == c].mean(axis=0) for c in range(num_classes)])
-    means = means - means.mean(axis=0, keepdims=True)
-    means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
-    return means @ means.T
 
 
 def partition(strategy: str, num_classes: int, k: int, sim: np.ndarray | None = None) -> list[list[int]]:

@@ -25,7 +25,7 @@ try:  # timm >= 1.0 keeps the building blocks in timm.layers
     from timm.layers import Attention, LayerScale, Mlp, PatchEmbed
     from timm.models.vision_transformer import Block, VisionTransformer
 except ImportError as e:  # pragma: no cover - timm is a hard dependency
-    raise ImportError(f"edvit_tool.prune needs timm>=1.0 ({e})") from e
+    raise ImportError(f"edvit_tool.compile.prune needs timm>=1.0 ({e})") from e
 
 
 class PrunedBlock(Block):

@@ -13,21 +13,22 @@ import time
 
 import torch
 
-from . import finetune
+from . import distill
 from .prune import surgery
 
 
-def build_peer(model, train: finetune.TrainSet, val_x: torch.Tensor, val_y: torch.Tensor, recipe: dict,
+def build_peer(model, train: distill.TrainSet, val_x: torch.Tensor, val_y: torch.Tensor, recipe: dict,
                params_budget: int, k: int, device, seed: int, bars=None, val_name: str = "validation"):
     """(peer timm ViT, report entry). `val_x/val_y` pick the early-stopping checkpoint (never the test set)."""
-    from .pipeline import prune_and_finetune, state_bytes
+    from .build import state_bytes
+    from .pipeline import prune_and_finetune
 
     t0 = time.perf_counter()
     n_cls = train.t_logits.shape[1]
     compute = float(k) if recipe["peer"]["compute"] == "ensemble" else 1.0
 
     def validate(student) -> float:
-        return finetune.accuracy(finetune.predict(student, val_x, device)[0], val_y)
+        return distill.accuracy(distill.predict(student, val_x, device)[0], val_y)
 
     student = prune_and_finetune(model, list(range(n_cls)), train, recipe, params_budget, device, seed, bars,
                                  label="peer", compute=compute, validate=validate)

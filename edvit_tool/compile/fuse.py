@@ -8,17 +8,21 @@ logits — training-free product of experts: score(c) = log p_g(c) + Σ_{h≠g} 
          A missing sub-model's slice is zeros → its log-softmax is uniform, a constant shift for its classes.
 ensemble — on the sub-models' features: Σ_k a_k · log_softmax(aux_k(f_k)) + b · (the `logits` product of experts
          on the sub-models' own heads, copied in) + a class bias. aux_k is sub-model k's N-class head, distilled
-         from the original during its fine-tune (finetune.Student); only a_k, b and the bias (K + 1 + N numbers)
+         from the original during its fine-tune (distill.Student); only a_k, b and the bias (K + 1 + N numbers)
          are fitted on the fusion split, so it cannot overfit a small split the way an MLP can.
 """
 
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from . import distill
+from .data import stratified_sample
 
 
 class FusionMLP(nn.Module):
@@ -212,3 +216,69 @@ def cross_val_mlp_accuracy(features, y, teacher, input_dims, num_classes, cfg, s
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])
+
+
+def fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, va_out, device, seed: int,
+               bars, joint_head=None) -> SimpleNamespace:
+    """The chosen fusion head (and what choosing it measured).
+
+    Fitted on the fusion split, or — `data.fusion_fraction: 0`, the default — on a class-stratified sample of the
+    fine-tune split, plus shifted views of it (features through the frozen sub-models, teacher logits from the
+    original): the MLP, and the ensemble head's combination weights (its experts are the sub-models' own heads
+    and aux N-class heads). `joint` is the MLP trained together with the sub-models (finetune.joint_fraction).
+    `auto` keeps whichever of logits / ensemble / mlp / joint is most accurate on the validation split (ties:
+    fewest fitted numbers). Every candidate head is returned so the report can show each one's test figure —
+    read after every choice is made.
+    """
+    log = bars.log if bars else (lambda s: None)
+    n_cls = len(data.classes)
+    gen = torch.Generator().manual_seed(seed + 5)
+    feats_va = torch.cat([o[0] for o in va_out], 1)
+    logits_va = torch.cat([o[1] for o in va_out], 1)
+    dims = [o[0].shape[1] for o in va_out]
+    logit_fusion = LogitFusion(groups, n_cls)
+    ensemble = EnsembleFusion.from_students(students, groups, n_cls)
+    fit, t_fit = data.fusion, t_fu
+    if not len(fit):  # data.fusion_fraction 0: a class-stratified sample of the fine-tune split
+        sel = stratified_sample(data.finetune.y, fcfg["fit_samples"], seed + 6)
+        fit = SimpleNamespace(x=data.finetune.x.subset(sel), y=data.finetune.y[sel])
+        t_fit = t_fu[sel]
+    feats_views, t_views = [torch.cat([distill.predict(w, fit.x, device)[0] for w in wrapped], 1)], [t_fit]
+    for _ in range(fcfg["augment_views"]):  # shifted views, decoded chunk by chunk
+        fs, ts = [], []
+        for i in range(0, len(fit.y), 256):
+            xb = distill.augment(fit.x[i:i + 256], gen, pad=2)
+            fs.append(torch.cat([distill.predict(w, xb, device)[0] for w in wrapped], 1))
+            ts.append(distill.predict(model, xb, device))
+        feats_views.append(torch.cat(fs))
+        t_views.append(torch.cat(ts))
+    feats_fu, t_views = torch.stack(feats_views), torch.stack(t_views)
+    v = feats_fu.shape[0]
+    ensemble.fit(feats_fu.reshape(-1, feats_fu.shape[-1]), fit.y.repeat(v))
+    heads = {"logits": logit_fusion, "ensemble": ensemble}
+    kind = fcfg["kind"]
+    if kind in ("auto", "mlp") or (kind == "joint" and joint_head is None):
+        advance = bars.task("fusion head", fcfg["steps"]) if bars else None
+        # the hidden layer follows the class count: 128 squeezes 100 classes through too few units
+        wide = {**fcfg, "hidden": max(fcfg["hidden"], 2 * n_cls)}
+        heads["mlp"] = train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), fit.y.repeat(v),
+                                        t_views.reshape(-1, t_views.shape[-1]), dims, n_cls, wide, seed,
+                                        advance).eval()
+    if joint_head is not None:
+        heads["joint"] = joint_head.cpu().eval()
+    inputs_va = {"logits": logits_va, "ensemble": feats_va, "mlp": feats_va, "joint": feats_va}
+    with torch.no_grad():
+        val_acc = {k_: distill.accuracy(h(inputs_va[k_]), data.val.y) for k_, h in heads.items()}
+    if kind == "joint" and joint_head is None:
+        kind = "mlp"  # no joint phase ran (K = 1 or finetune.joint_fraction 0): the MLP fitted afterwards
+    if kind == "auto":
+        kind = max(("logits", "ensemble", "mlp", "joint"), key=lambda k_: val_acc.get(k_, -1.0))
+        log("fusion on the validation split: " + ", ".join(f"{k_} {a:.4f}" for k_, a in val_acc.items())
+            + f" → {kind}")
+    choice = {"kind": kind, **{f"{k_}_val": a for k_, a in val_acc.items()}}
+    chosen = heads[kind]
+    if kind == "joint":  # exported and described as the MLP it is; the choice records how it was trained
+        kind = "mlp"
+    source = "logits" if kind == "logits" else "features"
+    return SimpleNamespace(head=chosen, kind=kind, source=source, dims=dims, val_inputs=inputs_va[kind],
+                           choice=choice, heads=heads)

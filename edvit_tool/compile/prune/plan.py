@@ -20,8 +20,8 @@ import numbers
 from torch import Tensor, nn
 
 from edvit_tool.errors import ModelError, RecipeError
-from edvit_tool.prune.importance import Importance
-from edvit_tool.prune.surgery import KeepPlan, check_supported, vit_arch
+from edvit_tool.compile.prune.importance import Importance
+from edvit_tool.compile.prune.surgery import KeepPlan, check_supported, vit_arch
 
 _BLOCK_FLAGS = ("norm1", "qkv_bias", "qk_norm", "attn_norm", "proj_bias", "ls1",
                 "norm2", "fc1_bias", "mlp_norm", "fc2_bias", "ls2")

@@ -1,15 +1,24 @@
-"""Catch a checkpoint whose head order does not match the dataset's labels before compile spends minutes on it.
+"""The teacher: the original model's outputs, computed once per split, and what they say before any training.
 
-A checkpoint's output j means "class j of the order it was trained with"; an ImageFolder's labels come from sorted
-folder names unless `model.classes` gives that order. When they disagree the original scores near chance, and the
-confusion matrix shows the mapping: the Hungarian assignment on it recovers which head output each folder is.
+`teacher_pass` runs the original over the fine-tune split (pooled features for feature distillation and the
+similarity partition, logits for KD) and, in the main process, over the fusion and validation splits.
+`class_similarity` turns the features into the class-similarity matrix the partition groups by.
+
+The label-order check catches a checkpoint whose head order does not match the dataset's labels before compile
+spends minutes on it. A checkpoint's output j means "class j of the order it was trained with"; an ImageFolder's
+labels come from sorted folder names unless `model.classes` gives that order. When they disagree the original
+scores near chance, and the confusion matrix shows the mapping: the Hungarian assignment on it recovers which
+head output each folder is.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
 
-from .errors import DataError
+import numpy as np
+import torch
+
+from ..errors import DataError
 
 # A permutation must beat the identity by this much (absolute, and as a ratio) to count as "far better"; a
 # model near chance is called out on its own.
@@ -65,3 +74,38 @@ def check_label_order(pred: np.ndarray, y: np.ndarray, classes: list[str], order
                 "the preprocessing (data.mean/std).")
     msg += " (data.check_labels: false skips this check.)"
     raise DataError(msg)
+
+
+def class_similarity(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Cosine similarity of class-mean feature vectors."""
+    means = np.stack([features[labels == c].mean(axis=0) for c in range(num_classes)])
+    means = means - means.mean(axis=0, keepdims=True)
+    means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
+    return means @ means.T
+
+
+@dataclass
+class TeacherOutputs:
+    features: torch.Tensor  # fine-tune split, pooled: feature distillation and the similarity partition
+    logits: torch.Tensor  # fine-tune split: the KD targets
+    fusion_logits: torch.Tensor | None  # fusion split (the fine-tune split's when it has none); None in a worker
+    val_logits: torch.Tensor | None  # validation split; None in a worker
+
+
+def teacher_pass(model, data, device, *, label_check: tuple[str | None, str] | None,
+                 other_splits: bool) -> TeacherOutputs:
+    """The original model over `data`'s splits. `label_check` = (model.classes, dataset description) runs the
+    head-order check right after the fine-tune pass, before any real work; `other_splits` False (a --jobs
+    worker) skips the fusion and validation passes."""
+    from .distill import predict
+    from .prune.surgery import SubModelWrapper
+
+    features, logits = predict(SubModelWrapper(model), data.finetune.x, device)
+    if label_check is not None:
+        order_source, desc = label_check
+        check_label_order(logits.argmax(1).numpy(), data.finetune.y.numpy(), data.classes, order_source, desc)
+    fusion_logits = val_logits = None
+    if other_splits:
+        fusion_logits = predict(model, data.fusion.x, device) if len(data.fusion) else logits
+        val_logits = predict(model, data.val.x, device)
+    return TeacherOutputs(features, logits, fusion_logits, val_logits)

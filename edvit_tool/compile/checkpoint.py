@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from .errors import CheckpointError, ModelError
+from ..errors import CheckpointError, ModelError
 
 WRAPPER_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema")
 
