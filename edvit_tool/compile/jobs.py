@@ -18,6 +18,8 @@ import time
 
 from ..errors import EdvitError
 
+TEACHER = "teacher-finetune"  # partial-dir tensors: the teacher's features + logits on the fine-tune split
+
 
 def _cpu_threads(recipe: dict) -> int:
     import torch
@@ -25,9 +27,14 @@ def _cpu_threads(recipe: dict) -> int:
     return recipe["threads"] or torch.get_num_threads()
 
 
-def train_groups_in_workers(recipe: dict, partial, group_ids: list[int], jobs: int, device, bars=None) -> None:
+def train_groups_in_workers(recipe: dict, partial, group_ids: list[int], jobs: int, device, bars=None,
+                            teacher=None) -> None:
+    """`teacher`: the main process's TeacherOutputs; handed to the workers through the partial dir so that none
+    of them repeats the teacher pass over the fine-tune split."""
     if not group_ids:
         return
+    if teacher is not None and not partial.has_tensors(TEACHER):
+        partial.save_tensors(TEACHER, {"features": teacher.features, "logits": teacher.logits})
     import torch
 
     jobs = min(jobs, len(group_ids))
@@ -76,6 +83,7 @@ def main(argv: list[str]) -> int:
     from .checkpoint import resolve_device
     from .pipeline import autocast_for, prepare, train_group
     from .resume import Partial
+    from .teacher import TeacherOutputs
 
     with open(recipe_path, encoding="utf-8") as f:
         recipe = json.load(f)
@@ -85,7 +93,11 @@ def main(argv: list[str]) -> int:
     out_dir = partial_dir[:-len(".partial")]
     partial = Partial.attach(out_dir, recipe)
     with autocast_for(device):
-        st = prepare(recipe, device, for_worker=True)
+        teacher = None
+        if partial.has_tensors(TEACHER):
+            t = partial.load_tensors(TEACHER)
+            teacher = TeacherOutputs(t["features"], t["logits"], None, None)
+        st = prepare(recipe, device, for_worker=True, teacher=teacher)
         trunk = partial.load("trunk", recipe["model"]["name"], recipe["model"]["kwargs"])  # None: no shared trunk
         for gi in (int(g) for g in groups.split(",")):
             if not partial.has(f"g{gi}"):

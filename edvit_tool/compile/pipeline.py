@@ -20,7 +20,7 @@ from .data import load_data, input_spec
 from .prune import surgery
 from .prune.importance import compute_importance
 from .prune.plan import plan_keep
-from .teacher import class_similarity, teacher_pass
+from .teacher import TeacherOutputs, class_similarity, teacher_pass
 
 
 def seed_everything(seed: int) -> None:
@@ -152,9 +152,11 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False, res
     return result
 
 
-def prepare(recipe: dict, device, bars=None, for_worker: bool = False) -> SimpleNamespace:
+def prepare(recipe: dict, device, bars=None, for_worker: bool = False,
+            teacher: TeacherOutputs | None = None) -> SimpleNamespace:
     """Model, data, teacher logits, class groups and the params budget: what every group's training needs.
-    `for_worker`: a --jobs worker (the main process already checked the labels and needs the other splits)."""
+    `for_worker`: a --jobs worker (the main process already checked the labels and needs the other splits);
+    `teacher`: the main process's teacher outputs on the fine-tune split, so a worker skips that pass."""
     seed = recipe["seed"]
     seed_everything(seed)
     set_threads(recipe["threads"])
@@ -178,7 +180,8 @@ def prepare(recipe: dict, device, bars=None, for_worker: bool = False) -> Simple
     label_check = None
     if recipe["data"]["check_labels"] and not for_worker:
         label_check = (m["classes"], f"{recipe['data']['kind']} {recipe['data']['root'] or ''}".strip())
-    teacher = teacher_pass(model, data, device, label_check=label_check, other_splits=not for_worker)
+    if teacher is None or len(teacher.logits) != len(data.finetune):
+        teacher = teacher_pass(model, data, device, label_check=label_check, other_splits=not for_worker)
     f_ft, t_ft, t_fu, t_va = teacher.features, teacher.logits, teacher.fusion_logits, teacher.val_logits
     orig_params = surgery.count_params(model)
     if not for_worker:
@@ -254,7 +257,7 @@ def _train_stages(recipe: dict, bars, peer: bool, device, partial, jobs: int = 1
         from .jobs import train_groups_in_workers
 
         train_groups_in_workers(recipe, partial, [gi for gi in range(len(groups)) if not partial.has(f"g{gi}")],
-                                jobs, device, bars)
+                                jobs, device, bars, teacher=st.teacher)
     students = []
     for gi, group in enumerate(groups):
         student = partial.load(f"g{gi}", m["name"], m["kwargs"])

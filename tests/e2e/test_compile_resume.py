@@ -75,3 +75,23 @@ def test_jobs_2_gives_the_build_of_jobs_1(tmp_path, ckpt):
     for rel in ("submodels/g0.pt", "submodels/g1.pt", "submodels/g2.pt", "fusion/fusion.pt"):
         a, b = _tensors(tmp_path / "one" / rel), _tensors(tmp_path / "two" / rel)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
+
+
+def test_a_jobs_worker_takes_the_main_process_teacher_outputs_instead_of_a_second_pass(tmp_path, ckpt):
+    """--jobs workers get the teacher's fine-tune-split outputs from the main process (partial dir) and must use
+    them as they are; outputs that do not fit the worker's data are recomputed, not trusted."""
+    from edvit_tool.compile.pipeline import prepare
+    from edvit_tool.compile.teacher import TeacherOutputs
+    from edvit_tool.config import recipe as recipe_mod
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(_rec(ckpt)))
+    recipe = recipe_mod.load(str(path))
+    cpu = torch.device("cpu")
+    main = prepare(recipe, cpu)
+    handed = TeacherOutputs(main.teacher.features + 1.0, main.teacher.logits * 2.0, None, None)
+    worker = prepare(recipe, cpu, for_worker=True, teacher=handed)
+    assert worker.train.t_logits is handed.logits and worker.t_feats is handed.features
+    short = TeacherOutputs(handed.features[:5], handed.logits[:5], None, None)
+    again = prepare(recipe, cpu, for_worker=True, teacher=short)
+    assert torch.equal(again.train.t_logits, main.teacher.logits)
