@@ -274,12 +274,17 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def joint_finetune(students: list[Student], groups: list[list[int]], head: nn.Module, data: TrainSet, steps: int,
-                   cfg: dict, fusion_cfg: dict, device: torch.device, seed: int, progress=None):
+                   cfg: dict, fusion_cfg: dict, device: torch.device, seed: int, progress=None, validate=None,
+                   eval_every: int = 0):
     """Fine-tune every sub-model and the fusion MLP together, in place: each step runs one batch through all K
     sub-models; the loss is each sub-model's own distillation loss plus the fused output's (CE + KD from the
     original's full distribution), with whole sub-models dropped from the fusion input as when a board is
     missing. The sub-models learn to complement each other instead of each covering the task alone. One joint
-    step costs K sub-model steps: `steps` is one sub-model's fine-tune budget."""
+    step costs K sub-model steps: `steps` is one sub-model's fine-tune budget.
+
+    validate: optional callable() -> fused score on a validation split, run every `eval_every` steps and at the
+    end; the best-scoring weights of every sub-model and the head are kept (early stopping, as the peer has).
+    """
     from .fuse import submodel_dropout_mask
 
     if steps <= 0:
@@ -294,7 +299,8 @@ def joint_finetune(students: list[Student], groups: list[list[int]], head: nn.Mo
     temp, kd_w = cfg["temperature"], cfg["kd_weight"]
     feat_scale = float(data.t_feats.pow(2).mean()) + 1e-8 if data.t_feats is not None else 1.0
     dims = list(head.input_dims)
-    for _ in range(steps):
+    best = (-math.inf, None)
+    for i in range(1, steps + 1):
         idx = batches()
         xb, yb, tl, tf = data.take(idx, gen)
         xb, yb, tl = xb.to(device), yb.to(device), tl.to(device)
@@ -314,6 +320,13 @@ def joint_finetune(students: list[Student], groups: list[list[int]], head: nn.Mo
         fused_loss = (1 - kd_w) * F.cross_entropy(fused, yb, label_smoothing=0.05) + kd_w * _kd(fused, tl, temp)
         loss = loss / len(students) + cfg["joint_fusion_weight"] * fused_loss
         _step(modules, opt, sched, loss, progress, cfg["clip_grad"])
+        if validate is not None and (i == steps or (eval_every and i % eval_every == 0)):
+            score = validate()
+            modules.train()
+            if score > best[0]:
+                best = (score, copy.deepcopy(modules.state_dict()))
+    if best[1] is not None:
+        modules.load_state_dict(best[1])
     for m in modules:
         m.eval()
     return students, head

@@ -34,12 +34,19 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def _importance_batches(train: distill.TrainSet, y_rel, n_group, batch_size, count, seed):
-    """Class-balanced batches of the group's own images only (class-conditional importance)."""
-    idx_in = torch.nonzero(y_rel < n_group).flatten()
-    sampler = distill.BalancedBatches(y_rel[idx_in], n_group, batch_size, 0.5, seed)
+def _importance_batches(train: distill.TrainSet, y_rel, n_group, batch_size, count, seed, other: float = 0.0):
+    """Class-balanced batches of the group's own images (class-conditional importance); `other` > 0 mixes in
+    that fraction of other classes' images labelled "other", so the structure kept also tells them apart."""
+    if other <= 0:
+        idx_in = torch.nonzero(y_rel < n_group).flatten()
+        sampler = distill.BalancedBatches(y_rel[idx_in], n_group, batch_size, 0.5, seed)
+        for _ in range(count):
+            sel = idx_in[sampler()]
+            yield train.take(sel)[0], y_rel[sel]
+        return
+    sampler = distill.BalancedBatches(y_rel, n_group, batch_size, other, seed)
     for _ in range(count):
-        sel = idx_in[sampler()]
+        sel = sampler()
         yield train.take(sel)[0], y_rel[sel]
 
 
@@ -78,7 +85,8 @@ def prune_and_finetune(model, group: list[int], train: distill.TrainSet, recipe:
     total = recoveries * rec_steps + ft_steps
     advance = bars.task(f"{label} prune+fine-tune", total) if bars else None
     for i in range(1, steps + 1):
-        batches = _importance_batches(train, y_rel, len(group), ft["batch_size"], pr["importance_batches"], seed + i)
+        batches = _importance_batches(train, y_rel, len(group), ft["batch_size"], pr["importance_batches"], seed + i,
+                                      0.0 if everything else pr["importance_other"])
         imp = compute_importance(student.model, batches, lambda out, t: F.cross_entropy(out, t), pr["criterion"],
                                  device)
         if params_target is not None:
@@ -116,7 +124,17 @@ def joint_phase(recipe: dict, st: SimpleNamespace, students: list, partial, devi
         head.load_state_dict(partial.load_tensors("joint-fusion"))
         return head.eval()
     advance = bars.task("joint fine-tune (all sub-models + fusion)", steps) if bars else None
-    distill.joint_finetune(students, st.groups, head, st.train, steps, ft, fcfg, device, st.seed + 11, advance)
+    validate, evals = None, recipe["peer"]["evals"] if ft["early_stopping"] else 0
+    if evals:
+        val = st.data.val
+
+        def validate() -> float:  # the fused head's accuracy on the validation split
+            feats = [distill.predict(surgery.SubModelWrapper(s.model), val.x, device)[0] for s in students]
+            with torch.no_grad():
+                head.eval()
+                return distill.accuracy(head(torch.cat(feats, 1).to(device)).cpu(), val.y)
+    distill.joint_finetune(students, st.groups, head, st.train, steps, ft, fcfg, device, st.seed + 11, advance,
+                           validate=validate, eval_every=max(1, steps // evals) if evals else 0)
     for gi, n in enumerate(names):
         partial.save(n, students[gi])
     partial.save_tensors("joint-fusion", head.state_dict())
@@ -223,8 +241,14 @@ def train_trunk(st: SimpleNamespace, recipe: dict, device, bars=None) -> distill
     biggest = max(st.params_targets) if st.params_target is not None else None
     compute, params = shared_trunk_plan(recipe, st.k, biggest)
     seed_everything(st.seed + 500)
+    validate = None
+    if recipe["finetune"]["early_stopping"]:  # class-agnostic like the peer: the same early stopping as the peer
+        val = st.data.val
+
+        def validate(student) -> float:
+            return distill.accuracy(distill.predict(student, val.x, device)[0], val.y)
     return prune_and_finetune(st.model, list(range(st.n_cls)), st.train, recipe, params, device, st.seed + 500,
-                              bars, label="trunk", compute=compute)
+                              bars, label="trunk", compute=compute, validate=validate)
 
 
 def train_group(st: SimpleNamespace, gi: int, recipe: dict, device, bars=None,

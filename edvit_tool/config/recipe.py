@@ -112,6 +112,8 @@ SCHEMA: dict = {
         "prune_embed": F(bool, True),
         "steps": F(int, 3, _num(1, 20)),
         "importance_batches": F(int, 8, POS),
+        # share of "other" classes' images in a sub-model's importance batches (0 = its own classes only)
+        "importance_other": F(float, 0.0, _num(0, 1, hi_open=True)),
         "recovery_steps": F(int, 100, NONNEG),
         # shared trunk: this fraction of the ensemble's steps trains one class-agnostic student at shared_size x
         # the sub-model budget; each sub-model is pruned class-wise from it (0 = from the original)
@@ -135,6 +137,8 @@ SCHEMA: dict = {
         # trained together on the fused loss (one joint step = K sub-model steps, so compute is unchanged)
         "joint_fraction": F(float, 1.0, _num(0, 1)),
         "joint_fusion_weight": F(float, 1.0, NONNEG),
+        # keep the best of peer.evals checkpoints on the validation split: shared trunk and joint phase
+        "early_stopping": F(bool, False),
     },
     "peer": {
         "compute": F(str, "ensemble", choices=("ensemble", "submodel")),  # steps: K sub-models' or one's
