@@ -110,7 +110,8 @@ def joint_phase(recipe: dict, st: SimpleNamespace, students: list, partial, devi
     Updates `students` in place and returns the jointly trained fusion MLP (None when off). Resumable as a
     whole: its result is kept in the partial dir like the sub-models."""
     ft, fcfg = recipe["finetune"], recipe["fusion"]
-    steps = int(round(ft["steps"] * ft["joint_fraction"]))
+    # one joint step costs K sub-model steps: each group spends its share of the fine-tune budget here
+    steps = int(round(ft["steps"] * ft["joint_fraction"] * group_share(recipe, st.k, st.params_target)))
     if steps <= 0 or len(students) < 2:
         return None
     dims = [s.model.head.in_features for s in students]
@@ -229,11 +230,19 @@ def prepare(recipe: dict, device, bars=None, for_worker: bool = False,
 def shared_trunk_plan(recipe: dict, k: int, params_target: int | None):
     """(compute, params) of the shared trunk, or None. `prune.shared_fraction` of the ensemble's compute (K
     sub-models' steps) trains one class-agnostic student at `prune.shared_size` x the sub-model budget; every
-    sub-model is then pruned class-wise from it with the rest. The peer keeps K sub-models' steps in all."""
-    frac = recipe["prune"]["shared_fraction"]
+    sub-model is then pruned class-wise from it with the rest. A trunk step costs `shared_size` sub-model steps,
+    so the trunk gets that many times fewer steps: the whole ensemble costs what the peer gets, K sub-models'
+    steps (counted in sub-model-sized steps)."""
+    frac, size = recipe["prune"]["shared_fraction"], recipe["prune"]["shared_size"]
     if frac <= 0 or k < 2 or params_target is None:
         return None
-    return k * frac, int(params_target * recipe["prune"]["shared_size"])
+    return k * frac / size, int(params_target * size)
+
+
+def group_share(recipe: dict, k: int, params_target: int | None) -> float:
+    """The share of one sub-model's budget left to each group (its recoveries and its part of the joint phase)
+    once the shared trunk has had its share."""
+    return 1.0 if shared_trunk_plan(recipe, k, params_target) is None else 1.0 - recipe["prune"]["shared_fraction"]
 
 
 def train_trunk(st: SimpleNamespace, recipe: dict, device, bars=None) -> distill.Student:
@@ -256,8 +265,7 @@ def train_group(st: SimpleNamespace, gi: int, recipe: dict, device, bars=None,
     """Sub-model gi (a distill.Student), seeded by its index alone: the same whatever ran before it (resume,
     --jobs)."""
     seed_everything(st.seed + 1000 * (gi + 1))
-    plan = shared_trunk_plan(recipe, st.k, st.params_target)
-    compute = 1.0 if plan is None else 1.0 - recipe["prune"]["shared_fraction"]
+    compute = group_share(recipe, st.k, st.params_target)
     return prune_and_finetune(st.model, st.groups[gi], st.train, recipe, st.params_targets[gi], device,
                               st.seed + 1000 * (gi + 1), bars, label=f"g{gi}", compute=compute, start=trunk)
 
