@@ -113,6 +113,9 @@ def write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> Simple
                      "exported": {}},
         "artifacts": [],
     }
+    from .pipeline import compute_units
+
+    manifest["compute_steps"] = compute_units(recipe, len(groups), st.st.params_target)
     if st.st.sizing is not None:  # group -> board pairing for `assign`
         manifest["sizing"] = st.st.sizing.to_dict()
     out_dir = os.path.abspath(out_dir)

@@ -239,6 +239,25 @@ def shared_trunk_plan(recipe: dict, k: int, params_target: int | None):
     return k * frac / size, int(params_target * size)
 
 
+def compute_units(recipe: dict, k: int, params_target: int | None) -> dict:
+    """Training steps of the ensemble and of the peer, counted in sub-model-sized steps (a step of a model
+    shared_size x bigger counts shared_size; a joint step counts K): what "the same compile compute" means."""
+    pr, ft = recipe["prune"], recipe["finetune"]
+
+    def run(compute: float, fine_share: float = 1.0) -> int:
+        return int(round(pr["recovery_steps"] * compute)) * (pr["steps"] - 1) + int(round(ft["steps"] * compute
+                                                                                           * fine_share))
+    trunk = shared_trunk_plan(recipe, k, params_target)
+    share = group_share(recipe, k, params_target)
+    joint = ft["joint_fraction"] if k > 1 else 0.0
+    units = {"trunk": round(run(trunk[0]) * pr["shared_size"]) if trunk else 0,
+             "groups": k * run(share, 1.0 - joint),
+             "joint": k * int(round(ft["steps"] * joint * share))}
+    units["ensemble"] = sum(units.values())
+    units["peer"] = run(float(k) if recipe["peer"]["compute"] == "ensemble" else 1.0)
+    return units
+
+
 def group_share(recipe: dict, k: int, params_target: int | None) -> float:
     """The share of one sub-model's budget left to each group (its recoveries and its part of the joint phase)
     once the shared trunk has had its share."""

@@ -28,6 +28,7 @@ def build_report(manifest: dict, peer: dict | None, seconds: float, gate_failure
                       for a in manifest.get("artifacts", [])],
         "exported_accuracy": acc.get("exported", {}),
         "gate_failures": gate_failures,
+        "compute_steps": manifest.get("compute_steps"),
     }
     if peer:
         report["peer"] = peer
@@ -49,6 +50,14 @@ def render_markdown(r: dict) -> str:
     if r.get("peer"):
         p = r["peer"]
         lines.append(f"| peer: one class-agnostic pruned ViT | {p['params']:,} | {p['bytes']:,} | {_pct(p['accuracy'])} |")
+    c = r.get("compute_steps")
+    if c:
+        p = r.get("peer") or {}
+        secs = (f"; measured {p['ensemble_seconds']:.0f} s vs {p['seconds']:.0f} s"
+                if isinstance(p.get("ensemble_seconds"), (int, float)) and isinstance(p.get("seconds"), (int, float))
+                else "")
+        lines += ["", f"Compile compute in sub-model-sized training steps: ensemble {c['ensemble']:,} (shared trunk "
+                      f"{c['trunk']:,}, groups {c['groups']:,}, joint {c['joint']:,}) vs peer {c['peer']:,}{secs}."]
     lines += ["", f"Accuracy drop vs original: {r['accuracy_drop_pp']:+.2f} pp. "
                   f"Size ratio (original ÷ largest sub-model): {r['size_ratio']:.2f}×.", "",
               "| sub-model | classes | params | % of original | bytes | MFLOPs | in-group accuracy |",
