@@ -96,6 +96,7 @@ def command(recipe_path, out_dir, checkpoint, groups, strategy, criterion, param
     else:
         click.echo(render_markdown(result.report))
         click.echo(f"Build written to {result.out_dir}")
+    _warn_if_peer_wins(result.report)
     from ..report import write_html_report
 
     html = write_html_report(result.out_dir)
@@ -106,3 +107,18 @@ def command(recipe_path, out_dir, checkpoint, groups, strategy, criterion, param
                    + "; ".join(result.gate_failures), err=True)
         return 1
     return 0
+
+
+def _warn_if_peer_wins(report: dict) -> None:
+    """The ensemble is only worth its K boards where it beats the one pruned ViT: say so when, on the validation
+    split, it does not (the test figures are shown, not used)."""
+    peer = report.get("peer") or {}
+    fused_val, peer_val = report.get("fused_validation_accuracy"), peer.get("validation_accuracy")
+    if not isinstance(fused_val, (int, float)) or not isinstance(peer_val, (int, float)) or fused_val > peer_val:
+        return
+    click.echo(f"Warning: on the validation split the peer (one class-agnostic pruned ViT of the same size, same "
+               f"compute) scores {100 * peer_val:.2f} % vs the fused ensemble's {100 * fused_val:.2f} % "
+               f"(test: {100 * peer.get('accuracy', float('nan')):.2f} % vs {100 * report['fused']['accuracy']:.2f} %); "
+               "with this task and budget one pruned ViT per board is the better deployment. More compile steps "
+               "(finetune.steps) or fewer groups (-k) usually help the ensemble.", err=True)
+

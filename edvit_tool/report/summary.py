@@ -29,6 +29,7 @@ def build_report(manifest: dict, peer: dict | None, seconds: float, gate_failure
         "exported_accuracy": acc.get("exported", {}),
         "gate_failures": gate_failures,
         "compute_steps": manifest.get("compute_steps"),
+        "fused_validation_accuracy": acc.get("fused_val"),
     }
     if peer:
         report["peer"] = peer
