@@ -291,8 +291,9 @@ def joint_finetune(students: list[Student], groups: list[list[int]], head: nn.Mo
         return students, head
     n_cls = data.t_logits.shape[1]
     modules = nn.ModuleList([*students, head]).to(device).train()
-    opt = torch.optim.AdamW(modules.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    sched = _schedule(opt, steps, cfg["lr"], cfg["warmup_fraction"])
+    lr = cfg["joint_lr"] or cfg["lr"]  # sub-models that start trained (shared trunk) may want a gentler rate
+    opt = torch.optim.AdamW(modules.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
+    sched = _schedule(opt, steps, lr, cfg["warmup_fraction"])
     # class-balanced over every class: each sub-model meets its group and "other" as the fused model does
     batches = BalancedBatches(data.y, n_cls, cfg["batch_size"], 0.0, seed)
     gen = torch.Generator().manual_seed(seed + 1)

@@ -137,6 +137,7 @@ SCHEMA: dict = {
         # trained together on the fused loss (one joint step = K sub-model steps, so compute is unchanged)
         "joint_fraction": F(float, 1.0, _num(0, 1)),
         "joint_fusion_weight": F(float, 1.0, NONNEG),
+        "joint_lr": F(float, None, _num(0, 1, lo_open=True), nullable=True),  # null: finetune.lr
         # keep the best of peer.evals checkpoints on the validation split: shared trunk and joint phase
         "early_stopping": F(bool, False),
     },
