@@ -3,13 +3,16 @@
 ONNX (onnxruntime.quantization): `quant_pre_process` first (shape inference + graph cleanup), then
   int8-dynamic = quantize_dynamic (int8 weights, activations quantised at run time),
   int8-static  = quantize_static, QDQ format, int8 weights per channel + int8 activations, MinMax calibration on
-                 the group's own images (a CalibrationDataReader over calib-<name>.npz),
+                 calib-<name>.npz (compile writes one class-stratified sample of all classes: every sub-model sees
+                 every class at inference),
   fp16         = onnxruntime.transformers.float16 (onnxconverter-common's converter, shipped inside onnxruntime;
                  float32 inputs/outputs kept so callers never see half floats).
 TFLite (ai-edge-quantizer, on the fp32 .tflite): chosen over litert-torch's PT2E path because it quantises the
   already-converted model (no second torch.export / conversion per attempt, so the layer-by-layer float fallback
   costs a re-quantise, not a re-convert), can keep any op float by regex, and does fp16 weights too:
-  int8-dynamic = dynamic_wi8_afp32, int8-static = static_wi8_ai8 calibrated on the group's images,
+  int8-dynamic = dynamic_wi8_afp32, int8-static = static_wi8_ai8 (weights symmetric per channel, activations
+  asymmetric per tensor) with activation ranges = the min/max over every calibration image (not the library's
+  moving average of batch-1 ranges, which clipped: 3-4x the feature error on the digits demo),
   fp16 = weight-only float16 (FLOAT_CASTING). Model inputs/outputs stay float32 in every mode.
 
 Float fallback: `exclude` lists what stays float — ONNX node names, or TFLite (regex on op output tensor name, op)
