@@ -7,9 +7,10 @@ import os
 
 import click
 
+from ..export import DEFAULT_GATE  # torch-free import
+
 DEFAULT_EXPORT = {"formats": ["onnx", "tflite"], "quant": ["fp32", "int8-static"], "opset": 17,
                   "simplify": "onnxslim", "calibration_samples": 64, "reference_samples": 16}
-DEFAULT_GATE = {"max_accuracy_drop_pp": 1.0, "max_quant_drop_pp": 1.0}
 
 
 def _csv(value):

@@ -168,7 +168,7 @@ SCHEMA: dict = {
     },
     "gate": {
         "max_accuracy_drop_pp": F(float, 1.0, NONNEG),
-        "max_quant_drop_pp": F(float, 1.0, NONNEG),
+        "max_quant_drop_pp": F(float, 0.5, NONNEG),
     },
 }
 

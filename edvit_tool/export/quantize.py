@@ -3,13 +3,16 @@
 ONNX (onnxruntime.quantization): `quant_pre_process` first (shape inference + graph cleanup), then
   int8-dynamic = quantize_dynamic (int8 weights, activations quantised at run time),
   int8-static  = quantize_static, QDQ format, int8 weights per channel + int8 activations, MinMax calibration on
-                 the group's own images (a CalibrationDataReader over calib-<name>.npz),
+                 calib-<name>.npz (compile writes one class-stratified sample of all classes: every sub-model sees
+                 every class at inference),
   fp16         = onnxruntime.transformers.float16 (onnxconverter-common's converter, shipped inside onnxruntime;
                  float32 inputs/outputs kept so callers never see half floats).
 TFLite (ai-edge-quantizer, on the fp32 .tflite): chosen over litert-torch's PT2E path because it quantises the
   already-converted model (no second torch.export / conversion per attempt, so the layer-by-layer float fallback
   costs a re-quantise, not a re-convert), can keep any op float by regex, and does fp16 weights too:
-  int8-dynamic = dynamic_wi8_afp32, int8-static = static_wi8_ai8 calibrated on the group's images,
+  int8-dynamic = dynamic_wi8_afp32, int8-static = static_wi8_ai8 (weights symmetric per channel, activations
+  asymmetric per tensor) with activation ranges = the min/max over every calibration image (not the library's
+  moving average of batch-1 ranges, which clipped: 3-4x the feature error on the digits demo),
   fp16 = weight-only float16 (FLOAT_CASTING). Model inputs/outputs stay float32 in every mode.
 
 Float fallback: `exclude` lists what stays float — ONNX node names, or TFLite (regex on op output tensor name, op)
@@ -131,8 +134,26 @@ def quantize_onnx(fp32: str, preprocessed: str, dst: str, quant: str, input_name
 
 
 # -- TFLite ------------------------------------------------------------------------------------------------
+def _calibrate_tflite(fp32: str, qt, samples: list, ranges: str):
+    """Activation ranges of the fp32 .tflite over `samples` (batch-1 feeds). ranges='minmax': the true min/max over
+    every sample (ai-edge-quantizer's Quantizer.calibrate instead keeps an exponential moving average, factor
+    0.95, of each sample's min/max, which with batch-1 samples tracks the last ~20 images and clips the rest);
+    'ema': the library's own calibration."""
+    if ranges == "ema":
+        return qt.calibrate({"serving_default": samples}, num_threads=1)
+    from ai_edge_quantizer import calibrator, recipe_manager
+    from ai_edge_quantizer.utils import qsv_utils
+
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(qt.get_quantization_recipe())
+    cal = calibrator.Calibrator(fp32, num_threads=1, qsv_update_func=qsv_utils.min_max_update)
+    cal.calibrate({"serving_default": samples}, manager)
+    return cal.get_model_qsvs()
+
+
 def quantize_tflite(fp32: str, dst: str, quant: str, input_name: str, calib: np.ndarray | None = None,
-                    exclude: list[tuple[str, str]] | None = None, qsv_cache: dict | None = None) -> None:
+                    exclude: list[tuple[str, str]] | None = None, qsv_cache: dict | None = None,
+                    ranges: str = "minmax") -> None:
     """exclude: [(regex on op output tensor names, TFLite op name or '*')] kept float.
     qsv_cache: reuse calibration ranges across fallback attempts on the same fp32 file (the first attempt
     quantises the most ops, so its ranges cover every later attempt's)."""
@@ -159,12 +180,12 @@ def quantize_tflite(fp32: str, dst: str, quant: str, input_name: str, calib: np.
     with _quiet():
         result = None
         if qt.need_calibration:
-            key = (fp32, quant)
+            key = (fp32, quant, ranges)
             if qsv_cache is not None and key in qsv_cache:
                 result = qsv_cache[key]
             else:
                 samples = [{input_name: calib[i:i + 1].astype(np.float32)} for i in range(len(calib))]
-                result = qt.calibrate({"serving_default": samples}, num_threads=1)
+                result = _calibrate_tflite(fp32, qt, samples, ranges)
                 if qsv_cache is not None and not exclude:
                     qsv_cache[key] = result
         out = qt.quantize(result, enable_progress_bar=False, enable_progress_report=False)
