@@ -7,7 +7,7 @@ Appends one entry per run to bench/results/ablate.json (the peer is a separate r
 the sub-model knobs). Decisions are read off the *_val figures; *_test is for the report. Sub-model outputs are
 kept in runs/ablate/<label>/ for offline fusion experiments.
 """
-import argparse, json, os, sys, time
+import argparse, dataclasses, json, os, sys, time
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 ROOT = os.path.dirname(_HERE)
@@ -60,7 +60,7 @@ else:
     os.makedirs(os.path.join(ROOT, "runs", "ablate", a.variant), exist_ok=True)
     torch.save(dump, os.path.join(ROOT, "runs", "ablate", a.variant, f"{a.task}-k{a.k}-r{a.ratio}.pt"))
     va_out = [(dump["val"]["feats"][i], dump["val"]["logits"][i]) for i in range(len(students))]
-    rc = dict(recipe["fusion"], kind="auto")
+    rc = dataclasses.replace(recipe.fusion, kind="auto")
     fu = fuse.fit_fusion(rc, wrapped, students, st.model, st.groups, st.data, st.t_fu, va_out, dev, st.seed, None, joint)
     for split in ("val", "test"):
         d = dump[split]

@@ -54,7 +54,7 @@ def main():
                 acc = train_demo_model(base, ckpt, steps=3000 if hard else 1500, bars=bars)
                 bars.log(f"{variant}: trained original, accuracy {acc:.4f}")
             for k in [int(v) for v in args.ks.split(",")]:
-                recipe = recipe_mod.validate(base, overrides={"split.groups": k})
+                recipe = recipe_mod.validate(base.to_dict(), overrides={"split.groups": k})
                 t0 = time.perf_counter()
                 res = compile_build(recipe, os.path.join(ROOT, "runs", f"bench-{variant}-k{k}"), bars=bars, peer=True)
                 wall = time.perf_counter() - t0

@@ -19,6 +19,7 @@ as that. Parts run alone merge into an existing bench/results/scale.json. Prints
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -173,7 +174,7 @@ def _throughput(root: str, depth: int, steps: int, batch: int = 32) -> dict:
         aux = torch.nn.Linear(m.embed_dim, 10)
         student = distill.Student.from_teacher(m, aux, feature_distill=True)
         train = distill.TrainSet(x, y, torch.randn(len(y), 10), torch.randn(len(y), m.embed_dim))
-        cfg = {**rec["finetune"], "batch_size": batch}
+        cfg = dataclasses.replace(rec.finetune, batch_size=batch)
         times = []
         distill.distill_finetune(student, train, [0, 1, 2], steps + 2, cfg, torch.device("cpu"), 0,
                                   progress=lambda n, **kw: times.append(time.perf_counter()))

@@ -75,17 +75,17 @@ def command(recipe_path, out_dir, checkpoint, groups, strategy, criterion, param
         path = write_ladder(recipe, ladder_dir, log=None if quiet else click.echo)
         click.echo(f"Ladder written to {path}; next: edvit-tool profile --build {path} --boards boards.yaml")
         return 0
-    if recipe["split"]["boards"]:  # a bad boards file fails now, not after the data and teacher passes
+    if recipe.split.boards:  # a bad boards file fails now, not after the data and teacher passes
         from ..config.boards import boards_from_yaml
 
-        n = len(boards_from_yaml(recipe["split"]["boards"]))
-        if n != recipe["split"]["groups"]:
+        n = len(boards_from_yaml(recipe.split.boards))
+        if n != recipe.split.groups:
             from ..errors import RecipeError
 
-            raise RecipeError(f"split.boards: {recipe['split']['boards']} has {n} boards but split.groups is "
-                              f"{recipe['split']['groups']}; one sub-model per board: pass -k {n}")
-    out_dir = out_dir or os.path.join("build", recipe["name"])
-    if "tflite" in recipe["export"]["formats"]:
+            raise RecipeError(f"split.boards: {recipe.split.boards} has {n} boards but split.groups is "
+                              f"{recipe.split.groups}; one sub-model per board: pass -k {n}")
+    out_dir = out_dir or os.path.join("build", recipe.name)
+    if "tflite" in recipe.export.formats:
         from ..logs import preimport_quietly
 
         preimport_quietly("litert_torch")  # before the progress bars: TensorFlow's load-time notices go to a log

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import click
 
+if TYPE_CHECKING:
+    from ..config import recipe as recipe_mod
 
-def _reusable_build(out_dir: str, recipe: dict, ckpt: str, peer: bool = False) -> str | None:
+
+def _reusable_build(out_dir: str, recipe: "recipe_mod.Recipe", ckpt: str, peer: bool = False) -> str | None:
     """Why the build in out_dir can stand for this recipe (None: it cannot): complete, made from the same
     resolved recipe, and not older than the checkpoint."""
     from ..config import recipe as recipe_mod
@@ -147,13 +151,13 @@ def command(recipe_path, out_dir, run_dir, retrain, rebuild, train_steps, seed, 
     from ..report import render_markdown
 
     recipe = recipe_mod.load(recipe_path, {"device": device})
-    if seed is not None and seed != recipe["seed"]:
+    if seed is not None and seed != recipe.seed:
         recipe = recipe_mod.load(recipe_path, {"device": device, "seed": seed})
-        stem, ext = os.path.splitext(recipe["model"]["checkpoint"])
-        recipe["model"]["checkpoint"] = f"{os.path.dirname(stem)}-seed{seed}/{os.path.basename(stem)}{ext}"
+        stem, ext = os.path.splitext(recipe.model.checkpoint)
+        recipe.model.checkpoint = f"{os.path.dirname(stem)}-seed{seed}/{os.path.basename(stem)}{ext}"
         out_dir = f"{out_dir.rstrip('/')}-seed{seed}"
-    ckpt = recipe["model"]["checkpoint"]
-    if "tflite" in recipe["export"]["formats"]:
+    ckpt = recipe.model.checkpoint
+    if "tflite" in recipe.export.formats:
         from ..logs import preimport_quietly
 
         preimport_quietly("litert_torch")  # before the progress bars: TensorFlow's load-time notices go to a log

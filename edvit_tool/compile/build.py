@@ -15,6 +15,7 @@ import torch
 from .. import __version__
 from ..artifacts import staged_dir, write_manifest
 from ..config import recipe as recipe_mod
+from ..config.recipe import Recipe
 from ..errors import ArtifactError
 from ..report import write_reports
 from . import checkpoint, distill
@@ -75,12 +76,13 @@ def load_build_models(build_dir: str, manifest: dict) -> dict:
     return models
 
 
-def write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> SimpleNamespace:
+def write_build(recipe: Recipe, out_dir: str, bars, st: SimpleNamespace) -> SimpleNamespace:
     """The build dir (staged, renamed into place when complete): checkpoints, reference sets, artifacts, reports."""
     model, subs, groups, data, fu, device, seed = st.model, st.subs, st.groups, st.data, st.fu, st.device, st.seed
     m, n_cls, orig_params, spec, peer_info = st.m, st.n_cls, st.orig_params, st.spec, st.peer_info
     te_out, va_out, t_va, wrapped = st.te_out, st.va_out, st.t_va, st.wrapped
-    orig_acc, fused_acc, logits_test_acc, fused_val_acc = st.orig_acc, st.fused_acc, st.logits_test_acc, st.fused_val_acc
+    orig_acc, fused_acc, fused_val_acc = st.orig_acc, st.fused_acc, st.fused_val_acc
+    logits_test_acc = st.logits_test_acc
     t_start = st.t_start
     orig_bytes = state_bytes(model)
     head, kind, dims = fu.head, fu.kind, fu.dims
@@ -98,8 +100,8 @@ def write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> Simple
     manifest = {
         "schema_version": 1, "tool_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "name": recipe["name"],
-        "model": {"name": m["name"], "kwargs": m["kwargs"], "params": orig_params, "bytes": orig_bytes,
+        "name": recipe.name,
+        "model": {"name": m.name, "kwargs": m.kwargs, "params": orig_params, "bytes": orig_bytes,
                   "flops": flops(model)},
         "input": spec, "classes": data.classes, "groups": groups, "submodels": submodel_entries,
         "fusion": {"kind": kind, "source": fu.source, "input_dims": [int(d) for d in head.input_dims],
@@ -128,8 +130,8 @@ def write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> Simple
         checkpoint.save_state_dict(head, os.path.join(root, "fusion", "fusion.pt"))
         # val.npz: what the export gate and the float fallback decide on; eval.npz: held-out (test) images for
         # the exported figures only. Both class-stratified seeded samples (splits can be class-sorted).
-        val_idx = stratified_sample(data.val.y, recipe["data"]["val_samples"], seed + 3)
-        eval_idx = stratified_sample(data.test.y, recipe["data"]["eval_samples"], seed + 4)
+        val_idx = stratified_sample(data.val.y, recipe.data.val_samples, seed + 3)
+        eval_idx = stratified_sample(data.test.y, recipe.data.eval_samples, seed + 4)
         from .. import reference  # uint8 pixels at model resolution, normalised on load: never float32 here
         reference.save(os.path.join(root, "reference", "val.npz"), data.val.x.uint8(val_idx), data.val.y[val_idx])
         reference.save(os.path.join(root, "reference", "eval.npz"), data.test.x.uint8(eval_idx),
@@ -137,7 +139,7 @@ def write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> Simple
         manifest["accuracy"].update(eval_samples=len(eval_idx), val_samples=len(val_idx))
         # Calibration: every sub-model sees every class at inference, so all calibrate on one class-stratified
         # random sample of all classes from the fine-tune split; the fusion head on those images' features.
-        cal_idx = stratified_sample(data.finetune.y, recipe["export"]["calibration_samples"], seed + 5)
+        cal_idx = stratified_sample(data.finetune.y, recipe.export.calibration_samples, seed + 5)
         cal_x = data.finetune.x.subset(cal_idx)  # lazy: predict normalises it batch by batch
         for gi in range(len(groups)):
             reference.save(os.path.join(root, "reference", f"calib-g{gi}.npz"), cal_x.uint8())
@@ -146,12 +148,14 @@ def write_build(recipe: dict, out_dir: str, bars, st: SimpleNamespace) -> Simple
                   x=torch.cat([o[0 if fu.source == "features" else 1] for o in cal_out], 1))
         with open(os.path.join(root, "recipe.resolved.yaml"), "w", encoding="utf-8") as f:
             f.write(recipe_mod.dump(recipe))
-        if recipe["export"]["formats"]:
+        if recipe.export.formats:
             from ..export import export_build
 
             models = {f"g{gi}": surgery.SubModelWrapper(s).cpu().eval() for gi, s in enumerate(subs)}
             models["fusion"] = head.cpu().eval()
-            gate_failures = export_build(root, manifest, models, recipe["export"], recipe["gate"], progress=bars)
+            # export/ takes plain mappings (its own defaults for missing keys)
+            gate_failures = export_build(root, manifest, models, recipe.export.to_dict(), recipe.gate.to_dict(),
+                                         progress=bars)
         elapsed = time.perf_counter() - t_start
         report = write_reports(root, manifest, peer_info, elapsed, gate_failures)
         write_manifest(root, manifest)

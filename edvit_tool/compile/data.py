@@ -25,6 +25,7 @@ import os
 import numpy as np
 import torch
 
+from ..config.recipe import DataCfg, Recipe
 from ..errors import DataError
 from ..runtime import preprocess as pp
 
@@ -149,14 +150,14 @@ def _geometry(spec: dict) -> dict:
             "crop_mode": t.crop_mode, "interpolation": t.interpolation}
 
 
-def build_pixels(source, spec: dict, cfg: dict, bars=None) -> Pixels:
+def build_pixels(source, spec: dict, cfg: DataCfg, bars=None) -> Pixels:
     """Decode every image once at model resolution. Image folders go through a cache file (reused when the files
     and the transform are unchanged); RAM holds the pixels only when they are small."""
     t = pp.transform_of(spec)
     shape = (len(source),) + t.size + (t.channels,)
     nbytes = int(np.prod(shape))
-    in_ram = nbytes <= cfg["ram_cache_mb"] * 2**20
-    workers = 0 if isinstance(source, ArraySource) else min(cfg["workers"], os.cpu_count() or 1)
+    in_ram = nbytes <= cfg.ram_cache_mb * 2**20
+    workers = 0 if isinstance(source, ArraySource) else min(cfg.workers, os.cpu_count() or 1)
     advance = bars.task("decode images", len(source)) if bars else None
     if isinstance(source, ArraySource) and in_ram:
         arr = np.empty(shape, dtype=np.uint8)
@@ -168,7 +169,7 @@ def build_pixels(source, spec: dict, cfg: dict, bars=None) -> Pixels:
             if advance and i % 256 == 255:
                 advance(256)
         return Pixels(shape, array=arr)
-    cache_dir = os.path.expanduser(cfg["cache_dir"] or os.environ.get("EDVIT_CACHE_DIR") or "~/.cache/edvit-tool")
+    cache_dir = os.path.expanduser(cfg.cache_dir or os.environ.get("EDVIT_CACHE_DIR") or "~/.cache/edvit-tool")
     key = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "source": source.key(), "geometry": _geometry(spec)},
                                     sort_keys=True).encode()).hexdigest()[:32]
     path = os.path.join(cache_dir, f"pixels-{key}.u8")
@@ -445,22 +446,22 @@ def stratified_sample(y: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     return idx[:count].sort().values
 
 
-def load_data(recipe: dict, spec: dict, num_classes: int, bars=None) -> Data:
-    d = recipe["data"]
-    seed = recipe["seed"]
+def load_data(recipe: Recipe, spec: dict, num_classes: int, bars=None) -> Data:
+    d = recipe.data
+    seed = recipe.seed
     base = val = None
-    order_source = recipe["model"]["classes"]
+    order_source = recipe.model.classes
     names = read_classes_file(order_source) if order_source else None
     if names is not None and len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise DataError(f"{order_source}: class name(s) {', '.join(dup[:5])} appear more than once; "
                         f"give each class once, in the checkpoint's head order")
-    if d["kind"] == "digits":
-        train, classes, test, val, base = _load_digits(d["distort"], seed, d["distort_copies"])
-    elif d["kind"] == "imagefolder":
-        train, classes, test, val = _load_imagefolder(d["root"], names, order_source)
+    if d.kind == "digits":
+        train, classes, test, val, base = _load_digits(d.distort, seed, d.distort_copies)
+    elif d.kind == "imagefolder":
+        train, classes, test, val = _load_imagefolder(d.root, names, order_source)
     else:
-        train, classes, test = _load_npz(d["root"], names, order_source)
+        train, classes, test = _load_npz(d.root, names, order_source)
     if names is not None:
         if len(names) != len(classes):
             raise DataError(f"{order_source}: {len(names)} class names but the data has {len(classes)} classes")
@@ -482,13 +483,13 @@ def load_data(recipe: dict, spec: dict, num_classes: int, bars=None) -> Data:
     offsets = np.cumsum([0] + [len(s) for s in parts])
     pixels = build_pixels(_concat(parts) if len(parts) > 1 else train, spec, d, bars)
     rows = np.arange(len(train))
-    cap = d["max_images_per_class"]
+    cap = d.max_images_per_class
     if cap:
         keep = np.sort(np.concatenate([np.flatnonzero(y == c)[:cap] for c in range(num_classes)]))
         rows, y = rows[keep], y[keep]
         base = None if base is None else base[keep]
     if test is None:
-        rest, te = _stratified(y, d["test_fraction"], seed, base)
+        rest, te = _stratified(y, d.test_fraction, seed, base)
         test_rows, test_y = rows[te], y[te]
         rows, y = rows[rest], y[rest]
         base = None if base is None else base[rest]
@@ -497,14 +498,14 @@ def load_data(recipe: dict, spec: dict, num_classes: int, bars=None) -> Data:
     val_source = "folder"
     if val is None:
         val_source = "carved"
-        rest, va = _stratified(y, d["val_fraction"], seed + 2, base)
+        rest, va = _stratified(y, d.val_fraction, seed + 2, base)
         val_rows, val_y = rows[va], y[va]
         rows, y = rows[rest], y[rest]
         base = None if base is None else base[rest]
     else:
         val_rows, val_y = np.arange(offsets[2], offsets[3]), val.labels
-    if d["fusion_fraction"] > 0:
-        ft, fu = _stratified(y, d["fusion_fraction"], seed + 1, base)
+    if d.fusion_fraction > 0:
+        ft, fu = _stratified(y, d.fusion_fraction, seed + 1, base)
     else:  # no fusion split: the fusion head fits on the fine-tune split (see fuse.fit_fusion)
         ft, fu = np.arange(len(y)), np.arange(0)
 
@@ -514,9 +515,9 @@ def load_data(recipe: dict, spec: dict, num_classes: int, bars=None) -> Data:
                 val=split(val_rows, val_y), test=split(test_rows, test_y), spec=spec, val_source=val_source)
 
 
-def input_spec(model, recipe_data: dict) -> dict:
+def input_spec(model, recipe_data: DataCfg) -> dict:
     """The manifest's input spec: timm's data config for the model, the recipe's data section winning."""
     from .transforms import resolve_input_spec
 
-    overrides = {k: recipe_data.get(k) for k in ("mean", "std", "interpolation", "crop_pct", "crop_mode")}
+    overrides = {k: getattr(recipe_data, k) for k in ("mean", "std", "interpolation", "crop_pct", "crop_mode")}
     return resolve_input_spec(model, overrides, where="recipe data")

@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config.recipe import FinetuneCfg, FusionCfg
+
 
 def relabel(y: torch.Tensor, group: list[int], num_classes: int) -> torch.Tensor:
     """Class ids → 0..|g|-1 for the group, |g| for every other class (no "other" when the group is everything)."""
@@ -183,20 +185,21 @@ def _kd(out: torch.Tensor, target: torch.Tensor, temp: float) -> torch.Tensor:
                     reduction="batchmean") * temp * temp
 
 
-def distill_loss(student_out, yb, y_rel, t_logits, t_group, t_feats, cfg: dict, feat_scale: float) -> torch.Tensor:
+def distill_loss(student_out, yb, y_rel, t_logits, t_group, t_feats, cfg: FinetuneCfg,
+                 feat_scale: float) -> torch.Tensor:
     """CE + KD on the group head, KD + CE on the aux head, normalised MSE on projected features."""
     logits, aux, proj = student_out
-    temp, kd_w = cfg["temperature"], cfg["kd_weight"]
+    temp, kd_w = cfg.temperature, cfg.kd_weight
     loss = (1 - kd_w) * F.cross_entropy(logits, y_rel, label_smoothing=0.05) + kd_w * _kd(logits, t_group, temp)
-    if aux is not None and cfg["aux_weight"] > 0:
+    if aux is not None and cfg.aux_weight > 0:
         aux_loss = (1 - kd_w) * F.cross_entropy(aux, yb, label_smoothing=0.05) + kd_w * _kd(aux, t_logits, temp)
-        loss = loss + cfg["aux_weight"] * aux_loss
-    if proj is not None and t_feats is not None and cfg["feature_weight"] > 0:
-        loss = loss + cfg["feature_weight"] * F.mse_loss(proj, t_feats) / feat_scale
+        loss = loss + cfg.aux_weight * aux_loss
+    if proj is not None and t_feats is not None and cfg.feature_weight > 0:
+        loss = loss + cfg.feature_weight * F.mse_loss(proj, t_feats) / feat_scale
     return loss
 
 
-def distill_finetune(student: Student, data: TrainSet, group: list[int], steps: int, cfg: dict,
+def distill_finetune(student: Student, data: TrainSet, group: list[int], steps: int, cfg: FinetuneCfg,
                      device: torch.device, seed: int, progress=None, validate=None, eval_every: int = 0):
     """Fine-tune `student` in place on its group (+ "other") with the distillation loss; returns it.
 
@@ -207,23 +210,23 @@ def distill_finetune(student: Student, data: TrainSet, group: list[int], steps: 
         return student
     n_cls = data.t_logits.shape[1]
     student.to(device).train()
-    lr = cfg["lr"]
-    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
-    sched = _schedule(opt, steps, lr, cfg["warmup_fraction"])
+    lr = cfg.lr
+    opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    sched = _schedule(opt, steps, lr, cfg.warmup_fraction)
     y_rel_all = relabel(data.y, group, n_cls)
-    batches = BalancedBatches(y_rel_all, len(group), cfg["batch_size"], cfg["other_fraction"], seed)
+    batches = BalancedBatches(y_rel_all, len(group), cfg.batch_size, cfg.other_fraction, seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    temp = cfg["temperature"]
+    temp = cfg.temperature
     feat_scale = float(data.t_feats.pow(2).mean()) + 1e-8 if data.t_feats is not None else 1.0
     best = (-math.inf, None)
     for i in range(1, steps + 1):
         idx = batches()
         xb, yb, tl, tf = data.take(idx, gen)
-        tg = group_teacher_logits(tl, group, temp, cfg["other_target"])
+        tg = group_teacher_logits(tl, group, temp, cfg.other_target)
         out = student(xb.to(device))
         loss = distill_loss(out, yb.to(device), relabel(yb, group, n_cls).to(device), tl.to(device),
                             tg.to(device), None if tf is None else tf.to(device), cfg, feat_scale)
-        _step(student, opt, sched, loss, progress, cfg["clip_grad"])
+        _step(student, opt, sched, loss, progress, cfg.clip_grad)
         if validate is not None and (i == steps or (eval_every and i % eval_every == 0)):
             score = validate(student)
             student.train()
@@ -274,8 +277,8 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def joint_finetune(students: list[Student], groups: list[list[int]], head: nn.Module, data: TrainSet, steps: int,
-                   cfg: dict, fusion_cfg: dict, device: torch.device, seed: int, progress=None, validate=None,
-                   eval_every: int = 0):
+                   cfg: FinetuneCfg, fusion_cfg: FusionCfg, device: torch.device, seed: int, progress=None,
+                   validate=None, eval_every: int = 0):
     """Fine-tune every sub-model and the fusion MLP together, in place: each step runs one batch through all K
     sub-models; the loss is each sub-model's own distillation loss plus the fused output's (CE + KD from the
     original's full distribution), with whole sub-models dropped from the fusion input as when a board is
@@ -291,13 +294,13 @@ def joint_finetune(students: list[Student], groups: list[list[int]], head: nn.Mo
         return students, head
     n_cls = data.t_logits.shape[1]
     modules = nn.ModuleList([*students, head]).to(device).train()
-    lr = cfg["joint_lr"] or cfg["lr"]  # sub-models that start trained (shared trunk) may want a gentler rate
-    opt = torch.optim.AdamW(modules.parameters(), lr=lr, weight_decay=cfg["weight_decay"])
-    sched = _schedule(opt, steps, lr, cfg["warmup_fraction"])
+    lr = cfg.joint_lr or cfg.lr  # sub-models that start trained (shared trunk) may want a gentler rate
+    opt = torch.optim.AdamW(modules.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    sched = _schedule(opt, steps, lr, cfg.warmup_fraction)
     # class-balanced over every class: each sub-model meets its group and "other" as the fused model does
-    batches = BalancedBatches(data.y, n_cls, cfg["batch_size"], 0.0, seed)
+    batches = BalancedBatches(data.y, n_cls, cfg.batch_size, 0.0, seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    temp, kd_w = cfg["temperature"], cfg["kd_weight"]
+    temp, kd_w = cfg.temperature, cfg.kd_weight
     feat_scale = float(data.t_feats.pow(2).mean()) + 1e-8 if data.t_feats is not None else 1.0
     dims = list(head.input_dims)
     best = (-math.inf, None)
@@ -310,17 +313,17 @@ def joint_finetune(students: list[Student], groups: list[list[int]], head: nn.Mo
         for s, g in zip(students, groups):
             f = s.model.forward_head(s.model.forward_features(xb), pre_logits=True)
             out = (s.model.head(f), s.aux(f) if s.aux is not None else None, s.proj(f) if s.proj is not None else None)
-            tg = group_teacher_logits(tl, g, temp, cfg["other_target"])
+            tg = group_teacher_logits(tl, g, temp, cfg.other_target)
             loss = loss + distill_loss(out, yb, relabel(yb.cpu(), g, n_cls).to(device), tl, tg, tf, cfg, feat_scale)
             feats.append(f)
         fused_in = torch.cat(feats, 1)
-        if fusion_cfg["submodel_dropout"] > 0 and len(dims) > 1:
-            fused_in = fused_in * submodel_dropout_mask(len(idx), dims, fusion_cfg["submodel_dropout"],
+        if fusion_cfg.submodel_dropout > 0 and len(dims) > 1:
+            fused_in = fused_in * submodel_dropout_mask(len(idx), dims, fusion_cfg.submodel_dropout,
                                                         gen).to(device)
         fused = head(fused_in)
         fused_loss = (1 - kd_w) * F.cross_entropy(fused, yb, label_smoothing=0.05) + kd_w * _kd(fused, tl, temp)
-        loss = loss / len(students) + cfg["joint_fusion_weight"] * fused_loss
-        _step(modules, opt, sched, loss, progress, cfg["clip_grad"])
+        loss = loss / len(students) + cfg.joint_fusion_weight * fused_loss
+        _step(modules, opt, sched, loss, progress, cfg.clip_grad)
         if validate is not None and (i == steps or (eval_every and i % eval_every == 0)):
             score = validate()
             modules.train()

@@ -15,12 +15,14 @@ ensemble — on the sub-models' features: Σ_k a_k · log_softmax(aux_k(f_k)) + 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config.recipe import FusionCfg
 from . import distill
 from .data import stratified_sample
 
@@ -160,23 +162,23 @@ def submodel_dropout_mask(n: int, dims: list[int], p: float, gen: torch.Generato
 
 
 def train_fusion_mlp(features: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None, input_dims: list[int],
-                     num_classes: int, cfg: dict, seed: int, progress=None) -> FusionMLP:
+                     num_classes: int, cfg: FusionCfg, seed: int, progress=None) -> FusionMLP:
     torch.manual_seed(seed)
-    head = FusionMLP(input_dims, num_classes, cfg["hidden"], cfg["dropout"])
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    steps = cfg["steps"]
+    head = FusionMLP(input_dims, num_classes, cfg.hidden, cfg.dropout)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.steps
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     gen = torch.Generator().manual_seed(seed)
     scale = features.std(0, keepdim=True) + 1e-6
     batch = min(128, len(y))
-    kd_w = cfg["kd_weight"] if teacher is not None else 0.0
+    kd_w = cfg.kd_weight if teacher is not None else 0.0
     head.train()
     for _ in range(steps):
         idx = torch.randint(len(y), (batch,), generator=gen)
         xb = features[idx]
-        xb = xb + torch.randn(xb.shape, generator=gen) * scale * cfg["feature_noise"]
-        if cfg["submodel_dropout"] > 0 and len(input_dims) > 1:
-            xb = xb * submodel_dropout_mask(len(idx), input_dims, cfg["submodel_dropout"], gen)
+        xb = xb + torch.randn(xb.shape, generator=gen) * scale * cfg.feature_noise
+        if cfg.submodel_dropout > 0 and len(input_dims) > 1:
+            xb = xb * submodel_dropout_mask(len(idx), input_dims, cfg.submodel_dropout, gen)
         out = head(xb)
         loss = F.cross_entropy(out, y[idx], label_smoothing=0.05)
         if kd_w > 0:
@@ -192,7 +194,8 @@ def train_fusion_mlp(features: torch.Tensor, y: torch.Tensor, teacher: torch.Ten
     return head.eval()
 
 
-def cross_val_mlp_accuracy(features, y, teacher, input_dims, num_classes, cfg, seed, folds: int = 4) -> float:
+def cross_val_mlp_accuracy(features, y, teacher, input_dims, num_classes, cfg: FusionCfg, seed,
+                           folds: int = 4) -> float:
     """Held-out accuracy of the MLP fusion estimated by k-fold CV on the fusion split (picks mlp vs logits).
 
     features/teacher: [copies, M, ...] — copy 0 is the plain image, the rest augmented views. Folds split by
@@ -202,7 +205,7 @@ def cross_val_mlp_accuracy(features, y, teacher, input_dims, num_classes, cfg, s
     m = features.shape[1]
     perm = torch.randperm(m, generator=gen)
     correct = 0
-    quick = dict(cfg, steps=max(1, cfg["steps"] // 2))
+    quick = dataclasses.replace(cfg, steps=max(1, cfg.steps // 2))
     for f in range(folds):
         val = perm[f::folds]
         train = torch.cat([perm[g::folds] for g in range(folds) if g != f])
@@ -218,7 +221,7 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
-def fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, va_out, device, seed: int,
+def fit_fusion(fcfg: FusionCfg, wrapped, students, model, groups, data, t_fu, va_out, device, seed: int,
                bars, joint_head=None) -> SimpleNamespace:
     """The chosen fusion head (and what choosing it measured).
 
@@ -240,11 +243,11 @@ def fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, va_out,
     ensemble = EnsembleFusion.from_students(students, groups, n_cls)
     fit, t_fit = data.fusion, t_fu
     if not len(fit):  # data.fusion_fraction 0: a class-stratified sample of the fine-tune split
-        sel = stratified_sample(data.finetune.y, fcfg["fit_samples"], seed + 6)
+        sel = stratified_sample(data.finetune.y, fcfg.fit_samples, seed + 6)
         fit = SimpleNamespace(x=data.finetune.x.subset(sel), y=data.finetune.y[sel])
         t_fit = t_fu[sel]
     feats_views, t_views = [torch.cat([distill.predict(w, fit.x, device)[0] for w in wrapped], 1)], [t_fit]
-    for _ in range(fcfg["augment_views"]):  # shifted views, decoded chunk by chunk
+    for _ in range(fcfg.augment_views):  # shifted views, decoded chunk by chunk
         fs, ts = [], []
         for i in range(0, len(fit.y), 256):
             xb = distill.augment(fit.x[i:i + 256], gen, pad=2)
@@ -256,11 +259,11 @@ def fit_fusion(fcfg: dict, wrapped, students, model, groups, data, t_fu, va_out,
     v = feats_fu.shape[0]
     ensemble.fit(feats_fu.reshape(-1, feats_fu.shape[-1]), fit.y.repeat(v))
     heads = {"logits": logit_fusion, "ensemble": ensemble}
-    kind = fcfg["kind"]
+    kind = fcfg.kind
     if kind in ("auto", "mlp") or (kind == "joint" and joint_head is None):
-        advance = bars.task("fusion head", fcfg["steps"]) if bars else None
+        advance = bars.task("fusion head", fcfg.steps) if bars else None
         # the hidden layer follows the class count: 128 squeezes 100 classes through too few units
-        wide = {**fcfg, "hidden": max(fcfg["hidden"], 2 * n_cls)}
+        wide = dataclasses.replace(fcfg, hidden=max(fcfg.hidden, 2 * n_cls))
         heads["mlp"] = train_fusion_mlp(feats_fu.reshape(-1, feats_fu.shape[-1]), fit.y.repeat(v),
                                         t_views.reshape(-1, t_views.shape[-1]), dims, n_cls, wide, seed,
                                         advance).eval()

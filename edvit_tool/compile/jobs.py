@@ -16,18 +16,19 @@ import sys
 import tempfile
 import time
 
+from ..config.recipe import Recipe
 from ..errors import EdvitError
 
 TEACHER = "teacher-finetune"  # partial-dir tensors: the teacher's features + logits on the fine-tune split
 
 
-def _cpu_threads(recipe: dict) -> int:
+def _cpu_threads(recipe: Recipe) -> int:
     import torch
 
-    return recipe["threads"] or torch.get_num_threads()
+    return recipe.threads or torch.get_num_threads()
 
 
-def train_groups_in_workers(recipe: dict, partial, group_ids: list[int], jobs: int, device, bars=None,
+def train_groups_in_workers(recipe: Recipe, partial, group_ids: list[int], jobs: int, device, bars=None,
                             teacher=None) -> None:
     """`teacher`: the main process's TeacherOutputs; handed to the workers through the partial dir so that none
     of them repeats the teacher pass over the fine-tune split."""
@@ -43,7 +44,7 @@ def train_groups_in_workers(recipe: dict, partial, group_ids: list[int], jobs: i
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     fd, recipe_path = tempfile.mkstemp(prefix="edvit-jobs-", suffix=".json", dir=partial.dir)
     with os.fdopen(fd, "w") as f:
-        json.dump(recipe, f)
+        json.dump(recipe.to_dict(), f)
     procs = []
     try:
         for w, share in enumerate(shares):
@@ -86,8 +87,8 @@ def main(argv: list[str]) -> int:
     from .teacher import TeacherOutputs
 
     with open(recipe_path, encoding="utf-8") as f:
-        recipe = json.load(f)
-    recipe["threads"] = int(threads)
+        recipe = Recipe.from_dict(json.load(f))  # validated by the main process
+    recipe.threads = int(threads)
     torch.set_num_threads(int(threads))
     device = resolve_device(device_type)
     out_dir = partial_dir[:-len(".partial")]
@@ -98,7 +99,7 @@ def main(argv: list[str]) -> int:
             t = partial.load_tensors(TEACHER)
             teacher = TeacherOutputs(t["features"], t["logits"], None, None)
         st = prepare(recipe, device, for_worker=True, teacher=teacher)
-        trunk = partial.load("trunk", recipe["model"]["name"], recipe["model"]["kwargs"])  # None: no shared trunk
+        trunk = partial.load("trunk", recipe.model.name, recipe.model.kwargs)  # None: no shared trunk
         for gi in (int(g) for g in groups.split(",")):
             if not partial.has(f"g{gi}"):
                 partial.save(f"g{gi}", train_group(st, gi, recipe, device, trunk=trunk))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import time
 
+from ..config.recipe import Recipe
+
 # (embed, heads, mlp) keep ratios. Interleaved so that any prefix spans the range; bench/hetero.py holds the
 # last ones out to measure the model's error on structures it was not fitted on.
 RUNGS = [(1.0, 1.0, 1.0), (0.5, 1.0, 0.25), (0.75, 0.5, 0.5), (0.375, 0.5, 0.125), (0.625, 1.0, 0.75),
@@ -30,7 +32,7 @@ def rung_arch(base: dict, embed: float, heads: float, mlp: float, num_outputs: i
             "mlp_hidden": [max(1, int(round(m * mlp))) for m in base["mlp_hidden"]], "num_outputs": num_outputs}
 
 
-def write_ladder(recipe: dict, out_dir: str, rungs=None, formats=None, log=None) -> str:
+def write_ladder(recipe: Recipe, out_dir: str, rungs=None, formats=None, log=None) -> str:
     import numpy as np
     import torch
 
@@ -43,16 +45,16 @@ def write_ladder(recipe: dict, out_dir: str, rungs=None, formats=None, log=None)
     from ..cluster.latency_model import geometry_of_model
 
     log = log or (lambda s: None)
-    m = recipe["model"]
-    model = create_model(m["name"], m["kwargs"])
+    m = recipe.model
+    model = create_model(m.name, m.kwargs)
     surgery.check_supported(model)
     base = surgery.vit_arch(model)
-    spec = input_spec(model, recipe["data"])
+    spec = input_spec(model, recipe.data)
     shape = list(spec["shape"])
-    formats = list(formats or recipe["export"]["formats"] or ["onnx"])
+    formats = list(formats or recipe.export.formats or ["onnx"])
     n_cls = model.num_classes
-    torch.manual_seed(recipe["seed"])
-    x = random_example(shape, batch=4, seed=recipe["seed"])
+    torch.manual_seed(recipe.seed)
+    x = random_example(shape, batch=4, seed=recipe.seed)
     subs, arts = [], []
 
     def io(name, dims):
@@ -64,7 +66,7 @@ def write_ladder(recipe: dict, out_dir: str, rungs=None, formats=None, log=None)
         np.savez(os.path.join(root, "reference", "inputs.npz"), pixel_values=x.numpy())
         for i, (re_, rh, rm) in enumerate(rungs or RUNGS):
             arch = rung_arch(base, re_, rh, rm, n_cls + 1)
-            sub = surgery.build_pruned(m["name"], m["kwargs"], arch).eval()
+            sub = surgery.build_pruned(m.name, m.kwargs, arch).eval()
             wrapped = surgery.SubModelWrapper(sub).eval()
             with torch.no_grad():
                 feats, logits = wrapped(x)
@@ -74,8 +76,8 @@ def write_ladder(recipe: dict, out_dir: str, rungs=None, formats=None, log=None)
                 ext = "onnx" if fmt == "onnx" else "tflite"
                 rel = f"submodels/{name}.fp32.{ext}"
                 if fmt == "onnx":
-                    export_onnx(wrapped, "submodel", x[:2], os.path.join(root, rel), recipe["export"]["opset"],
-                                recipe["export"]["simplify"])
+                    export_onnx(wrapped, "submodel", x[:2], os.path.join(root, rel), recipe.export.opset,
+                                recipe.export.simplify)
                 else:
                     from ..export.tflite import convert_tflite
 
@@ -94,9 +96,9 @@ def write_ladder(recipe: dict, out_dir: str, rungs=None, formats=None, log=None)
             log(f"{name}: embed {arch['embed_dim']}, heads {sum(arch['heads'])}, mlp {sum(arch['mlp_hidden'])}, "
                 f"{subs[-1]['params']:,} params, exported in {time.perf_counter() - t0:.1f} s")
         manifest = {
-            "schema_version": 1, "ladder": True, "name": f"{recipe['name']}-ladder",
+            "schema_version": 1, "ladder": True, "name": f"{recipe.name}-ladder",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "model": {"name": m["name"], "kwargs": m["kwargs"], "params": surgery.count_params(model)},
+            "model": {"name": m.name, "kwargs": m.kwargs, "params": surgery.count_params(model)},
             "geometry": geometry_of_model(model).to_dict(),
             "input": spec, "classes": [str(c) for c in range(n_cls)],
             "groups": [list(range(n_cls))] + [[] for _ in subs[1:]], "submodels": subs,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config.recipe import Recipe
 from . import checkpoint, distill, fuse, partition
 from .build import write_build
 from .data import load_data, input_spec
@@ -50,7 +51,7 @@ def _importance_batches(train: distill.TrainSet, y_rel, n_group, batch_size, cou
         yield train.take(sel)[0], y_rel[sel]
 
 
-def prune_and_finetune(model, group: list[int], train: distill.TrainSet, recipe: dict, params_target: int | None,
+def prune_and_finetune(model, group: list[int], train: distill.TrainSet, recipe: Recipe, params_target: int | None,
                        device, seed: int, bars=None, label: str = "", compute: float = 1.0,
                        validate=None, start: distill.Student | None = None) -> distill.Student:
     """One sub-model: group head, iterative class-wise pruning with short recoveries, then distillation.
@@ -60,72 +61,72 @@ def prune_and_finetune(model, group: list[int], train: distill.TrainSet, recipe:
     scales every training phase (the peer gets K sub-models' steps); `validate` enables early stopping.
     `start`: prune from this class-agnostic student (the shared trunk) instead of the original model.
     """
-    pr, ft = recipe["prune"], recipe["finetune"]
+    pr, ft = recipe.prune, recipe.finetune
     n_cls = train.t_logits.shape[1]
     origin = model if start is None else start.model
     base = copy.deepcopy(origin).to(device)
     everything = len(group) == n_cls
     if not everything:
         surgery.replace_head(base, len(group) + 1, init_from=surgery.group_head_init(base, group))
-    aux_init = origin.head if not everything and ft["aux_weight"] > 0 else None
+    aux_init = origin.head if not everything and ft.aux_weight > 0 else None
     student = distill.Student.from_teacher(base, aux_init,
-                                            feature_distill=ft["feature_weight"] > 0 and train.t_feats is not None)
+                                            feature_distill=ft.feature_weight > 0 and train.t_feats is not None)
     if start is not None and start.proj is not None and student.proj is not None:
         student.proj = copy.deepcopy(start.proj)  # the trunk's map to the teacher's features (its embed is pruned)
     student.to(device)
     y_rel = distill.relabel(train.y, group, n_cls)
     n_out = len(group) if everything else len(group) + 1
     p0 = surgery.count_params(base)
-    steps = pr["steps"]
-    keep = pr["target"]["keep"]
-    joint = 0.0 if everything else ft["joint_fraction"]  # the rest of the fine-tune is the joint phase
-    rec_steps = int(round(pr["recovery_steps"] * compute))
-    ft_steps = int(round(ft["steps"] * compute * (1 - joint)))
+    steps = pr.steps
+    keep = pr.target.keep
+    joint = 0.0 if everything else ft.joint_fraction  # the rest of the fine-tune is the joint phase
+    rec_steps = int(round(pr.recovery_steps * compute))
+    ft_steps = int(round(ft.steps * compute * (1 - joint)))
     recoveries = steps if ft_steps == 0 and joint == 0 else steps - 1
     total = recoveries * rec_steps + ft_steps
     advance = bars.task(f"{label} prune+fine-tune", total) if bars else None
     for i in range(1, steps + 1):
-        batches = _importance_batches(train, y_rel, len(group), ft["batch_size"], pr["importance_batches"], seed + i,
-                                      0.0 if everything else pr["importance_other"])
-        imp = compute_importance(student.model, batches, lambda out, t: F.cross_entropy(out, t), pr["criterion"],
+        batches = _importance_batches(train, y_rel, len(group), ft.batch_size, pr.importance_batches, seed + i,
+                                      0.0 if everything else pr.importance_other)
+        imp = compute_importance(student.model, batches, lambda out, t: F.cross_entropy(out, t), pr.criterion,
                                  device)
         if params_target is not None:
             target = int(round(p0 * (params_target / p0) ** (i / steps)))
-            plan = plan_keep(student.model, imp, params_target=target, prune_embed=pr["prune_embed"])
+            plan = plan_keep(student.model, imp, params_target=target, prune_embed=pr.prune_embed)
         else:
-            ratios = {k: v ** (1.0 / steps) for k, v in keep.items() if v is not None}
-            plan = plan_keep(student.model, imp, keep_ratios=ratios, prune_embed=pr["prune_embed"])
+            ratios = {k: v ** (1.0 / steps) for k, v in keep.to_dict().items() if v is not None}
+            plan = plan_keep(student.model, imp, keep_ratios=ratios, prune_embed=pr.prune_embed)
         student = student.prune(plan).to(device)
         if i < steps or (ft_steps == 0 and joint == 0):
             distill.distill_finetune(student, train, group, rec_steps, ft, device, seed + 100 * i, advance)
-    evals = recipe["peer"]["evals"] if validate is not None else 0
+    evals = recipe.peer.evals if validate is not None else 0
     distill.distill_finetune(student, train, group, ft_steps, ft, device, seed + 7, advance, validate=validate,
                               eval_every=max(1, ft_steps // evals) if evals else 0)
     assert surgery.vit_arch(student.model)["num_outputs"] == n_out
     return student.eval()
 
 
-def joint_phase(recipe: dict, st: SimpleNamespace, students: list, partial, device, bars):
+def joint_phase(recipe: Recipe, st: SimpleNamespace, students: list, partial, device, bars):
     """The joint fine-tune (finetune.joint_fraction > 0, K > 1): every sub-model and the fusion MLP together.
     Updates `students` in place and returns the jointly trained fusion MLP (None when off). Resumable as a
     whole: its result is kept in the partial dir like the sub-models."""
-    ft, fcfg = recipe["finetune"], recipe["fusion"]
+    ft, fcfg = recipe.finetune, recipe.fusion
     # one joint step costs K sub-model steps: each group spends its share of the fine-tune budget here
-    steps = int(round(ft["steps"] * ft["joint_fraction"] * group_share(recipe, st.k, st.params_target)))
+    steps = int(round(ft.steps * ft.joint_fraction * group_share(recipe, st.k, st.params_target)))
     if steps <= 0 or len(students) < 2:
         return None
     dims = [s.model.head.in_features for s in students]
     n_cls = st.n_cls
     seed_everything(st.seed + 11)  # the head's init too: the same whether the groups were trained here or not
-    head = fuse.FusionMLP(dims, n_cls, max(fcfg["hidden"], 2 * n_cls), fcfg["dropout"])
+    head = fuse.FusionMLP(dims, n_cls, max(fcfg.hidden, 2 * n_cls), fcfg.dropout)
     names = [f"joint-g{gi}" for gi in range(len(students))]
     if all(partial.has(n) for n in names) and partial.has_tensors("joint-fusion"):
         for gi, n in enumerate(names):
-            students[gi] = partial.load(n, st.m["name"], st.m["kwargs"]).to(device).eval()
+            students[gi] = partial.load(n, st.m.name, st.m.kwargs).to(device).eval()
         head.load_state_dict(partial.load_tensors("joint-fusion"))
         return head.eval()
     advance = bars.task("joint fine-tune (all sub-models + fusion)", steps) if bars else None
-    validate, evals = None, recipe["peer"]["evals"] if ft["early_stopping"] else 0
+    validate, evals = None, recipe.peer.evals if ft.early_stopping else 0
     if evals:
         val = st.data.val
 
@@ -153,13 +154,13 @@ def autocast_for(device: torch.device):
     return contextlib.nullcontext()
 
 
-def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False, resume: bool = False,
+def compile_build(recipe: Recipe, out_dir: str, bars=None, peer: bool = False, resume: bool = False,
                   jobs: int = 1) -> SimpleNamespace:
     """Compile `recipe` into `out_dir`. Finished sub-models are kept in `<out_dir>.partial/`; `resume` continues
     from them after a crash or Ctrl-C."""
     from .resume import Partial
 
-    device = checkpoint.resolve_device(recipe["device"])
+    device = checkpoint.resolve_device(recipe.device)
     partial = Partial(out_dir, recipe, resume, bars.log if bars else (lambda s: None))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -171,24 +172,24 @@ def compile_build(recipe: dict, out_dir: str, bars=None, peer: bool = False, res
     return result
 
 
-def prepare(recipe: dict, device, bars=None, for_worker: bool = False,
+def prepare(recipe: Recipe, device, bars=None, for_worker: bool = False,
             teacher: TeacherOutputs | None = None) -> SimpleNamespace:
     """Model, data, teacher logits, class groups and the params budget: what every group's training needs.
     `for_worker`: a --jobs worker (the main process already checked the labels and needs the other splits);
     `teacher`: the main process's teacher outputs on the fine-tune split, so a worker skips that pass."""
-    seed = recipe["seed"]
+    seed = recipe.seed
     seed_everything(seed)
-    set_threads(recipe["threads"])
-    m = recipe["model"]
-    if not m["checkpoint"]:
+    set_threads(recipe.threads)
+    m = recipe.model
+    if not m.checkpoint:
         from ..errors import RecipeError
         raise RecipeError("model.checkpoint is required (a .pth/.pt/.safetensors state dict of the fine-tuned ViT)")
-    model = checkpoint.load_model(m["name"], m["kwargs"], m["checkpoint"])
+    model = checkpoint.load_model(m.name, m.kwargs, m.checkpoint)
     surgery.check_supported(model)
     n_cls = model.num_classes
-    k = recipe["split"]["groups"]
+    k = recipe.split.groups
     partition.group_sizes(n_cls, k)  # fail on K > N before any work
-    spec = input_spec(model, recipe["data"])
+    spec = input_spec(model, recipe.data)
     log = bars.log if bars else (lambda s: None)
     data = load_data(recipe, spec, n_cls, bars)
     log(f"data: {len(data.finetune)} fine-tune / {len(data.fusion)} fusion / {len(data.val)} validation"
@@ -197,80 +198,79 @@ def prepare(recipe: dict, device, bars=None, for_worker: bool = False,
     # The original model is the teacher: its outputs are computed once for every split. Before any real work: a
     # checkpoint whose head order does not fit the labels scores near chance.
     label_check = None
-    if recipe["data"]["check_labels"] and not for_worker:
-        label_check = (m["classes"], f"{recipe['data']['kind']} {recipe['data']['root'] or ''}".strip())
+    if recipe.data.check_labels and not for_worker:
+        label_check = (m.classes, f"{recipe.data.kind} {recipe.data.root or ''}".strip())
     if teacher is None or len(teacher.logits) != len(data.finetune):
         teacher = teacher_pass(model, data, device, label_check=label_check, other_splits=not for_worker)
     f_ft, t_ft, t_fu, t_va = teacher.features, teacher.logits, teacher.fusion_logits, teacher.val_logits
     orig_params = surgery.count_params(model)
     if not for_worker:
-        log(f"original {m['name']}: {orig_params:,} params, validation accuracy "
+        log(f"original {m.name}: {orig_params:,} params, validation accuracy "
             f"{distill.accuracy(t_va, data.val.y):.4f}")
 
     sim = None
-    if recipe["split"]["strategy"] == "similarity":
+    if recipe.split.strategy == "similarity":
         sim = class_similarity(f_ft.numpy(), data.finetune.y.numpy(), n_cls)
-    groups = partition.partition(recipe["split"]["strategy"], n_cls, k, sim)
-    ratio = recipe["prune"]["target"]["params_ratio"]
+    groups = partition.partition(recipe.split.strategy, n_cls, k, sim)
+    ratio = recipe.prune.target.params_ratio
     params_target = int(orig_params * ratio) if ratio is not None else None
     params_targets, sizing = [params_target] * len(groups), None
-    if recipe["split"]["boards"]:  # heterogeneous boards: group i sized (budget, classes) for board i
+    if recipe.split.boards:  # heterogeneous boards: group i sized (budget, classes) for board i
         from .sizing import size_for_boards
         sizing = size_for_boards(recipe, model, n_cls, k, params_target)
         groups, params_targets = sizing.groups, sizing.params_targets
         log(sizing.summary())
     log("groups: " + "  ".join(f"g{i}={[data.classes[c] for c in g]}" for i, g in enumerate(groups)))
 
-    ft = recipe["finetune"]
-    t_feats = f_ft if ft["feature_weight"] > 0 else None
+    ft = recipe.finetune
+    t_feats = f_ft if ft.feature_weight > 0 else None
     train = distill.TrainSet(data.finetune.x, data.finetune.y, t_ft, t_feats)
     return SimpleNamespace(**locals())
 
 
-def shared_trunk_plan(recipe: dict, k: int, params_target: int | None):
+def shared_trunk_plan(recipe: Recipe, k: int, params_target: int | None):
     """(compute, params) of the shared trunk, or None. `prune.shared_fraction` of the ensemble's compute (K
     sub-models' steps) trains one class-agnostic student at `prune.shared_size` x the sub-model budget; every
     sub-model is then pruned class-wise from it with the rest. A trunk step costs `shared_size` sub-model steps,
     so the trunk gets that many times fewer steps: the whole ensemble costs what the peer gets, K sub-models'
     steps (counted in sub-model-sized steps)."""
-    frac, size = recipe["prune"]["shared_fraction"], recipe["prune"]["shared_size"]
+    frac, size = recipe.prune.shared_fraction, recipe.prune.shared_size
     if frac <= 0 or k < 2 or params_target is None:
         return None
     return k * frac / size, int(params_target * size)
 
 
-def compute_units(recipe: dict, k: int, params_target: int | None) -> dict:
+def compute_units(recipe: Recipe, k: int, params_target: int | None) -> dict:
     """Training steps of the ensemble and of the peer, counted in sub-model-sized steps (a step of a model
     shared_size x bigger counts shared_size; a joint step counts K): what "the same compile compute" means."""
-    pr, ft = recipe["prune"], recipe["finetune"]
+    pr, ft = recipe.prune, recipe.finetune
 
     def run(compute: float, fine_share: float = 1.0) -> int:
-        return int(round(pr["recovery_steps"] * compute)) * (pr["steps"] - 1) + int(round(ft["steps"] * compute
-                                                                                           * fine_share))
+        return int(round(pr.recovery_steps * compute)) * (pr.steps - 1) + int(round(ft.steps * compute * fine_share))
     trunk = shared_trunk_plan(recipe, k, params_target)
     share = group_share(recipe, k, params_target)
-    joint = ft["joint_fraction"] if k > 1 else 0.0
-    units = {"trunk": round(run(trunk[0]) * pr["shared_size"]) if trunk else 0,
+    joint = ft.joint_fraction if k > 1 else 0.0
+    units = {"trunk": round(run(trunk[0]) * pr.shared_size) if trunk else 0,
              "groups": k * run(share, 1.0 - joint),
-             "joint": k * int(round(ft["steps"] * joint * share))}
+             "joint": k * int(round(ft.steps * joint * share))}
     units["ensemble"] = sum(units.values())
-    units["peer"] = run(float(k) if recipe["peer"]["compute"] == "ensemble" else 1.0)
+    units["peer"] = run(float(k) if recipe.peer.compute == "ensemble" else 1.0)
     return units
 
 
-def group_share(recipe: dict, k: int, params_target: int | None) -> float:
+def group_share(recipe: Recipe, k: int, params_target: int | None) -> float:
     """The share of one sub-model's budget left to each group (its recoveries and its part of the joint phase)
     once the shared trunk has had its share."""
-    return 1.0 if shared_trunk_plan(recipe, k, params_target) is None else 1.0 - recipe["prune"]["shared_fraction"]
+    return 1.0 if shared_trunk_plan(recipe, k, params_target) is None else 1.0 - recipe.prune.shared_fraction
 
 
-def train_trunk(st: SimpleNamespace, recipe: dict, device, bars=None) -> distill.Student:
+def train_trunk(st: SimpleNamespace, recipe: Recipe, device, bars=None) -> distill.Student:
     # sized for the biggest sub-model: boards of different speeds get different budgets (compile --boards)
     biggest = max(st.params_targets) if st.params_target is not None else None
     compute, params = shared_trunk_plan(recipe, st.k, biggest)
     seed_everything(st.seed + 500)
     validate = None
-    if recipe["finetune"]["early_stopping"]:  # class-agnostic like the peer: the same early stopping as the peer
+    if recipe.finetune.early_stopping:  # class-agnostic like the peer: the same early stopping as the peer
         val = st.data.val
 
         def validate(student) -> float:
@@ -279,7 +279,7 @@ def train_trunk(st: SimpleNamespace, recipe: dict, device, bars=None) -> distill
                               bars, label="trunk", compute=compute, validate=validate)
 
 
-def train_group(st: SimpleNamespace, gi: int, recipe: dict, device, bars=None,
+def train_group(st: SimpleNamespace, gi: int, recipe: Recipe, device, bars=None,
                 trunk: distill.Student | None = None) -> distill.Student:
     """Sub-model gi (a distill.Student), seeded by its index alone: the same whatever ran before it (resume,
     --jobs)."""
@@ -289,7 +289,7 @@ def train_group(st: SimpleNamespace, gi: int, recipe: dict, device, bars=None,
                               st.seed + 1000 * (gi + 1), bars, label=f"g{gi}", compute=compute, start=trunk)
 
 
-def _train_stages(recipe: dict, bars, peer: bool, device, partial, jobs: int = 1) -> SimpleNamespace:
+def _train_stages(recipe: Recipe, bars, peer: bool, device, partial, jobs: int = 1) -> SimpleNamespace:
     t_start = time.perf_counter()
     st = prepare(recipe, device, bars)
     model, data, t_ft, groups, params_target = st.model, st.data, st.t_ft, st.groups, st.params_target
@@ -299,7 +299,7 @@ def _train_stages(recipe: dict, bars, peer: bool, device, partial, jobs: int = 1
     t_sub = time.perf_counter()
     trunk = None
     if shared_trunk_plan(recipe, k, params_target) is not None:
-        trunk = partial.load("trunk", m["name"], m["kwargs"])
+        trunk = partial.load("trunk", m.name, m.kwargs)
         if trunk is None:
             trunk = train_trunk(st, recipe, device, bars)
             partial.save("trunk", trunk)
@@ -311,7 +311,7 @@ def _train_stages(recipe: dict, bars, peer: bool, device, partial, jobs: int = 1
                                 jobs, device, bars, teacher=st.teacher)
     students = []
     for gi, group in enumerate(groups):
-        student = partial.load(f"g{gi}", m["name"], m["kwargs"])
+        student = partial.load(f"g{gi}", m.name, m.kwargs)
         if student is None:
             student = train_group(st, gi, recipe, device, bars, trunk)
             partial.save(f"g{gi}", student)
@@ -323,7 +323,7 @@ def _train_stages(recipe: dict, bars, peer: bool, device, partial, jobs: int = 1
     seed_everything(seed + 7)  # what follows does not depend on how the groups were obtained (resumed or not)
     wrapped = [surgery.SubModelWrapper(s) for s in subs]
     va_out = [distill.predict(w, data.val.x, device) for w in wrapped]
-    fu = fuse.fit_fusion(recipe["fusion"], wrapped, students, model, groups, data, t_fu, va_out, device, seed, bars,
+    fu = fuse.fit_fusion(recipe.fusion, wrapped, students, model, groups, data, t_fu, va_out, device, seed, bars,
                      joint_head)
     ensemble_seconds = time.perf_counter() - t_sub
     with torch.no_grad():

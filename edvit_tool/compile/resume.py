@@ -15,6 +15,7 @@ import shutil
 
 import torch
 
+from ..config.recipe import Recipe
 from .prune import surgery
 
 
@@ -22,17 +23,17 @@ def partial_dir(out_dir: str) -> str:
     return os.path.abspath(out_dir).rstrip("/") + ".partial"
 
 
-def fingerprint(recipe: dict) -> str:
+def fingerprint(recipe: Recipe) -> str:
     from ..config import recipe as recipe_mod
 
-    ck = recipe["model"]["checkpoint"]
+    ck = recipe.model.checkpoint
     st = os.stat(ck) if ck and os.path.isfile(ck) else None
     key = recipe_mod.dump(recipe) + (f"\n{st.st_size} {st.st_mtime_ns}" if st else "")
     return hashlib.sha256(key.encode()).hexdigest()
 
 
 class Partial:
-    def __init__(self, out_dir: str, recipe: dict, resume: bool, log=lambda s: None):
+    def __init__(self, out_dir: str, recipe: Recipe, resume: bool, log=lambda s: None):
         self.dir, self.key, self.log = partial_dir(out_dir), fingerprint(recipe), log
         state = os.path.join(self.dir, "state.json")
         usable = False
@@ -48,7 +49,7 @@ class Partial:
             json.dump({"fingerprint": self.key}, f)
 
     @classmethod
-    def attach(cls, out_dir: str, recipe: dict) -> "Partial":
+    def attach(cls, out_dir: str, recipe: Recipe) -> "Partial":
         """The partial dir a running compile made (a --jobs worker writes into it; nothing is reset)."""
         self = cls.__new__(cls)
         self.dir, self.key, self.log = partial_dir(out_dir), fingerprint(recipe), (lambda s: None)

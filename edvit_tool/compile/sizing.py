@@ -21,8 +21,9 @@ import os
 
 import numpy as np
 
-from ..errors import RecipeError
 from ..cluster import latency_model as lm
+from ..config.recipe import Recipe
+from ..errors import RecipeError
 
 GRID = 64                 # budgets on the latency curves (geometric)
 MIN_RATIO = 0.01          # smallest budget considered, as a fraction of the original's parameters
@@ -196,23 +197,23 @@ def board_models(boards, profiles_path: str | None, stat: str, variant: str | No
     return {b.name: models[b.name] for b in boards}, used
 
 
-def size_for_boards(recipe: dict, model, n_classes: int, k: int, params_target: int | None) -> Sizing:
+def size_for_boards(recipe: Recipe, model, n_classes: int, k: int, params_target: int | None) -> Sizing:
     from ..config.boards import boards_from_yaml
     from .prune import surgery
 
-    sp = recipe["split"]
-    if sp["strategy"] != "balanced":
+    sp = recipe.split
+    if sp.strategy != "balanced":
         raise RecipeError("split.boards sizes contiguous class groups; use split.strategy: balanced with it")
     if params_target is None:
         raise RecipeError("split.boards needs prune.target.params_ratio (the per-group budget whose K-fold "
                           "total is shared out), not keep ratios")
-    boards = boards_from_yaml(sp["boards"])
+    boards = boards_from_yaml(sp.boards)
     if len(boards) != k:
-        raise RecipeError(f"split.boards: {sp['boards']} has {len(boards)} boards but split.groups is {k}; one "
+        raise RecipeError(f"split.boards: {sp.boards} has {len(boards)} boards but split.groups is {k}; one "
                           f"sub-model per board: pass -k {len(boards)}")
-    models, used = board_models(boards, sp["profiles"], sp["latency_stat"], sp["variant"])
+    models, used = board_models(boards, sp.profiles, sp.latency_stat, sp.variant)
     total = min(k * params_target, k * surgery.count_params(model))
-    seed, pe = recipe["seed"], recipe["prune"]["prune_embed"]
+    seed, pe = recipe.seed, recipe.prune.prune_embed
     budgets = balance(latency_curves(model, models, seed, prune_embed=pe), total)
     budgets = balance(latency_curves(model, models, seed, around=budgets, prune_embed=pe), total)  # refined
     names = [b.name for b in boards]
@@ -224,7 +225,7 @@ def size_for_boards(recipe: dict, model, n_classes: int, k: int, params_target: 
     uniform = [float(models[n].predict(uni_row)) for n in names]
     groups = contiguous(share_classes(n_classes, targets))
     return Sizing(names, groups, targets, pred, uniform, {n: models[n].to_dict() for n in names}, used,
-                  sp["latency_stat"], int(total))
+                  sp.latency_stat, int(total))
 
 
 # ---------------------------------------------------------------------------------------------- assign side

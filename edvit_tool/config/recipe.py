@@ -1,14 +1,22 @@
-"""The compile recipe: YAML → validated nested dict with defaults, every problem reported with its path.
+"""The compile recipe: YAML → a typed `Recipe` (one dataclass per section) with defaults, every problem reported
+with its path.
 
-A schema is a nested dict of `Field`s; `validate` walks YAML and schema together, collecting every problem
-(unknown key with the valid ones, wrong type, out of range) before raising one RecipeError.
+The section classes are the schema: each field's annotation gives the accepted types (`X | None`: null allowed)
+and `F(default, range, choices)` its default and checks. `validate` walks YAML and the classes together,
+collecting every problem (unknown key with the valid ones, wrong type, out of range) before raising one
+RecipeError; overrides (`--set a.b=c`, CLI flags) are applied to the YAML mapping before that. `Recipe.to_dict()`
+is the plain mapping the manifest, recipe.resolved.yaml and the resume fingerprint are made from.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
+import types
+import typing
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import yaml
@@ -17,7 +25,7 @@ from ..errors import RecipeError
 from .yamlfile import read_yaml
 
 
-@dataclasses.dataclass
+@dataclass
 class Field:
     types: tuple            # accepted Python types (int is accepted where float is)
     default: Any = None
@@ -40,11 +48,18 @@ def _num(lo=None, hi=None, lo_open=False, hi_open=False):
     return ok, text
 
 
-def F(types, default=None, rng=None, choices=None, nullable=False):
-    check, expect = (rng if rng else (None, ""))
-    if not isinstance(types, tuple):
-        types = (types,)
-    return Field(types, default, check, expect, choices, nullable)
+def F(default=None, rng=None, choices=None):
+    """A recipe field: its default, an optional (check, text) range and allowed values. Lists and mappings get a
+    fresh copy per recipe."""
+    meta = {"rng": rng, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def section(cls):
+    """A nested section: built with its own defaults."""
+    return dataclasses.field(default_factory=cls)
 
 
 FORMATS = ("onnx", "tflite")
@@ -54,129 +69,205 @@ POS = _num(1)
 NONNEG = _num(0)
 FRACTION = _num(0, 1, lo_open=True, hi_open=True)
 
-SCHEMA: dict = {
-    "name": F(str, "edvit-build"),
-    "seed": F(int, 0, NONNEG),
-    "device": F(str, "auto", choices=("auto", "cpu", "cuda")),
-    "threads": F(int, 0, NONNEG),  # torch intra-op threads on CPU; 0 = torch's default
-    "model": {
-        "name": F(str, "vit_tiny_patch16_224"),
-        "kwargs": F(dict, {}),
-        "checkpoint": F(str, None, nullable=True),
-        "classes": F(str, None, nullable=True),
-    },
-    "data": {
-        "kind": F(str, "digits", choices=("digits", "imagefolder", "npz")),
-        "root": F(str, None, nullable=True),
-        "distort": F(bool, False),
-        "distort_copies": F(int, 1, _num(1, 20)),  # distorted views per digit (digits + distort only)
-        "test_fraction": F(float, 0.2, FRACTION),
-        "fusion_fraction": F(float, 0.0, _num(0, 1, hi_open=True)),  # 0: fusion heads fit on the fine-tune split
-        # validation: every choice compile makes (gate, float fallback, fusion kind, early stopping) is made here
-        "val_fraction": F(float, 0.15, FRACTION),
-        "val_samples": F(int, 1000, POS),      # cap on the validation images the export gate runs
-        "check_labels": F(bool, True),         # stop when the checkpoint's head order does not fit the labels
-        "mean": F(list, None, nullable=True),
-        "std": F(list, None, nullable=True),
-        # eval transform overrides (else the checkpoint's timm pretrained cfg): resize by crop_pct, centre crop
-        "interpolation": F(str, None, nullable=True,
-                           choices=("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")),
-        "crop_pct": F(float, None, _num(0, 4, lo_open=True), nullable=True),
-        "crop_mode": F(str, None, nullable=True, choices=("center", "squash", "border")),
-        # decoded images at model resolution: in RAM up to this size, else a cache file read per batch
-        "ram_cache_mb": F(int, 1024, NONNEG),
-        "cache_dir": F(str, None, nullable=True),   # default $EDVIT_CACHE_DIR or ~/.cache/edvit-tool
-        "workers": F(int, 2, NONNEG),               # DataLoader workers decoding image files
-        "max_images_per_class": F(int, None, POS, nullable=True),
-        "eval_samples": F(int, 1000, POS),
-    },
-    "split": {
-        "groups": F(int, 4, _num(1)),
-        "strategy": F(str, "balanced", choices=("balanced", "similarity")),
-        # heterogeneous boards: size group i's sub-model (and class count) for board i (compile/sizing.py)
-        "boards": F(str, None, nullable=True),         # boards.yaml
-        "profiles": F(str, None, nullable=True),       # profiles.json of a ladder build on those boards
-        "latency_stat": F(str, "p50", choices=("p50", "mean")),
-        "variant": F(str, None, nullable=True),        # format/quant the latency models use (default: most profiled)
-    },
-    "prune": {
-        "criterion": F(str, "taylor", choices=("taylor", "magnitude")),
-        "target": {
-            "params_ratio": F(float, 0.25, RATIO, nullable=True),
-            "keep": {
-                "heads": F(float, None, RATIO, nullable=True),
-                "mlp": F(float, None, RATIO, nullable=True),
-                "embed": F(float, None, RATIO, nullable=True),
-            },
-        },
-        "prune_embed": F(bool, True),
-        "steps": F(int, 3, _num(1, 20)),
-        "importance_batches": F(int, 8, POS),
-        # share of "other" classes' images in a sub-model's importance batches (0 = its own classes only)
-        "importance_other": F(float, 0.0, _num(0, 1, hi_open=True)),
-        "recovery_steps": F(int, 100, NONNEG),
-        # shared trunk: this fraction of the ensemble's steps trains one class-agnostic student at shared_size x
-        # the sub-model budget; each sub-model is pruned class-wise from it (0 = from the original)
-        "shared_fraction": F(float, 0.5, _num(0, 1, hi_open=True)),
-        "shared_size": F(float, 2.0, _num(1, 100)),
-    },
-    "finetune": {
-        "steps": F(int, 600, NONNEG),
-        "batch_size": F(int, 64, POS),
-        "lr": F(float, 1e-3, _num(0, 1, lo_open=True)),
-        "weight_decay": F(float, 0.05, NONNEG),
-        "kd_weight": F(float, 0.7, _num(0, 1)),
-        "temperature": F(float, 2.0, _num(0, lo_open=True)),
-        "other_fraction": F(float, 0.5, FRACTION),
-        "other_target": F(str, "sum", choices=("sum", "max")),  # teacher's "other": folded mass or best rival
-        "aux_weight": F(float, 1.0, NONNEG),       # N-class KD head on the features (goes into the fusion head)
-        "feature_weight": F(float, 1.0, NONNEG),   # distil the original's pooled features
-        "warmup_fraction": F(float, 0.05, _num(0, 0.5)),
-        "clip_grad": F(float, 1.0, NONNEG),        # 0 = no clipping
-        # share of each sub-model's fine-tune steps spent in the joint phase: all sub-models + the fusion MLP
-        # trained together on the fused loss (one joint step = K sub-model steps, so compute is unchanged)
-        "joint_fraction": F(float, 1.0, _num(0, 1)),
-        "joint_fusion_weight": F(float, 1.0, NONNEG),
-        "joint_lr": F(float, None, _num(0, 1, lo_open=True), nullable=True),  # null: finetune.lr
-        # keep the best of peer.evals checkpoints on the validation split: shared trunk and joint phase
-        "early_stopping": F(bool, False),
-    },
-    "peer": {
-        "compute": F(str, "ensemble", choices=("ensemble", "submodel")),  # steps: K sub-models' or one's
-        "evals": F(int, 10, NONNEG),               # early-stopping evaluations on the validation split
-    },
-    "fusion": {
-        "kind": F(str, "auto", choices=("auto", "mlp", "joint", "logits", "ensemble")),
-        "hidden": F(int, 128, POS),
-        "dropout": F(float, 0.3, _num(0, 1, hi_open=True)),
-        "submodel_dropout": F(float, 0.2, _num(0, 1, hi_open=True)),
-        "feature_noise": F(float, 0.1, NONNEG),
-        "fit_samples": F(int, 4000, POS),    # data.fusion_fraction 0: fine-tune images the heads are fitted on
-        "augment_views": F(int, 4, NONNEG),  # shifted copies of the fusion split added to its training set
-        "kd_weight": F(float, 0.5, _num(0, 1)),
-        "steps": F(int, 1500, NONNEG),
-        "lr": F(float, 3e-3, _num(0, 1, lo_open=True)),
-        "weight_decay": F(float, 0.05, NONNEG),
-    },
-    "export": {
-        "formats": F(list, [], choices=FORMATS),
-        "quant": F(list, ["fp32"], choices=QUANTS),
-        "opset": F(int, 17, _num(17, 23)),
-        "simplify": F(str, "onnxslim", choices=("onnxslim", "onnxsim", "none")),
-        "calibration_samples": F(int, 64, POS),
-        "reference_samples": F(int, 16, POS),
-    },
-    "gate": {
-        "max_accuracy_drop_pp": F(float, 1.0, NONNEG),
-        "max_quant_drop_pp": F(float, 0.5, NONNEG),
-    },
-}
+
+class Section:
+    """Shared by every section class: to_dict / from_dict (plain mappings, field order = schema order)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """From an already validated mapping (validate() output, or a to_dict() copy): no checks here."""
+        hints = _hints(cls)
+        kw = {}
+        for f in dataclasses.fields(cls):
+            v = data[f.name]
+            kw[f.name] = hints[f.name].from_dict(v) if _is_section(hints[f.name]) else copy.deepcopy(v)
+        return cls(**kw)
 
 
-def _type_name(types: tuple) -> str:
+@dataclass
+class ModelCfg(Section):
+    name: str = F("vit_tiny_patch16_224")
+    kwargs: dict = F({})
+    checkpoint: str | None = F(None)
+    classes: str | None = F(None)
+
+
+@dataclass
+class DataCfg(Section):
+    kind: str = F("digits", choices=("digits", "imagefolder", "npz"))
+    root: str | None = F(None)
+    distort: bool = F(False)
+    distort_copies: int = F(1, _num(1, 20))  # distorted views per digit (digits + distort only)
+    test_fraction: float = F(0.2, FRACTION)
+    fusion_fraction: float = F(0.0, _num(0, 1, hi_open=True))  # 0: fusion heads fit on the fine-tune split
+    # validation: every choice compile makes (gate, float fallback, fusion kind, early stopping) is made here
+    val_fraction: float = F(0.15, FRACTION)
+    val_samples: int = F(1000, POS)      # cap on the validation images the export gate runs
+    check_labels: bool = F(True)         # stop when the checkpoint's head order does not fit the labels
+    mean: list | None = F(None)
+    std: list | None = F(None)
+    # eval transform overrides (else the checkpoint's timm pretrained cfg): resize by crop_pct, centre crop
+    interpolation: str | None = F(None, choices=("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"))
+    crop_pct: float | None = F(None, _num(0, 4, lo_open=True))
+    crop_mode: str | None = F(None, choices=("center", "squash", "border"))
+    # decoded images at model resolution: in RAM up to this size, else a cache file read per batch
+    ram_cache_mb: int = F(1024, NONNEG)
+    cache_dir: str | None = F(None)   # default $EDVIT_CACHE_DIR or ~/.cache/edvit-tool
+    workers: int = F(2, NONNEG)       # DataLoader workers decoding image files
+    max_images_per_class: int | None = F(None, POS)
+    eval_samples: int = F(1000, POS)
+
+
+@dataclass
+class SplitCfg(Section):
+    groups: int = F(4, _num(1))
+    strategy: str = F("balanced", choices=("balanced", "similarity"))
+    # heterogeneous boards: size group i's sub-model (and class count) for board i (compile/sizing.py)
+    boards: str | None = F(None)         # boards.yaml
+    profiles: str | None = F(None)       # profiles.json of a ladder build on those boards
+    latency_stat: str = F("p50", choices=("p50", "mean"))
+    variant: str | None = F(None)        # format/quant the latency models use (default: most profiled)
+
+
+@dataclass
+class KeepCfg(Section):
+    heads: float | None = F(None, RATIO)
+    mlp: float | None = F(None, RATIO)
+    embed: float | None = F(None, RATIO)
+
+
+@dataclass
+class PruneTargetCfg(Section):
+    params_ratio: float | None = F(0.25, RATIO)
+    keep: KeepCfg = section(KeepCfg)
+
+
+@dataclass
+class PruneCfg(Section):
+    criterion: str = F("taylor", choices=("taylor", "magnitude"))
+    target: PruneTargetCfg = section(PruneTargetCfg)
+    prune_embed: bool = F(True)
+    steps: int = F(3, _num(1, 20))
+    importance_batches: int = F(8, POS)
+    # share of "other" classes' images in a sub-model's importance batches (0 = its own classes only)
+    importance_other: float = F(0.0, _num(0, 1, hi_open=True))
+    recovery_steps: int = F(100, NONNEG)
+    # shared trunk: this fraction of the ensemble's steps trains one class-agnostic student at shared_size x
+    # the sub-model budget; each sub-model is pruned class-wise from it (0 = from the original)
+    shared_fraction: float = F(0.5, _num(0, 1, hi_open=True))
+    shared_size: float = F(2.0, _num(1, 100))
+
+
+@dataclass
+class FinetuneCfg(Section):
+    steps: int = F(600, NONNEG)
+    batch_size: int = F(64, POS)
+    lr: float = F(1e-3, _num(0, 1, lo_open=True))
+    weight_decay: float = F(0.05, NONNEG)
+    kd_weight: float = F(0.7, _num(0, 1))
+    temperature: float = F(2.0, _num(0, lo_open=True))
+    other_fraction: float = F(0.5, FRACTION)
+    other_target: str = F("sum", choices=("sum", "max"))  # teacher's "other": folded mass or best rival
+    aux_weight: float = F(1.0, NONNEG)       # N-class KD head on the features (goes into the fusion head)
+    feature_weight: float = F(1.0, NONNEG)   # distil the original's pooled features
+    warmup_fraction: float = F(0.05, _num(0, 0.5))
+    clip_grad: float = F(1.0, NONNEG)        # 0 = no clipping
+    # share of each sub-model's fine-tune steps spent in the joint phase: all sub-models + the fusion MLP
+    # trained together on the fused loss (one joint step = K sub-model steps, so compute is unchanged)
+    joint_fraction: float = F(1.0, _num(0, 1))
+    joint_fusion_weight: float = F(1.0, NONNEG)
+    joint_lr: float | None = F(None, _num(0, 1, lo_open=True))  # null: finetune.lr
+    # keep the best of peer.evals checkpoints on the validation split: shared trunk and joint phase
+    early_stopping: bool = F(False)
+
+
+@dataclass
+class PeerCfg(Section):
+    compute: str = F("ensemble", choices=("ensemble", "submodel"))  # steps: K sub-models' or one's
+    evals: int = F(10, NONNEG)               # early-stopping evaluations on the validation split
+
+
+@dataclass
+class FusionCfg(Section):
+    kind: str = F("auto", choices=("auto", "mlp", "joint", "logits", "ensemble"))
+    hidden: int = F(128, POS)
+    dropout: float = F(0.3, _num(0, 1, hi_open=True))
+    submodel_dropout: float = F(0.2, _num(0, 1, hi_open=True))
+    feature_noise: float = F(0.1, NONNEG)
+    fit_samples: int = F(4000, POS)    # data.fusion_fraction 0: fine-tune images the heads are fitted on
+    augment_views: int = F(4, NONNEG)  # shifted copies of the fusion split added to its training set
+    kd_weight: float = F(0.5, _num(0, 1))
+    steps: int = F(1500, NONNEG)
+    lr: float = F(3e-3, _num(0, 1, lo_open=True))
+    weight_decay: float = F(0.05, NONNEG)
+
+
+@dataclass
+class ExportCfg(Section):
+    formats: list = F([], choices=FORMATS)
+    quant: list = F(["fp32"], choices=QUANTS)
+    opset: int = F(17, _num(17, 23))
+    simplify: str = F("onnxslim", choices=("onnxslim", "onnxsim", "none"))
+    calibration_samples: int = F(64, POS)
+    reference_samples: int = F(16, POS)
+
+
+@dataclass
+class GateCfg(Section):
+    max_accuracy_drop_pp: float = F(1.0, NONNEG)
+    max_quant_drop_pp: float = F(0.5, NONNEG)
+
+
+@dataclass
+class Recipe(Section):
+    name: str = F("edvit-build")
+    seed: int = F(0, NONNEG)
+    device: str = F("auto", choices=("auto", "cpu", "cuda"))
+    threads: int = F(0, NONNEG)  # torch intra-op threads on CPU; 0 = torch's default
+    model: ModelCfg = section(ModelCfg)
+    data: DataCfg = section(DataCfg)
+    split: SplitCfg = section(SplitCfg)
+    prune: PruneCfg = section(PruneCfg)
+    finetune: FinetuneCfg = section(FinetuneCfg)
+    peer: PeerCfg = section(PeerCfg)
+    fusion: FusionCfg = section(FusionCfg)
+    export: ExportCfg = section(ExportCfg)
+    gate: GateCfg = section(GateCfg)
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _is_section(tp) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Section)
+
+
+@functools.lru_cache(maxsize=None)
+def _spec(cls) -> dict:
+    """{name: section class | Field} for `cls`, in field order: the schema validate() walks."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if _is_section(tp):
+            out[f.name] = tp
+            continue
+        args = typing.get_args(tp) if isinstance(tp, types.UnionType) else (tp,)
+        accepted = tuple(typing.get_origin(a) or a for a in args if a is not type(None))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        check, expect = f.metadata["rng"] or (None, "")
+        out[f.name] = Field(accepted, default, check, expect, f.metadata["choices"], type(None) in args)
+    return out
+
+
+def _type_name(types_: tuple) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
              dict: "a mapping"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
+    return " or ".join(names.get(t, t.__name__) for t in types_)
 
 
 def _check_value(field: Field, value, path: str, problems: list[str]):
@@ -184,11 +275,11 @@ def _check_value(field: Field, value, path: str, problems: list[str]):
         if not field.nullable:
             problems.append(f"{path} must be {_type_name(field.types)}, got null")
         return value
-    types = field.types
-    if float in types and isinstance(value, int) and not isinstance(value, bool):
+    types_ = field.types
+    if float in types_ and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-        problems.append(f"{path} must be {_type_name(types)}, got {value!r}")
+    if isinstance(value, bool) and bool not in types_ or not isinstance(value, types_):
+        problems.append(f"{path} must be {_type_name(types_)}, got {value!r}")
         return value
     if field.choices is not None:
         items = value if isinstance(value, list) else [value]
@@ -200,7 +291,8 @@ def _check_value(field: Field, value, path: str, problems: list[str]):
     return value
 
 
-def _walk(schema: dict, data, path: str, problems: list[str]) -> dict:
+def _walk(cls, data, path: str, problems: list[str]) -> dict:
+    schema = _spec(cls)
     out = {}
     if data is None:
         data = {}
@@ -213,7 +305,7 @@ def _walk(schema: dict, data, path: str, problems: list[str]) -> dict:
             problems.append(f"unknown key {where} (valid: {', '.join(schema)})")
     for key, spec in schema.items():
         where = f"{path}.{key}" if path else key
-        if isinstance(spec, dict):
+        if not isinstance(spec, Field):
             out[key] = _walk(spec, data.get(key), where, problems)
         elif key in data:
             out[key] = _check_value(spec, data[key], where, problems)
@@ -232,18 +324,22 @@ def _set_dotted(data: dict, dotted: str, value) -> None:
     node[parts[-1]] = value
 
 
-def validate(raw: dict, source: str = "recipe", overrides: dict | None = None) -> dict:
-    """Validated recipe with defaults; overrides are dotted keys (CLI flags) applied before validation."""
+def _validated_dict(raw: dict, source: str, overrides: dict | None) -> dict:
     data = copy.deepcopy(raw) if raw else {}
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, dotted, value)
     problems: list[str] = []
-    recipe = _walk(SCHEMA, data, "", problems)
+    recipe = _walk(Recipe, data, "", problems)
     _cross_checks(recipe, problems)
     if problems:
         raise RecipeError(f"{source}: " + "; ".join(problems))
     return recipe
+
+
+def validate(raw: dict, source: str = "recipe", overrides: dict | None = None) -> Recipe:
+    """Validated recipe with defaults; overrides are dotted keys (CLI flags) applied before validation."""
+    return Recipe.from_dict(_validated_dict(raw, source, overrides))
 
 
 def _cross_checks(r: dict, problems: list[str]) -> None:
@@ -266,22 +362,22 @@ def _cross_checks(r: dict, problems: list[str]) -> None:
             problems.append(f"data.std must be > 0, got {vals!r}")
 
 
-def load(path: str, overrides: dict | None = None) -> dict:
+def load(path: str, overrides: dict | None = None) -> Recipe:
     """Read a YAML recipe; relative paths inside it resolve against the recipe's folder."""
     if not os.path.isfile(path):
         raise RecipeError(f"{path}: recipe file not found; pass an existing YAML file to --recipe")
     raw = read_yaml(path)
-    recipe = validate(raw or {}, source=path, overrides=overrides)
+    recipe = _validated_dict(raw or {}, path, overrides)
     base = os.path.dirname(os.path.abspath(path))
-    for section, key in (("model", "checkpoint"), ("model", "classes"), ("data", "root"), ("split", "boards"),
-                         ("split", "profiles")):
-        value = recipe[section][key]
+    for section_, key in (("model", "checkpoint"), ("model", "classes"), ("data", "root"), ("split", "boards"),
+                          ("split", "profiles")):
+        value = recipe[section_][key]
         if value and not os.path.isabs(value) and not os.path.exists(value):
             candidate = os.path.join(base, value)
             if os.path.exists(candidate):
-                recipe[section][key] = candidate
-    return recipe
+                recipe[section_][key] = candidate
+    return Recipe.from_dict(recipe)
 
 
-def dump(recipe: dict) -> str:
-    return yaml.safe_dump(recipe, sort_keys=False)
+def dump(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

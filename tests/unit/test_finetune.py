@@ -1,6 +1,8 @@
 """Distillation fine-tune units: targets, balanced batches, the student's side heads through pruning, early
 stopping, and the peer's budget."""
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -67,9 +69,7 @@ def test_student_prune_slices_side_heads_to_the_kept_channels():
 
 
 def _cfg(**kw):
-    cfg = recipe_mod.validate({})["finetune"]
-    cfg.update({"batch_size": 32, "lr": 3e-3, **kw})
-    return cfg
+    return dataclasses.replace(recipe_mod.validate({}).finetune, **{"batch_size": 32, "lr": 3e-3, **kw})
 
 
 def _losses(st, data, group, cfg):
@@ -77,7 +77,7 @@ def _losses(st, data, group, cfg):
     st.eval()
     with torch.no_grad():
         out = st(data.x)
-        tg = distill.group_teacher_logits(data.t_logits, group, cfg["temperature"])
+        tg = distill.group_teacher_logits(data.t_logits, group, cfg.temperature)
         total = distill.distill_loss(out, data.y, distill.relabel(data.y, group, 6), data.t_logits, tg,
                                       data.t_feats, cfg, float(data.t_feats.pow(2).mean()))
         aux = F.kl_div(F.log_softmax(out[1], 1), F.log_softmax(data.t_logits, 1), log_target=True,
@@ -143,7 +143,7 @@ def test_joint_finetune_trains_every_sub_model_and_the_fusion_head_towards_the_f
             return distill.accuracy(head.eval()(feats), y)
 
     acc0 = fused_accuracy()
-    fcfg = {"submodel_dropout": 0.2}
+    fcfg = recipe_mod.FusionCfg(submodel_dropout=0.2)
     distill.joint_finetune(students, groups, head, data, 150, _cfg(lr=1e-2), fcfg, torch.device("cpu"), seed=0)
     assert fused_accuracy() >= max(0.9, acc0 + 0.3)
     for s, b in zip(students, before):  # every sub-model moved, and is left in eval mode

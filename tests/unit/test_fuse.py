@@ -91,7 +91,8 @@ def test_peer_gets_k_sub_models_steps_and_stays_within_the_budget():
                             torch.device("cpu"), seed=0)
     assert info["params"] <= budget and peer.num_classes == 4
     assert info["train_steps"] == 3 * (3 * 1 + 4)  # K x (recovery between the 2 prune steps + fine-tune)
-    one = recipe_mod.validate({**{k: recipe[k] for k in ("prune", "finetune")}, "peer": {"compute": "submodel"}})
+    same = {k: recipe.to_dict()[k] for k in ("prune", "finetune")}
+    one = recipe_mod.validate({**same, "peer": {"compute": "submodel"}})
     _, info1 = build_peer(teacher, distill.TrainSet(x, y, t, feats), x[:16], y[:16], one, budget, 3,
                           torch.device("cpu"), seed=0)
     assert info1["train_steps"] == 3 * 1 + 4
