@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import EdvitError
 from ..config.recipe import Recipe
 from . import checkpoint, distill, fuse, partition
 from .build import write_build
@@ -165,8 +166,13 @@ def compile_build(recipe: Recipe, out_dir: str, bars=None, peer: bool = False, r
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    with autocast_for(device):
-        trained = _train_stages(recipe, bars, peer, device, partial, jobs)
+    try:
+        with autocast_for(device):
+            trained = _train_stages(recipe, bars, peer, device, partial, jobs)
+    except EdvitError:
+        if partial.empty():  # a user error before any sub-model was trained: leave nothing behind
+            partial.done()
+        raise
     result = write_build(recipe, out_dir, bars, trained)
     partial.done()
     return result

@@ -55,6 +55,10 @@ class Partial:
         self.dir, self.key, self.log = partial_dir(out_dir), fingerprint(recipe), (lambda s: None)
         return self
 
+    def empty(self) -> bool:
+        """Nothing trained yet (only the fingerprint)."""
+        return not os.path.isdir(self.dir) or set(os.listdir(self.dir)) <= {"state.json"}
+
     def has(self, name: str) -> bool:
         return os.path.isfile(os.path.join(self.dir, f"{name}.json"))
 

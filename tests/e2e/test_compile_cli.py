@@ -113,7 +113,8 @@ def test_bad_recipes_give_one_clear_line_and_no_build(tmp_path, tiny_ckpt, capsy
         ({"prune__critrion": "x"}, ["unknown key prune.critrion"]),
         ({"split__groups": "four"}, ["split.groups must be an integer"]),
         ({"prune__target": {"params_ratio": 1.5}}, ["prune.target.params_ratio must be in (0, 1], got 1.5"]),
-        ({"split__groups": 11}, ["split.groups must be between 1 and the number of classes (10), got 11"]),
+        ({"split__groups": 11}, ["split.groups must be between 2 and the number of classes (10), got 11"]),
+        ({"split__groups": 1}, ["split.groups: 1 gives no ensemble", "compile --peer"]),
         ({"model__checkpoint": str(tmp_path / "nope.pt")}, ["nope.pt: checkpoint file not found"]),
         ({"model__name": "resnet18", "model__kwargs": {"num_classes": 10}}, ["not a timm VisionTransformer"]),
         ({"model__kwargs": dict(KW, embed_dim=96, num_heads=4)}, ["tensor", "has shape", "expects"]),
@@ -122,7 +123,7 @@ def test_bad_recipes_give_one_clear_line_and_no_build(tmp_path, tiny_ckpt, capsy
     for extra, needles in cases:
         recipe = _recipe(tmp_path, tiny_ckpt, **extra)
         _expect_error(capsys, ["compile", "--recipe", str(recipe), "--out", str(out)], *needles)
-        assert not out.exists()
+        assert not out.exists() and not (tmp_path / "out.partial").exists()
         assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
 
