@@ -16,11 +16,8 @@ STRATEGIES = ("balanced", "similarity")
 
 
 def group_sizes(num_classes: int, k: int) -> list[int]:
-    if k == 1:
-        raise RecipeError("split.groups: 1 gives no ensemble to build; use 2 or more (-k), and for one class-agnostic "
-                          "pruned ViT of the same size see the peer that `compile --peer` reports")
     if k < 1 or k > num_classes:
-        raise RecipeError(f"split.groups must be between 2 and the number of classes ({num_classes}), got {k}")
+        raise RecipeError(f"split.groups must be between 1 and the number of classes ({num_classes}), got {k}")
     base, extra = divmod(num_classes, k)
     return [base + (1 if i < extra else 0) for i in range(k)]
 

@@ -194,6 +194,10 @@ def prepare(recipe: Recipe, device, bars=None, for_worker: bool = False,
     surgery.check_supported(model)
     n_cls = model.num_classes
     k = recipe.split.groups
+    if k == 1:
+        from ..errors import RecipeError
+        raise RecipeError("split.groups: 1 gives no ensemble to build; use 2 or more (-k), and for one "
+                          "class-agnostic pruned ViT of the same size see the peer that `compile --peer` reports")
     partition.group_sizes(n_cls, k)  # fail on K > N before any work
     spec = input_spec(model, recipe.data)
     log = bars.log if bars else (lambda s: None)

@@ -113,7 +113,7 @@ def test_bad_recipes_give_one_clear_line_and_no_build(tmp_path, tiny_ckpt, capsy
         ({"prune__critrion": "x"}, ["unknown key prune.critrion"]),
         ({"split__groups": "four"}, ["split.groups must be an integer"]),
         ({"prune__target": {"params_ratio": 1.5}}, ["prune.target.params_ratio must be in (0, 1], got 1.5"]),
-        ({"split__groups": 11}, ["split.groups must be between 2 and the number of classes (10), got 11"]),
+        ({"split__groups": 11}, ["split.groups must be between 1 and the number of classes (10), got 11"]),
         ({"split__groups": 1}, ["split.groups: 1 gives no ensemble", "compile --peer"]),
         ({"model__checkpoint": str(tmp_path / "nope.pt")}, ["nope.pt: checkpoint file not found"]),
         ({"model__name": "resnet18", "model__kwargs": {"num_classes": 10}}, ["not a timm VisionTransformer"]),

@@ -13,7 +13,7 @@ def test_balanced_is_contiguous_with_sizes_differing_by_at_most_one():
 
 
 def test_k_larger_than_the_class_count_is_a_recipe_error():
-    with pytest.raises(RecipeError, match=r"split.groups must be between 2 and the number of classes \(3\), got 4"):
+    with pytest.raises(RecipeError, match=r"split.groups must be between 1 and the number of classes \(3\), got 4"):
         P.partition("balanced", 3, 4)
 
 
