@@ -171,15 +171,16 @@ def _pp(v) -> str:
 
 def render_accuracy(d: dict) -> list[str]:
     lines = []
-    for label, run in (d.get("runs") or {}).items():
+    for label, run in reversed(list((d.get("runs") or {}).items())):  # newest run first
         rows = [[r["task"], r["k"], f"{100 * r['params_ratio']:.1f} %", _pp(r["original"]), _pp(r["fused"]),
                  _pp(r.get("fused_onnx_fp32")), _pp(r.get("fused_onnx_int8")), _pp(r.get("peer")),
                  _f(None if r.get("peer") is None else 100 * (r["fused"] - r["peer"]), "+.2f"),
-                 _f(100 * (r["fused"] - r["original"]), "+.2f")]
-                for r in run.get("rows") or []]
+                 _f(100 * (r["fused"] - r["original"]), "+.2f"),
+                 _f(r.get("ensemble_seconds"), ".0f"), _f(r.get("peer_seconds"), ".0f")]
+                for r in sorted(run.get("rows") or [], key=lambda r: (r["k"], r["params_ratio"], r["task"]))]
         lines += [f"Run `{label}`" + (f" (overrides {run['overrides']})" if run.get("overrides") else "") + ":", ""]
         lines += _table(["task", "K", "params", "original", "fused", "onnx fp32", "onnx int8", "peer",
-                         "fused − peer (pp)", "fused − original (pp)"], rows) + [""]
+                         "fused − peer (pp)", "fused − original (pp)", "ensemble s", "peer s"], rows) + [""]
     return lines
 
 
@@ -200,8 +201,8 @@ def render_ablate(d: dict) -> list[str]:
         if "peer_test" in r:
             continue
         pick = max((k for k in kinds if f"{k}_val" in r), key=lambda k: r[f"{k}_val"])
-        peer = own.get((r["task"], r["k"], r["ratio"], r["variant"]),
-                       peers.get((r["task"], r["k"], r["ratio"], data_key(r))))
+        peer = r.get("peer_test_ref", own.get((r["task"], r["k"], r["ratio"], r["variant"]),
+                                              peers.get((r["task"], r["k"], r["ratio"], data_key(r)))))
         rows.append([r["task"], r["k"], f"{100 * r['ratio']:.1f} %", r.get("labels") or r["variant"], pick,
                      _pp(r[f"{pick}_test"]), _pp(peer), _f(None if peer is None else 100 * (r[f"{pick}_test"] - peer),
                                                          "+.2f"), _pp(r.get("orig_test"))])
