@@ -272,6 +272,13 @@ def predict(model, x: torch.Tensor, device: torch.device, batch_size: int = 256)
     return torch.cat(outs)
 
 
+def val_accuracy(x: torch.Tensor, y: torch.Tensor, device):
+    """score(student) -> its top-1 accuracy on (x, y): the early-stopping criterion of class-agnostic students."""
+    def score(student) -> float:
+        return accuracy(predict(student, x, device)[0], y)
+    return score
+
+
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y).float().mean())
 

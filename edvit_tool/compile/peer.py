@@ -22,20 +22,17 @@ def build_peer(model, train: distill.TrainSet, val_x: torch.Tensor, val_y: torch
                params_budget: int, k: int, device, seed: int, bars=None, val_name: str = "validation"):
     """(peer timm ViT, report entry). `val_x/val_y` pick the early-stopping checkpoint (never the test set)."""
     from .build import state_bytes
-    from .pipeline import prune_and_finetune
+    from .pipeline import prune_and_finetune, train_steps
 
     t0 = time.perf_counter()
     n_cls = train.t_logits.shape[1]
     compute = float(k) if recipe.peer.compute == "ensemble" else 1.0
 
-    def validate(student) -> float:
-        return distill.accuracy(distill.predict(student, val_x, device)[0], val_y)
-
+    validate = distill.val_accuracy(val_x, val_y, device)
     student = prune_and_finetune(model, list(range(n_cls)), train, recipe, params_budget, device, seed, bars,
                                  label="peer", compute=compute, validate=validate)
     peer = student.model.eval()
-    pr, ft = recipe.prune, recipe.finetune
-    steps = int(round(pr.recovery_steps * compute)) * (pr.steps - 1) + int(round(ft.steps * compute))
+    steps = train_steps(recipe, compute)
     info = {"params": surgery.count_params(peer), "bytes": state_bytes(peer), "params_budget": params_budget,
             "compute": recipe.peer.compute, "train_steps": steps, "early_stopping": val_name,
             "validation_accuracy": validate(student), "seconds": time.perf_counter() - t0}

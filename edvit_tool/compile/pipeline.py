@@ -7,6 +7,7 @@ driver only parses flags and prints. The build is staged in a temp dir and renam
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from types import SimpleNamespace
 
@@ -127,17 +128,17 @@ def joint_phase(recipe: Recipe, st: SimpleNamespace, students: list, partial, de
         head.load_state_dict(partial.load_tensors("joint-fusion"))
         return head.eval()
     advance = bars.task("joint fine-tune (all sub-models + fusion)", steps) if bars else None
-    validate, evals = None, recipe.peer.evals if ft.early_stopping else 0
-    if evals:
-        val = st.data.val
+    evals = recipe.peer.evals if ft.early_stopping else 0
+    val = st.data.val
 
-        def validate() -> float:  # the fused head's accuracy on the validation split
-            feats = [distill.predict(surgery.SubModelWrapper(s.model), val.x, device)[0] for s in students]
-            with torch.no_grad():
-                head.eval()
-                return distill.accuracy(head(torch.cat(feats, 1).to(device)).cpu(), val.y)
+    def fused_val_accuracy() -> float:  # the early-stopping criterion: the fused head on the validation split
+        feats = [distill.predict(surgery.SubModelWrapper(s.model), val.x, device)[0] for s in students]
+        with torch.no_grad():
+            head.eval()
+            return distill.accuracy(head(torch.cat(feats, 1).to(device)).cpu(), val.y)
     distill.joint_finetune(students, st.groups, head, st.train, steps, ft, fcfg, device, st.seed + 11, advance,
-                           validate=validate, eval_every=max(1, steps // evals) if evals else 0)
+                           validate=fused_val_accuracy if evals else None,
+                           eval_every=max(1, steps // evals) if evals else 0)
     for gi, n in enumerate(names):
         partial.save(n, students[gi])
     partial.save_tensors("joint-fusion", head.state_dict())
@@ -250,13 +251,17 @@ def shared_trunk_plan(recipe: Recipe, k: int, params_target: int | None):
     return k * frac / size, int(params_target * size)
 
 
+def train_steps(recipe: Recipe, compute: float, fine_share: float = 1.0) -> int:
+    """Steps of one prune_and_finetune run at `compute` budgets: its recoveries plus `fine_share` of its fine-tune."""
+    pr, ft = recipe.prune, recipe.finetune
+    return int(round(pr.recovery_steps * compute)) * (pr.steps - 1) + int(round(ft.steps * compute * fine_share))
+
+
 def compute_units(recipe: Recipe, k: int, params_target: int | None) -> dict:
     """Training steps of the ensemble and of the peer, counted in sub-model-sized steps (a step of a model
     shared_size x bigger counts shared_size; a joint step counts K): what "the same compile compute" means."""
     pr, ft = recipe.prune, recipe.finetune
-
-    def run(compute: float, fine_share: float = 1.0) -> int:
-        return int(round(pr.recovery_steps * compute)) * (pr.steps - 1) + int(round(ft.steps * compute * fine_share))
+    run = functools.partial(train_steps, recipe)
     trunk = shared_trunk_plan(recipe, k, params_target)
     share = group_share(recipe, k, params_target)
     joint = ft.joint_fraction if k > 1 else 0.0
@@ -279,12 +284,8 @@ def train_trunk(st: SimpleNamespace, recipe: Recipe, device, bars=None) -> disti
     biggest = max(st.params_targets) if st.params_target is not None else None
     compute, params = shared_trunk_plan(recipe, st.k, biggest)
     seed_everything(st.seed + 500)
-    validate = None
-    if recipe.finetune.early_stopping:  # class-agnostic like the peer: the same early stopping as the peer
-        val = st.data.val
-
-        def validate(student) -> float:
-            return distill.accuracy(distill.predict(student, val.x, device)[0], val.y)
+    # class-agnostic like the peer: the same early stopping as the peer
+    validate = distill.val_accuracy(st.data.val.x, st.data.val.y, device) if recipe.finetune.early_stopping else None
     return prune_and_finetune(st.model, list(range(st.n_cls)), st.train, recipe, params, device, st.seed + 500,
                               bars, label="trunk", compute=compute, validate=validate)
 
