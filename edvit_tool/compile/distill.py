@@ -15,7 +15,8 @@ the embedding when it is pruned, see `Student.prune`):
 
 Batches are class-balanced: a share of "other" images, the rest spread evenly over the group's classes —
 otherwise a sub-model learns to answer "other" for everything (and long-tailed data stays long-tailed).
-`TrainSet.take` is the one place the loops read images and teacher targets.
+`TrainSet.stream` is the one place the loops read training images and teacher targets (`take` for importance
+batches: plain images, cached teacher outputs).
 """
 
 from __future__ import annotations
@@ -71,13 +72,13 @@ def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 1) -> torch.Tensor
 
 @dataclasses.dataclass
 class TrainSet:
-    """Training images with the teacher's outputs on them. `take` is the one place loops read data, so a
-    streaming loader (decode + augment per step, teacher on the fly) can replace it."""
+    """Training images with the teacher's outputs on them (computed once, on the plain images)."""
     x: torch.Tensor
     y: torch.Tensor                        # original class ids
     t_logits: torch.Tensor                 # teacher logits [M, N]
     t_feats: torch.Tensor | None = None    # teacher pooled features [M, E] (feature distillation)
-    pad: int = 1                           # augmentation: random shift
+    pad: int = 1                           # default augmentation: random shift
+    augmenter: object | None = None        # augment.Augmenter: timm training transform, teacher on the fly
 
     def __len__(self) -> int:
         return len(self.y)
@@ -88,6 +89,16 @@ class TrainSet:
             xb = augment(xb, gen, self.pad)
         tf = None if self.t_feats is None else self.t_feats[idx]
         return xb, self.y[idx], self.t_logits[idx], tf
+
+    def stream(self, next_batch, steps: int, seed: int):
+        """`steps` training batches (x, y, teacher logits, teacher features), indices from `next_batch()`:
+        shifted plain images with the cached teacher outputs, or the augmenter's batches."""
+        if self.augmenter is not None:
+            yield from self.augmenter.stream([next_batch() for _ in range(steps)], self.y, seed)
+            return
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            yield self.take(next_batch(), gen)
 
 
 class BalancedBatches:
@@ -215,13 +226,10 @@ def distill_finetune(student: Student, data: TrainSet, group: list[int], steps: 
     sched = _schedule(opt, steps, lr, cfg.warmup_fraction)
     y_rel_all = relabel(data.y, group, n_cls)
     batches = BalancedBatches(y_rel_all, len(group), cfg.batch_size, cfg.other_fraction, seed)
-    gen = torch.Generator().manual_seed(seed + 1)
     temp = cfg.temperature
     feat_scale = float(data.t_feats.pow(2).mean()) + 1e-8 if data.t_feats is not None else 1.0
     best = (-math.inf, None)
-    for i in range(1, steps + 1):
-        idx = batches()
-        xb, yb, tl, tf = data.take(idx, gen)
+    for i, (xb, yb, tl, tf) in enumerate(data.stream(batches, steps, seed + 1), 1):
         tg = group_teacher_logits(tl, group, temp, cfg.other_target)
         out = student(xb.to(device))
         loss = distill_loss(out, yb.to(device), relabel(yb, group, n_cls).to(device), tl.to(device),
@@ -306,14 +314,12 @@ def joint_finetune(students: list[Student], groups: list[list[int]], head: nn.Mo
     sched = _schedule(opt, steps, lr, cfg.warmup_fraction)
     # class-balanced over every class: each sub-model meets its group and "other" as the fused model does
     batches = BalancedBatches(data.y, n_cls, cfg.batch_size, 0.0, seed)
-    gen = torch.Generator().manual_seed(seed + 1)
+    gen = torch.Generator().manual_seed(seed + 2)  # sub-model dropout
     temp, kd_w = cfg.temperature, cfg.kd_weight
     feat_scale = float(data.t_feats.pow(2).mean()) + 1e-8 if data.t_feats is not None else 1.0
     dims = list(head.input_dims)
     best = (-math.inf, None)
-    for i in range(1, steps + 1):
-        idx = batches()
-        xb, yb, tl, tf = data.take(idx, gen)
+    for i, (xb, yb, tl, tf) in enumerate(data.stream(batches, steps, seed + 1), 1):
         xb, yb, tl = xb.to(device), yb.to(device), tl.to(device)
         tf = None if tf is None else tf.to(device)
         loss, feats = 0.0, []
@@ -325,7 +331,7 @@ def joint_finetune(students: list[Student], groups: list[list[int]], head: nn.Mo
             feats.append(f)
         fused_in = torch.cat(feats, 1)
         if fusion_cfg.submodel_dropout > 0 and len(dims) > 1:
-            fused_in = fused_in * submodel_dropout_mask(len(idx), dims, fusion_cfg.submodel_dropout,
+            fused_in = fused_in * submodel_dropout_mask(len(yb), dims, fusion_cfg.submodel_dropout,
                                                         gen).to(device)
         fused = head(fused_in)
         fused_loss = (1 - kd_w) * F.cross_entropy(fused, yb, label_smoothing=0.05) + kd_w * _kd(fused, tl, temp)

@@ -201,6 +201,9 @@ def prepare(recipe: Recipe, device, bars=None, for_worker: bool = False,
                           "class-agnostic pruned ViT of the same size see the peer that `compile --peer` reports")
     partition.group_sizes(n_cls, k)  # fail on K > N before any work
     spec = input_spec(model, recipe.data)
+    if recipe.finetune.augment is not None:  # bad settings: one error line before the data is read
+        from .transforms import train_transform
+        train_transform(spec, recipe.finetune.augment, where="recipe finetune.augment")
     log = bars.log if bars else (lambda s: None)
     data = load_data(recipe, spec, n_cls, bars)
     log(f"data: {len(data.finetune)} fine-tune / {len(data.fusion)} fusion / {len(data.val)} validation"
@@ -236,6 +239,10 @@ def prepare(recipe: Recipe, device, bars=None, for_worker: bool = False,
     ft = recipe.finetune
     t_feats = f_ft if ft.feature_weight > 0 else None
     train = distill.TrainSet(data.finetune.x, data.finetune.y, t_ft, t_feats)
+    if ft.augment is not None:
+        from .augment import Augmenter
+        train.augmenter = Augmenter(data.finetune.x, spec, ft.augment, model, device, recipe.data.workers,
+                                    features=t_feats is not None)
     return SimpleNamespace(**locals())
 
 

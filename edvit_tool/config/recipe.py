@@ -175,6 +175,10 @@ class FinetuneCfg(Section):
     feature_weight: float = F(1.0, NONNEG)   # distil the original's pooled features
     warmup_fraction: float = F(0.05, _num(0, 0.5))
     clip_grad: float = F(1.0, NONNEG)        # 0 = no clipping
+    # timm's training transform on every training batch (random-resized-crop, flip, RandAugment...: keys of
+    # transforms.TRAIN_DEFAULTS, {} = timm's defaults) with the teacher run on the augmented batch; null = a
+    # 1-px shift and the teacher's outputs cached per image
+    augment: dict | None = F(None)
     # share of each sub-model's fine-tune steps spent in the joint phase: all sub-models + the fusion MLP
     # trained together on the fused loss (one joint step = K sub-model steps, so compute is unchanged)
     joint_fraction: float = F(1.0, _num(0, 1))

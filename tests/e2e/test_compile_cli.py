@@ -97,6 +97,21 @@ def test_same_seed_gives_the_same_build(tmp_path, tiny_ckpt):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+def test_compile_with_timm_training_augmentation(tmp_path, tiny_ckpt, capsys):
+    """finetune.augment: random-resized-crop + RandAugment batches from DataLoader workers, teacher on the fly,
+    for the trunk, the sub-models, the joint phase and the peer."""
+    aug = {"scale": [0.6, 1.0], "hflip": False, "auto_augment": "rand-m5-mstd0.5"}
+    recipe = _recipe(tmp_path, tiny_ckpt, split__groups=2, finetune__augment=aug, data__workers=1,
+                     data__eval_samples=100)
+    out = tmp_path / "build"
+    assert main(["compile", "--recipe", str(recipe), "--out", str(out), "--json", "--peer"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0 < report["fused"]["accuracy"] <= 1 and "peer" in report
+    resolved = yaml.safe_load((out / "recipe.resolved.yaml").read_text())
+    assert resolved["finetune"]["augment"] == aug
+
+
 def _expect_error(capsys, argv, *needles):
     code = main(argv)
     err = capsys.readouterr().err
@@ -119,6 +134,7 @@ def test_bad_recipes_give_one_clear_line_and_no_build(tmp_path, tiny_ckpt, capsy
         ({"model__name": "resnet18", "model__kwargs": {"num_classes": 10}}, ["not a timm VisionTransformer"]),
         ({"model__kwargs": dict(KW, embed_dim=96, num_heads=4)}, ["tensor", "has shape", "expects"]),
         ({"model__name": "vit_does_not_exist"}, ["unknown timm model 'vit_does_not_exist'"]),
+        ({"finetune__augment": {"flip": True}}, ["finetune.augment: unknown setting(s) flip", "hflip"]),
     ]
     for extra, needles in cases:
         recipe = _recipe(tmp_path, tiny_ckpt, **extra)
