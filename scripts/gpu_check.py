@@ -58,7 +58,8 @@ def main() -> int:
                     "workers": 8 if device == "cuda" else 1, "check_labels": not a.cpu_dry_run},
            "split": {"groups": 4},
            "prune": {"steps": 2, "recovery_steps": max(5, a.steps // 4), "importance_batches": 2},
-           "finetune": {"steps": a.steps, "batch_size": 64},
+           # timm training transform in DataLoader workers, teacher on the augmented batch (on the GPU)
+           "finetune": {"steps": a.steps, "batch_size": 64, "augment": {"scale": [0.35, 1.0]}},
            "fusion": {"steps": 200, "augment_views": 1},
            "export": {"formats": ["onnx"], "quant": ["fp32"], "simplify": "none"}}
     t = time.perf_counter()

@@ -1,4 +1,4 @@
-"""`compile --jobs N`: train the groups' sub-models in N worker processes.
+"""`compile --jobs N`: train the groups' sub-models in N processes (this one and N - 1 workers).
 
 Each worker is `python -m edvit_tool.compile.jobs` on the same resolved recipe and --out: it loads the model and
 data itself (an image folder's decoded-pixel cache is already there), trains its share of the groups with
@@ -29,9 +29,11 @@ def _cpu_threads(recipe: Recipe) -> int:
 
 
 def train_groups_in_workers(recipe: Recipe, partial, group_ids: list[int], jobs: int, device, bars=None,
-                            teacher=None) -> None:
+                            teacher=None, train_here=None) -> None:
     """`teacher`: the main process's TeacherOutputs; handed to the workers through the partial dir so that none
-    of them repeats the teacher pass over the fine-tune split."""
+    of them repeats the teacher pass over the fine-tune split. `train_here(gi)`: trains and saves group gi in
+    this process — the main process then takes the first share itself (with a worker's thread count) instead of
+    idling, so only jobs - 1 workers pay a start-up."""
     if not group_ids:
         return
     if teacher is not None and not partial.has_tensors(TEACHER):
@@ -46,8 +48,9 @@ def train_groups_in_workers(recipe: Recipe, partial, group_ids: list[int], jobs:
     with os.fdopen(fd, "w") as f:
         json.dump(recipe.to_dict(), f)
     procs = []
+    local = shares.pop(0) if train_here is not None else []
     try:
-        for w, share in enumerate(shares):
+        for w, share in enumerate(shares, start=1 if local else 0):
             env = dict(os.environ)
             if gpus > 1:
                 env["CUDA_VISIBLE_DEVICES"] = str(w % gpus)
@@ -55,8 +58,18 @@ def train_groups_in_workers(recipe: Recipe, partial, group_ids: list[int], jobs:
                    ",".join(map(str, share)), str(per_thread), device.type]
             procs.append((share, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                                   text=True)))
-        advance = bars.task(f"sub-models in {jobs} worker processes", len(group_ids)) if bars else None
-        done = 0
+        if local:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(per_thread)
+            try:
+                for gi in local:
+                    train_here(gi)
+            finally:
+                torch.set_num_threads(threads)
+        advance = bars.task(f"sub-models in {len(procs)} worker process(es)", len(group_ids)) if bars else None
+        done = sum(partial.has(f"g{gi}") for gi in group_ids) if bars else 0
+        if advance and done:
+            advance(done)
         while any(p.poll() is None for _, p in procs):
             now = sum(partial.has(f"g{gi}") for gi in group_ids)
             if advance and now > done:

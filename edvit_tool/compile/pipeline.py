@@ -325,8 +325,11 @@ def _train_stages(recipe: Recipe, bars, peer: bool, device, partial, jobs: int =
     if jobs > 1:
         from .jobs import train_groups_in_workers
 
+        def train_here(gi: int) -> None:
+            partial.save(f"g{gi}", train_group(st, gi, recipe, device, bars, trunk))
+
         train_groups_in_workers(recipe, partial, [gi for gi in range(len(groups)) if not partial.has(f"g{gi}")],
-                                jobs, device, bars, teacher=st.teacher)
+                                jobs, device, bars, teacher=st.teacher, train_here=train_here)
     students = []
     for gi, group in enumerate(groups):
         student = partial.load(f"g{gi}", m.name, m.kwargs)
