@@ -161,8 +161,19 @@ def render_scale(d: dict) -> list[str]:
     rows = [[r["images"], _f(r["peak_rss_bytes"] / 2 ** 30, ".2f", " GiB"), r.get("seconds", "—")]
             for r in d.get("compile") or []]
     tp = d.get("throughput") or {}
-    return _table(["images", "peak RSS", "compile s"], rows) + [
+    out = _table(["images", "peak RSS", "compile s"], rows) + [
         "", f"Fine-tune throughput, ours ÷ a plain timm loop: {_f(tp.get('ratio'), '.3f')}. {d.get('model', '')}."]
+    jobs = [(name, j) for name, j in (d.get("jobs_seconds") or {}).items() if isinstance(j, dict)]
+    if jobs:
+        stage = [[name, j.get("method", "—"), *(j[k]["prune_finetune_seconds"] for k in
+                                                ("jobs1_threads1", "jobs2_threads2", "jobs1_threads2")),
+                  _f(j["stage_ratio_jobs2_vs_jobs1_1thread"]), _f(j["stage_ratio_jobs2_vs_jobs1_2threads"])]
+                 for name, j in jobs]
+        out += ["", "Prune+fine-tune stage seconds with `compile --jobs` (target: --jobs 2 ÷ --jobs 1 ≤ 0.6, and "
+                "≤ 1 against one process with 2 threads):", ""]
+        out += _table(["recipe", "method", "jobs 1 (1 thread)", "jobs 2 (1 each)", "jobs 1 (2 threads)",
+                       "÷ jobs 1", "÷ 2 threads"], stage)
+    return out
 
 
 def _pp(v) -> str:
