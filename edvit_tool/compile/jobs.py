@@ -28,74 +28,105 @@ def _cpu_threads(recipe: Recipe) -> int:
     return recipe.threads or torch.get_num_threads()
 
 
-def train_groups_in_workers(recipe: Recipe, partial, group_ids: list[int], jobs: int, device, bars=None,
-                            teacher=None, train_here=None) -> None:
-    """`teacher`: the main process's TeacherOutputs; handed to the workers through the partial dir so that none
-    of them repeats the teacher pass over the fine-tune split. `train_here(gi)`: trains and saves group gi in
-    this process — the main process then takes the first share itself (with a worker's thread count) instead of
-    idling, so only jobs - 1 workers pay a start-up."""
-    if not group_ids:
-        return
-    if teacher is not None and not partial.has_tensors(TEACHER):
-        partial.save_tensors(TEACHER, {"features": teacher.features, "logits": teacher.logits})
-    import torch
+class WorkerPool:
+    """The N - 1 worker processes of `compile --jobs N`, started before the teacher pass so that their start-up
+    (torch import, model, data) overlaps the main process's work instead of the prune+fine-tune stage. A worker
+    waits for the teacher's outputs (`hand_teacher`) and, when the recipe has one, the shared trunk in the
+    partial dir, then trains its share. `finish(train_here)` trains the first share in this process and waits
+    for the rest. Use as a context manager: leaving it (an error, Ctrl-C) kills what still runs."""
 
-    jobs = min(jobs, len(group_ids))
-    shares = [group_ids[i::jobs] for i in range(jobs)]
-    per_thread = max(1, _cpu_threads(recipe) // jobs)
-    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    fd, recipe_path = tempfile.mkstemp(prefix="edvit-jobs-", suffix=".json", dir=partial.dir)
-    with os.fdopen(fd, "w") as f:
-        json.dump(recipe.to_dict(), f)
-    procs = []
-    local = shares.pop(0) if train_here is not None else []
-    try:
-        for w, share in enumerate(shares, start=1 if local else 0):
+    def __init__(self, recipe: Recipe, partial, jobs: int, device):
+        import torch
+
+        self.partial = partial
+        self.group_ids = [gi for gi in range(recipe.split.groups) if not partial.has(f"g{gi}")]
+        jobs = max(1, min(jobs, len(self.group_ids)))
+        shares = [self.group_ids[i::jobs] for i in range(jobs)]
+        self.local = shares.pop(0) if shares else []
+        self.per_thread = max(1, _cpu_threads(recipe) // jobs)
+        gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+        self.procs = []
+        self.recipe_path = None
+        if not shares:
+            return
+        fd, self.recipe_path = tempfile.mkstemp(prefix="edvit-jobs-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(recipe.to_dict(), f)
+        for w, share in enumerate(shares, start=1):
             env = dict(os.environ)
             if gpus > 1:
                 env["CUDA_VISIBLE_DEVICES"] = str(w % gpus)
-            cmd = [sys.executable, "-m", "edvit_tool.compile.jobs", recipe_path, partial.dir,
-                   ",".join(map(str, share)), str(per_thread), device.type]
-            procs.append((share, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                                  text=True)))
-        if local:
+            cmd = [sys.executable, "-m", "edvit_tool.compile.jobs", self.recipe_path, partial.dir,
+                   ",".join(map(str, share)), str(self.per_thread), device.type, str(os.getpid())]
+            self.procs.append((share, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                                       stderr=subprocess.PIPE, text=True)))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def hand_teacher(self, teacher) -> None:
+        """The main process's teacher outputs on the fine-tune split, for the workers (none repeats the pass)."""
+        if self.procs and not self.partial.has_tensors(TEACHER):
+            self.partial.save_tensors(TEACHER, {"features": teacher.features, "logits": teacher.logits})
+
+    def finish(self, train_here, bars=None) -> None:
+        """Train the first share here (with a worker's thread count), then wait for the workers."""
+        import torch
+
+        if self.local:
             threads = torch.get_num_threads()
-            torch.set_num_threads(per_thread)
+            torch.set_num_threads(self.per_thread)
             try:
-                for gi in local:
+                for gi in self.local:
                     train_here(gi)
             finally:
                 torch.set_num_threads(threads)
-        advance = bars.task(f"sub-models in {len(procs)} worker process(es)", len(group_ids)) if bars else None
-        done = sum(partial.has(f"g{gi}") for gi in group_ids) if bars else 0
+        if not self.procs:
+            return
+        partial, ids = self.partial, self.group_ids
+        advance = bars.task(f"sub-models in {len(self.procs)} worker process(es)", len(ids)) if bars else None
+        done = sum(partial.has(f"g{gi}") for gi in ids)
         if advance and done:
             advance(done)
-        while any(p.poll() is None for _, p in procs):
-            now = sum(partial.has(f"g{gi}") for gi in group_ids)
+        while any(p.poll() is None for _, p in self.procs):
+            now = sum(partial.has(f"g{gi}") for gi in ids)
             if advance and now > done:
                 advance(now - done)
                 done = now
             time.sleep(0.5)
-        failed = [(share, p) for share, p in procs if p.returncode != 0]
+        failed = [(share, p) for share, p in self.procs if p.returncode != 0]
         if failed:
             share, p = failed[0]
             lines = [ln for ln in (p.stderr.read() or "").strip().splitlines() if ln.strip()]
             raise EdvitError(f"compile --jobs: the worker training groups {share} failed: "
                              f"{lines[-1] if lines else f'exit {p.returncode}'}")
-    finally:
-        for _, p in procs:
+
+    def close(self) -> None:
+        for _, p in self.procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        os.remove(recipe_path)
+        if self.recipe_path and os.path.exists(self.recipe_path):
+            os.remove(self.recipe_path)
+
+
+def _wait_for(ready, parent: int, what: str) -> None:
+    """Poll until ready(); a worker whose compile died (its parent is gone) stops instead of waiting forever."""
+    while not ready():
+        if os.getppid() != parent:
+            raise EdvitError(f"compile --jobs: the main process stopped before handing over {what}")
+        time.sleep(0.2)
 
 
 def main(argv: list[str]) -> int:
-    recipe_path, partial_dir, groups, threads, device_type = argv
+    recipe_path, partial_dir, groups, threads, device_type, parent = argv
     import torch
 
     from .checkpoint import resolve_device
-    from .pipeline import autocast_for, prepare, train_group
+    from .pipeline import autocast_for, prepare, shared_trunk_plan, train_group
     from .resume import Partial
     from .teacher import TeacherOutputs
 
@@ -107,12 +138,13 @@ def main(argv: list[str]) -> int:
     out_dir = partial_dir[:-len(".partial")]
     partial = Partial.attach(out_dir, recipe)
     with autocast_for(device):
-        teacher = None
-        if partial.has_tensors(TEACHER):
-            t = partial.load_tensors(TEACHER)
-            teacher = TeacherOutputs(t["features"], t["logits"], None, None)
-        st = prepare(recipe, device, for_worker=True, teacher=teacher)
-        trunk = partial.load("trunk", recipe.model.name, recipe.model.kwargs)  # None: no shared trunk
+        _wait_for(lambda: partial.has_tensors(TEACHER), int(parent), "the teacher's outputs")
+        t = partial.load_tensors(TEACHER)
+        st = prepare(recipe, device, for_worker=True, teacher=TeacherOutputs(t["features"], t["logits"], None, None))
+        trunk = None
+        if shared_trunk_plan(recipe, st.k, st.params_target) is not None:
+            _wait_for(lambda: partial.has("trunk"), int(parent), "the shared trunk")
+            trunk = partial.load("trunk", recipe.model.name, recipe.model.kwargs)
         for gi in (int(g) for g in groups.split(",")):
             if not partial.has(f"g{gi}"):
                 partial.save(f"g{gi}", train_group(st, gi, recipe, device, trunk=trunk))

@@ -6,6 +6,7 @@ driver only parses flags and prints. The build is staged in a temp dir and renam
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import time
@@ -160,6 +161,7 @@ def compile_build(recipe: Recipe, out_dir: str, bars=None, peer: bool = False, r
                   jobs: int = 1) -> SimpleNamespace:
     """Compile `recipe` into `out_dir`. Finished sub-models are kept in `<out_dir>.partial/`; `resume` continues
     from them after a crash or Ctrl-C."""
+    from .jobs import WorkerPool
     from .resume import Partial
 
     device = checkpoint.resolve_device(recipe.device)
@@ -168,8 +170,10 @@ def compile_build(recipe: Recipe, out_dir: str, bars=None, peer: bool = False, r
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     try:
-        with autocast_for(device):
-            trained = _train_stages(recipe, bars, peer, device, partial, jobs)
+        # --jobs: the workers start now, so their start-up overlaps the data and teacher pass
+        with autocast_for(device), (WorkerPool(recipe, partial, jobs, device) if jobs > 1 else
+                                    contextlib.nullcontext()) as pool:
+            trained = _train_stages(recipe, bars, peer, device, partial, pool)
     except EdvitError:
         if partial.empty():  # a user error before any sub-model was trained: leave nothing behind
             partial.done()
@@ -307,9 +311,12 @@ def train_group(st: SimpleNamespace, gi: int, recipe: Recipe, device, bars=None,
                               st.seed + 1000 * (gi + 1), bars, label=f"g{gi}", compute=compute, start=trunk)
 
 
-def _train_stages(recipe: Recipe, bars, peer: bool, device, partial, jobs: int = 1) -> SimpleNamespace:
+def _train_stages(recipe: Recipe, bars, peer: bool, device, partial, pool=None) -> SimpleNamespace:
+    """`pool`: the --jobs WorkerPool (None: every group trains here)."""
     t_start = time.perf_counter()
     st = prepare(recipe, device, bars)
+    if pool is not None:
+        pool.hand_teacher(st.teacher)
     model, data, t_ft, groups, params_target = st.model, st.data, st.t_ft, st.groups, st.params_target
     m, n_cls, orig_params, spec, seed, k, train = st.m, st.n_cls, st.orig_params, st.spec, st.seed, st.k, st.train
     t_fu, t_va = st.t_fu, st.t_va
@@ -322,14 +329,8 @@ def _train_stages(recipe: Recipe, bars, peer: bool, device, partial, jobs: int =
             trunk = train_trunk(st, recipe, device, bars)
             partial.save("trunk", trunk)
         log(f"shared trunk: {surgery.count_params(trunk.model):,} params")
-    if jobs > 1:
-        from .jobs import train_groups_in_workers
-
-        def train_here(gi: int) -> None:
-            partial.save(f"g{gi}", train_group(st, gi, recipe, device, bars, trunk))
-
-        train_groups_in_workers(recipe, partial, [gi for gi in range(len(groups)) if not partial.has(f"g{gi}")],
-                                jobs, device, bars, teacher=st.teacher, train_here=train_here)
+    if pool is not None:
+        pool.finish(lambda gi: partial.save(f"g{gi}", train_group(st, gi, recipe, device, bars, trunk)), bars)
     students = []
     for gi, group in enumerate(groups):
         student = partial.load(f"g{gi}", m.name, m.kwargs)

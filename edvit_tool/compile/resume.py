@@ -56,8 +56,8 @@ class Partial:
         return self
 
     def empty(self) -> bool:
-        """Nothing trained yet (only the fingerprint)."""
-        return not os.path.isdir(self.dir) or set(os.listdir(self.dir)) <= {"state.json"}
+        """Nothing trained yet (only the fingerprint, and the teacher's outputs handed to --jobs workers)."""
+        return not os.path.isdir(self.dir) or set(os.listdir(self.dir)) <= {"state.json", "teacher-finetune.tensors.pt"}
 
     def has(self, name: str) -> bool:
         return os.path.isfile(os.path.join(self.dir, f"{name}.json"))

@@ -95,3 +95,34 @@ def test_a_jobs_worker_takes_the_main_process_teacher_outputs_instead_of_a_secon
     short = TeacherOutputs(handed.features[:5], handed.logits[:5], None, None)
     again = prepare(recipe, cpu, for_worker=True, teacher=short)
     assert torch.equal(again.train.t_logits, main.teacher.logits)
+
+
+def test_jobs_workers_start_early_and_leave_when_the_main_process_is_gone(tmp_path, ckpt):
+    """--jobs workers start before the teacher pass and wait for its outputs in the partial dir; one whose main
+    process is gone (here: a parent pid that is not its parent) stops with one line instead of waiting forever."""
+    import json
+
+    from edvit_tool.config import recipe as recipe_mod
+
+    rec = tmp_path / "recipe.json"
+    rec.write_text(json.dumps(recipe_mod.validate(_rec(ckpt)).to_dict()))
+    cmd = [sys.executable, "-m", "edvit_tool.compile.jobs", str(rec), str(tmp_path / "b.partial"), "1", "1", "cpu",
+           "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == ("Error: compile --jobs: the main process stopped before handing "
+                                                 "over the teacher's outputs")
+
+
+@pytest.mark.slow
+def test_a_user_error_with_jobs_kills_the_waiting_workers_and_leaves_nothing(tmp_path, ckpt):
+    recipe = tmp_path / "recipe.yaml"
+    bad = _rec(ckpt)
+    bad["model"]["classes"] = str(tmp_path / "missing-classes.txt")
+    recipe.write_text(yaml.safe_dump(bad))
+    r = subprocess.run(_compile(recipe, tmp_path / "out", "--jobs", "2"), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "missing-classes.txt" in r.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    left = subprocess.run(["pgrep", "-f", f"edvit_tool.compile.jobs .*{tmp_path}"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
