@@ -47,6 +47,8 @@ class WorkerPool:
         gpus = torch.cuda.device_count() if device.type == "cuda" else 0
         self.procs = []
         self.recipe_path = None
+        self.finished = False  # every group saved (finish() returned normally)
+        self.errs = []
         if not shares:
             return
         fd, self.recipe_path = tempfile.mkstemp(prefix="edvit-jobs-", suffix=".json")
@@ -58,8 +60,11 @@ class WorkerPool:
                 env["CUDA_VISIBLE_DEVICES"] = str(w % gpus)
             cmd = [sys.executable, "-m", "edvit_tool.compile.jobs", self.recipe_path, partial.dir,
                    ",".join(map(str, share)), str(self.per_thread), device.type, str(os.getpid())]
-            self.procs.append((share, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                                                       stderr=subprocess.PIPE, text=True)))
+            # stderr to a file, not a pipe: a worker that writes more than a pipe holds would block on it
+            err = tempfile.TemporaryFile(mode="w+", prefix="edvit-jobs-err-")
+            self.procs.append((share, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                                       text=True)))
+            self.errs.append(err)
 
     def __enter__(self):
         return self
@@ -91,24 +96,37 @@ class WorkerPool:
         done = sum(partial.has(f"g{gi}") for gi in ids)
         if advance and done:
             advance(done)
-        while any(p.poll() is None for _, p in self.procs):
+        # until every group is saved (not until the workers exit: a torch process's teardown takes ~1 s)
+        while done < len(ids) and any(p.poll() is None for _, p in self.procs):
+            time.sleep(0.1)
             now = sum(partial.has(f"g{gi}") for gi in ids)
             if advance and now > done:
                 advance(now - done)
-                done = now
-            time.sleep(0.5)
-        failed = [(share, p) for share, p in self.procs if p.returncode != 0]
+            done = now
+        if done == len(ids):
+            self.finished = True
+            return
+        failed = [(share, p) for share, p in self.procs if p.poll() is not None and p.returncode != 0]
         if failed:
             share, p = failed[0]
-            lines = [ln for ln in (p.stderr.read() or "").strip().splitlines() if ln.strip()]
+            err = self.errs[[q for _, q in self.procs].index(p)]
+            err.seek(0)
+            lines = [ln for ln in err.read().strip().splitlines() if ln.strip()]
             raise EdvitError(f"compile --jobs: the worker training groups {share} failed: "
                              f"{lines[-1] if lines else f'exit {p.returncode}'}")
 
     def close(self) -> None:
         for _, p in self.procs:
+            if self.finished:  # its groups are saved: let it exit on its own
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        for err in self.errs:
+            err.close()
         if self.recipe_path and os.path.exists(self.recipe_path):
             os.remove(self.recipe_path)
 
@@ -118,7 +136,7 @@ def _wait_for(ready, parent: int, what: str) -> None:
     while not ready():
         if os.getppid() != parent:
             raise EdvitError(f"compile --jobs: the main process stopped before handing over {what}")
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def main(argv: list[str]) -> int:
@@ -138,9 +156,12 @@ def main(argv: list[str]) -> int:
     out_dir = partial_dir[:-len(".partial")]
     partial = Partial.attach(out_dir, recipe)
     with autocast_for(device):
-        _wait_for(lambda: partial.has_tensors(TEACHER), int(parent), "the teacher's outputs")
-        t = partial.load_tensors(TEACHER)
-        st = prepare(recipe, device, for_worker=True, teacher=TeacherOutputs(t["features"], t["logits"], None, None))
+        def teacher() -> TeacherOutputs:  # called by prepare once the model and data are loaded
+            _wait_for(lambda: partial.has_tensors(TEACHER), int(parent), "the teacher's outputs")
+            t = partial.load_tensors(TEACHER)
+            return TeacherOutputs(t["features"], t["logits"], None, None)
+
+        st = prepare(recipe, device, for_worker=True, teacher=teacher)
         trunk = None
         if shared_trunk_plan(recipe, st.k, st.params_target) is not None:
             _wait_for(lambda: partial.has("trunk"), int(parent), "the shared trunk")

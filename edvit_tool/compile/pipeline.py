@@ -10,6 +10,7 @@ import contextlib
 import copy
 import functools
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import numpy as np
@@ -184,10 +185,12 @@ def compile_build(recipe: Recipe, out_dir: str, bars=None, peer: bool = False, r
 
 
 def prepare(recipe: Recipe, device, bars=None, for_worker: bool = False,
-            teacher: TeacherOutputs | None = None) -> SimpleNamespace:
+            teacher: TeacherOutputs | Callable[[], TeacherOutputs] | None = None) -> SimpleNamespace:
     """Model, data, teacher logits, class groups and the params budget: what every group's training needs.
     `for_worker`: a --jobs worker (the main process already checked the labels and needs the other splits);
-    `teacher`: the main process's teacher outputs on the fine-tune split, so a worker skips that pass."""
+    `teacher`: the main process's teacher outputs on the fine-tune split, so a worker skips that pass — or a
+    callable that waits for them, called only once the model and data are loaded (a worker's start-up then
+    overlaps the main process's teacher pass)."""
     seed = recipe.seed
     seed_everything(seed)
     set_threads(recipe.threads)
@@ -218,6 +221,8 @@ def prepare(recipe: Recipe, device, bars=None, for_worker: bool = False,
     label_check = None
     if recipe.data.check_labels and not for_worker:
         label_check = (m.classes, f"{recipe.data.kind} {recipe.data.root or ''}".strip())
+    if callable(teacher):
+        teacher = teacher()
     if teacher is None or len(teacher.logits) != len(data.finetune):
         teacher = teacher_pass(model, data, device, label_check=label_check, other_splits=not for_worker)
     f_ft, t_ft, t_fu, t_va = teacher.features, teacher.logits, teacher.fusion_logits, teacher.val_logits

@@ -126,3 +126,31 @@ def test_a_user_error_with_jobs_kills_the_waiting_workers_and_leaves_nothing(tmp
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
     left = subprocess.run(["pgrep", "-f", f"edvit_tool.compile.jobs .*{tmp_path}"], capture_output=True, text=True)
     assert left.stdout.strip() == ""
+
+
+def test_a_failing_worker_is_reported_with_its_last_error_line(tmp_path, ckpt):
+    """A --jobs worker that cannot load the checkpoint (it is gone by the time the worker reads it: the fault is
+    produced for real, not mocked) exits with its Error line; finish() names the worker's groups and that line."""
+    import shutil
+
+    from edvit_tool.compile.jobs import WorkerPool
+    from edvit_tool.compile.resume import Partial
+    from edvit_tool.config import recipe as recipe_mod
+    from edvit_tool.errors import EdvitError
+
+    moved = tmp_path / "model.safetensors"
+    shutil.copy(ckpt, moved)
+    rec = _rec(moved)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    recipe = recipe_mod.load(str(path))
+    partial = Partial(str(tmp_path / "build"), recipe, resume=False)
+    moved.unlink()  # the workers start after this: their load fails
+    trained = []
+    with WorkerPool(recipe, partial, 2, torch.device("cpu")) as pool:
+        with pytest.raises(EdvitError) as e:
+            pool.finish(trained.append)
+    assert trained == [0, 2]  # the main process trained its own share first
+    assert str(e.value).startswith("compile --jobs: the worker training groups [1] failed: Error: ")
+    assert "model.safetensors" in str(e.value), str(e.value)
+    assert all(p.poll() is not None for _, p in pool.procs)
