@@ -20,8 +20,8 @@ fp32 artifacts, each in its own fresh process of `python -m edvit_tool.runtime.b
 ($EDVIT_BOARD_VENV, default .venv-board), 1 thread, the same CPU limit for every process (a cgroup-v1 CPU quota
 of one core when /sys/fs/cgroup/cpu is writable, else taskset to core 0), original and sub-models interleaved per
 round; the figure is the median over rounds of each process's p50. Timings on a shared machine are noisy.
-The end-to-end ratio through a deployed cluster is NOT measured here (ViT-B/L sub-models on K emulated boards
-need K cores; this machine has 2): see bench/distributed.py for the end-to-end figures on the demo model.
+The end-to-end ratio through a deployed cluster is measured by bench/paper_e2e.py (ViT-S only: K emulated boards
+at 1/K core each, from this script's cached sub-models), which merges its figures into paper.json.
 
 Exports are cached under --cache (runs/paper/<model>/k<K>/, keyed by a meta.json of what made them): a second
 run only re-times. Uncached rows are built first, by --build-jobs worker processes (default 2; the exporters'
@@ -425,7 +425,7 @@ def main() -> int:
            "runs_per_process": {MODELS[k]: RUNS[k][0] for k in keys}, "timing_seconds": timing_seconds,
            "build_seconds_this_run": round(sum(r["build_seconds"] or 0 for r in rows if not r["cached"]), 1),
            "build_wall_seconds": build_wall, "build_jobs": args.build_jobs,
-           "end_to_end": "not measured: K emulated boards for ViT-B/L need more cores than this machine's",
+           "end_to_end": _previous_end_to_end(args.out),
            "machine": {"nproc": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(),
                        "torch": torch.__version__},
            "date": time.strftime("%Y-%m-%d"), "seconds": round(time.perf_counter() - t_start, 1),
@@ -435,6 +435,16 @@ def main() -> int:
         json.dump(doc, f, indent=2)
     print(f"\nwrote {args.out} in {doc['seconds']:.0f} s")
     return 0
+
+
+def _previous_end_to_end(path: str):
+    """bench/paper_e2e.py's figures from an earlier run (it merges them into paper.json), else why there are none."""
+    if os.path.isfile(path):
+        with open(path) as f:
+            prev = json.load(f).get("end_to_end")
+        if isinstance(prev, dict):
+            return prev
+    return "not measured in this run: see bench/paper_e2e.py (ViT-S, K boards at 1/K core each)"
 
 
 def _cpu_model() -> str:

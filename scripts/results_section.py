@@ -84,9 +84,24 @@ def render_paper(d: dict) -> list[str]:
               "", f"Random weights (structure only: sizes and latency, no accuracy). Budget: {d.get('budget')}. "
                   f"int8 = {d.get('int8')}. Ratios are original ÷ largest sub-model; latency: single image, "
                   f"{d.get('threads')} thread, {d.get('cpu_limit')}, separate processes, median of {_rounds(d)} "
-                  f"rounds of per-process p50s, on a machine shared with other jobs (noisy). End to end: "
-                  f"{d.get('end_to_end')}."]
+                  f"rounds of per-process p50s. End to end: {_e2e_summary(d.get('end_to_end'))}"]
+    e2e = d.get("end_to_end")
+    if isinstance(e2e, dict) and e2e.get("rows"):
+        lines += ["", f"End to end through the deployed cluster, {e2e['model']} ({e2e.get('variant')}): "
+                      f"`.venv/bin/python {e2e['command'].removeprefix('python ')}`", ""]
+        lines += _table(["K", "quota per board", "original p50 ms", "ED-ViT e2e p50 ms", "slowest board compute ms",
+                         "original ÷ ED-ViT"],
+                        [[r["k"], _f(r["quota_per_board"], ".2f", " core"), _f(r["original_p50_ms"], ".1f"),
+                          _f(r["edvit_e2e_p50_ms"], ".1f"), _f(r["slowest_board_compute_p50_ms"], ".1f"),
+                          _f(r["e2e_ratio"], ".2f", "×")] for r in e2e["rows"]])
+        lines += ["", f"{e2e.get('note', '')}; 1-min load average {e2e.get('load_avg_1min')}."]
     return lines
+
+
+def _e2e_summary(e2e) -> str:
+    if isinstance(e2e, dict):
+        return "see the next table."
+    return f"{e2e}."
 
 
 def _rounds(d: dict) -> str:
