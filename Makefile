@@ -36,6 +36,7 @@ bench: install board-venv
 	$(BIN)/python bench/links.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/paper.py
+	$(BIN)/python bench/paper_e2e.py
 
 # README's "Results" block from bench/results/*.json (run after `make bench`)
 results:
