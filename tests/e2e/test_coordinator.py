@@ -195,12 +195,28 @@ def test_replicas_keep_answers_whole_when_a_board_dies(fresh, build, eval_set):
         assert res.degraded and res.missing == ["g1"]
 
 
+def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP is asynchronous: on a busy machine a worker thread could still answer one request after os.kill
+    returned (seen under load). Wait until every thread of `pid` is in the stopped state."""
+    t_end = time.monotonic() + timeout
+    while True:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        if all(s == "T" for s in states):
+            return
+        assert time.monotonic() < t_end, f"worker {pid} not stopped {timeout} s after SIGSTOP: {states}"
+        time.sleep(0.01)
+
+
 def test_hung_board_is_skipped_after_missing_the_deadline_and_readmitted_when_it_answers(fresh, eval_set):
     dep, workers = fresh(ONE_EACH, deadline_ms=400)
     x, _ = eval_set
     with Coordinator(dep, health_interval_s=0.2) as coord:
         assert not coord.run(x[:1]).degraded
         os.kill(workers.pid("b2"), signal.SIGSTOP)  # alive, connected, never answers
+        _wait_stopped(workers.pid("b2"))
         try:
             asked = []
             for _ in range(6):
@@ -384,6 +400,7 @@ def test_calls_still_queued_at_the_deadline_are_cancelled_unsent(fresh, eval_set
     # fan_out="pool": every call goes through the pool; one pool thread: b0's call blocks b1's and b2's
     with Coordinator(dep, max_workers=1, fan_out="pool") as coord:
         os.kill(workers.pid("b0"), signal.SIGSTOP)
+        _wait_stopped(workers.pid("b0"))
         try:
             with pytest.raises(NoBoardAnswered, match="not sent"):
                 coord.run(x[:1])
@@ -405,6 +422,7 @@ def test_requests_sent_by_the_caller_do_not_wait_for_a_busy_pool(fresh, eval_set
     x, _ = eval_set
     with Coordinator(dep, max_workers=1) as coord:
         os.kill(workers.pid("b0"), signal.SIGSTOP)
+        _wait_stopped(workers.pid("b0"))
         try:
             res = coord.run(x[:2])
         finally:
