@@ -89,8 +89,7 @@ def make_build(k: int) -> str:
         return root
     import torch
 
-    from edvit_tool.artifacts import staged_dir, write_manifest
-    from edvit_tool.runtime.manifest import sha256_file
+    from edvit_tool.artifacts import staged_dir
 
     torch.manual_seed(k)
     embed, heads = SUB_ARCH[k]
@@ -120,20 +119,30 @@ def make_build(k: int) -> str:
                     ["logits"])
         arts.append(("fusion", "fusion/fusion.fp32.onnx", [io_spec("features", [embed * k])],
                      [io_spec("logits", [N_CLASSES])]))
-        artifacts = []
-        for name, rel, ins, outs in arts:
-            p = os.path.join(d, rel)
-            artifacts.append({"name": name, "file": rel, "format": "onnx", "quant": "fp32", "status": "ok",
-                              "bytes": os.path.getsize(p), "sha256": sha256_file(p), "inputs": ins, "outputs": outs})
-        write_manifest(d, {
-            "schema_version": 1, "tool_version": "0.1.0", "created": "bench",
-            "model": {"name": f"vit-tiny-random-k{k}", "kwargs": {}, "params": params, "bytes": 0, "flops": 0},
-            "input": {"name": "pixel_values", "shape": list(SHAPE), "layout": "NCHW", "dtype": "float32",
-                      "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"},
-            "classes": [f"c{i}" for i in range(N_CLASSES)], "groups": groups, "submodels": subs,
-            "fusion": {"kind": "mlp", "source": "features", "input_dims": [embed] * k, "num_classes": N_CLASSES},
-            "accuracy": {}, "artifacts": artifacts})
+        write_bench_manifest(d, arts, subs, groups, [embed] * k, N_CLASSES, f"vit-tiny-random-k{k}", params)
     return root
+
+
+def write_bench_manifest(d: str, arts: list, subs: list, groups: list, fusion_dims: list, n_classes: int,
+                         model_name: str, params: int = 0) -> None:
+    """The manifest of a random-weight bench build staged in `d`: ONNX fp32 `arts` ((name, file, inputs,
+    outputs), hashed here), sub-model entries `subs` and an MLP fusion head over their features."""
+    from edvit_tool.artifacts import write_manifest
+    from edvit_tool.runtime.manifest import sha256_file
+
+    artifacts = []
+    for name, rel, ins, outs in arts:
+        p = os.path.join(d, rel)
+        artifacts.append({"name": name, "file": rel, "format": "onnx", "quant": "fp32", "status": "ok",
+                          "bytes": os.path.getsize(p), "sha256": sha256_file(p), "inputs": ins, "outputs": outs})
+    write_manifest(d, {
+        "schema_version": 1, "tool_version": "0.1.0", "created": "bench",
+        "model": {"name": model_name, "kwargs": {}, "params": params, "bytes": 0, "flops": 0},
+        "input": {"name": "pixel_values", "shape": list(SHAPE), "layout": "NCHW", "dtype": "float32",
+                  "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"},
+        "classes": [f"c{i}" for i in range(n_classes)], "groups": groups, "submodels": subs,
+        "fusion": {"kind": "mlp", "source": "features", "input_dims": fusion_dims, "num_classes": n_classes},
+        "accuracy": {}, "artifacts": artifacts})
 
 
 # -- CPU quotas ----------------------------------------------------------------------------------------------

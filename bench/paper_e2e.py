@@ -41,8 +41,7 @@ def _stage(build_root: str, onnx_files: list[str], feature_dims: list[int], grou
     whose fusion head the bench never calls)."""
     import torch
 
-    from edvit_tool.artifacts import staged_dir, write_manifest
-    from edvit_tool.runtime.manifest import sha256_file
+    from edvit_tool.artifacts import staged_dir
 
     with staged_dir(build_root) as d:
         os.makedirs(os.path.join(d, "submodels"))
@@ -64,20 +63,7 @@ def _stage(build_root: str, onnx_files: list[str], feature_dims: list[int], grou
                       ["logits"])
         arts.append(("fusion", "fusion/fusion.fp32.onnx", [D.io_spec("features", [total])],
                      [D.io_spec("logits", [N_CLASSES])]))
-        artifacts = []
-        for name, rel, ins, outs in arts:
-            p = os.path.join(d, rel)
-            artifacts.append({"name": name, "file": rel, "format": "onnx", "quant": "fp32", "status": "ok",
-                              "bytes": os.path.getsize(p), "sha256": sha256_file(p), "inputs": ins, "outputs": outs})
-        manifest = {
-            "schema_version": 1, "tool_version": "0.1.0", "created": "bench",
-            "model": {"name": "paper-e2e", "kwargs": {}, "params": 0, "bytes": 0, "flops": 0},
-            "input": {"name": "pixel_values", "shape": list(D.SHAPE), "layout": "NCHW", "dtype": "float32",
-                      "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear"},
-            "classes": [f"c{i}" for i in range(N_CLASSES)], "groups": groups, "submodels": subs,
-            "fusion": {"kind": "mlp", "source": "features", "input_dims": feature_dims, "num_classes": N_CLASSES},
-            "accuracy": {}, "artifacts": artifacts}
-        write_manifest(d, manifest)
+        D.write_bench_manifest(d, arts, subs, groups, feature_dims, N_CLASSES, "paper-e2e")
     return build_root
 
 

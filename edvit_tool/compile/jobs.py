@@ -48,7 +48,7 @@ class WorkerPool:
         self.procs = []
         self.recipe_path = None
         self.finished = False  # every group saved (finish() returned normally)
-        self.errs = []
+        self.errs = {}  # worker pid -> its stderr file
         if not shares:
             return
         fd, self.recipe_path = tempfile.mkstemp(prefix="edvit-jobs-", suffix=".json")
@@ -62,9 +62,9 @@ class WorkerPool:
                    ",".join(map(str, share)), str(self.per_thread), device.type, str(os.getpid())]
             # stderr to a file, not a pipe: a worker that writes more than a pipe holds would block on it
             err = tempfile.TemporaryFile(mode="w+", prefix="edvit-jobs-err-")
-            self.procs.append((share, subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err,
-                                                       text=True)))
-            self.errs.append(err)
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+            self.procs.append((share, proc))
+            self.errs[proc.pid] = err
 
     def __enter__(self):
         return self
@@ -109,7 +109,7 @@ class WorkerPool:
         failed = [(share, p) for share, p in self.procs if p.poll() is not None and p.returncode != 0]
         if failed:
             share, p = failed[0]
-            err = self.errs[[q for _, q in self.procs].index(p)]
+            err = self.errs[p.pid]
             err.seek(0)
             lines = [ln for ln in err.read().strip().splitlines() if ln.strip()]
             raise EdvitError(f"compile --jobs: the worker training groups {share} failed: "
@@ -125,7 +125,7 @@ class WorkerPool:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        for err in self.errs:
+        for err in self.errs.values():
             err.close()
         if self.recipe_path and os.path.exists(self.recipe_path):
             os.remove(self.recipe_path)
