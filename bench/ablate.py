@@ -43,6 +43,10 @@ if a.peer:
 else:
     ts = time.perf_counter()
     trunk = pipeline.train_trunk(st, recipe, dev) if pipeline.shared_trunk_plan(recipe, st.k, st.params_target) else None
+    if trunk is not None:  # the class-agnostic trunk alone: what the branches start from
+        for name, split in (("val", st.data.val), ("test", st.data.test)):
+            res[f"trunk_{name}"] = distill.accuracy(distill.predict(trunk.model, split.x, dev), split.y)
+        res["trunk_s"] = time.perf_counter() - ts
     students = [pipeline.train_group(st, gi, recipe, dev, trunk=trunk) for gi in range(len(st.groups))]
     from edvit_tool.compile.resume import Partial
     partial = Partial(os.path.join(ROOT, "runs", "ablate", "partial", f"{a.variant}-{a.task}-{a.k}"), recipe, False)

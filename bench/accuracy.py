@@ -44,8 +44,15 @@ def _parse_value(v: str):
     return yaml.safe_load(v)
 
 
-def run_one(task: str, k: int, ratio: float, overrides: dict, export: bool, label: str, device: str = "cpu") -> dict:
-    """Compile one (task, K, budget) with the peer; one torch thread (the recipe's)."""
+# recipe keys the peer does not read (it is one class-agnostic model pruned from the original): a label that
+# differs from another only in these can take that label's peers (--peer-from) instead of training them again
+ENSEMBLE_ONLY = ("prune.shared_", "prune.importance_other", "finetune.branch_lr", "finetune.joint_", "fusion.",
+                 "finetune.other_", "finetune.aux_weight")
+
+
+def run_one(task: str, k: int, ratio: float, overrides: dict, export: bool, label: str, device: str = "cpu",
+            peer: bool = True) -> dict:
+    """Compile one (task, K, budget) with the peer (`peer`); one torch thread (the recipe's)."""
     import torch
 
     torch.set_num_threads(1)
@@ -59,7 +66,7 @@ def run_one(task: str, k: int, ratio: float, overrides: dict, export: bool, labe
     recipe = recipe_mod.load(recipe_path, ov)
     out = os.path.join(BUILDS, label, f"{task}-k{k}-r{ratio}")
     t0 = time.perf_counter()
-    res = compile_build(recipe, out, bars=None, peer=True)
+    res = compile_build(recipe, out, bars=None, peer=peer)
     wall = time.perf_counter() - t0
     r, acc = res.report, res.manifest["accuracy"]
     exported = acc.get("exported", {})
@@ -69,9 +76,12 @@ def run_one(task: str, k: int, ratio: float, overrides: dict, export: bool, labe
         "fusion_candidates_test": acc.get("fusion_candidates_test"), "fusion_cv": acc.get("fusion_cv"),
         "fused_eval": acc.get("fused_eval"), "eval_samples": acc.get("eval_samples"),
         "fused_onnx_fp32": exported.get("onnx/fp32"), "fused_onnx_int8": exported.get("onnx/int8-static"),
-        "peer": r["peer"]["accuracy"], "peer_params": r["peer"]["params"],
-        "peer_train_steps": r["peer"]["train_steps"], "peer_seconds": r["peer"]["seconds"],
-        "ensemble_seconds": r["peer"]["ensemble_seconds"], "compile_seconds": r["compile_seconds"],
+        **({"peer": r["peer"]["accuracy"], "peer_params": r["peer"]["params"],
+            "peer_train_steps": r["peer"]["train_steps"], "peer_seconds": r["peer"]["seconds"],
+            "ensemble_seconds": r["peer"]["ensemble_seconds"]} if peer else
+           # no peer in this build: the whole compile's seconds (teacher pass and fusion included: an overcount)
+           {"ensemble_seconds": r["compile_seconds"]}),
+        "compile_seconds": r["compile_seconds"],
         "wall_seconds": wall,
         "max_params_ratio": max(s["params_ratio"] for s in r["submodels"]),
         "in_group": [s["accuracy_in_group"] for s in r["submodels"]],
@@ -145,11 +155,24 @@ def main():
     ap.add_argument("--jobs", type=int, default=1, help="parallel compiles (one torch thread each)")
     ap.add_argument("--device", default="cpu", help="compile device (cpu | cuda); the recipe's thread count is 1")
     ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--peer-from", default=None, metavar="LABEL",
+                    help="take each row's peer from this label's run (same tasks/K/budgets, recipes differing only "
+                         "in keys the peer does not read) instead of training it again")
     args = ap.parse_args()
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = _parse_value(value)
+    peers = {}
+    if args.peer_from:
+        with open(args.out) as f:
+            src = json.load(f)["runs"][args.peer_from]
+        differ = {k for k in set(overrides) | set(src["overrides"])
+                  if overrides.get(k) != src["overrides"].get(k)}
+        bad = [k for k in differ if not k.startswith(ENSEMBLE_ONLY)]
+        if bad:
+            sys.exit(f"--peer-from {args.peer_from}: its recipe differs in {bad}, which the peer reads")
+        peers = {(r["task"], r["k"], r["params_ratio"]): r for r in src["rows"]}
     if args.grid:
         grid = [(int(a), float(b)) for a, b in (g.split("@") for g in args.grid.split(","))]
     else:
@@ -162,9 +185,14 @@ def main():
     t0 = time.perf_counter()
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
-        futs = {pool.submit(run_one, t, k, r, overrides, args.export, args.label, args.device): (t, k, r) for t, k, r in jobs}
+        futs = {pool.submit(run_one, t, k, r, overrides, args.export, args.label, args.device,
+                            not args.peer_from): (t, k, r) for t, k, r in jobs}
         for fut in cf.as_completed(futs):
             row = fut.result()
+            if args.peer_from:
+                src = peers[(row["task"], row["k"], row["params_ratio"])]
+                row.update({k: src[k] for k in ("peer", "peer_params", "peer_train_steps", "peer_seconds")},
+                           peer_from=args.peer_from)
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("task", "k", "params_ratio", "original", "fused", "fusion_kind",
                                                   "peer", "in_group", "ensemble_seconds", "peer_seconds")}),

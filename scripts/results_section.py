@@ -239,11 +239,13 @@ def render_ablate(d: dict) -> list[str]:
 def render_links(d: dict) -> list[str]:
     rows = [[f"{r['rate_mbit']:.0f} Mbit/s", r["wire"], f"{r['bytes_per_image_per_board']:,.0f}",
              _f(r["e2e_p50_ms"], ".1f"), _f(r["physical_limit_ms"], ".1f"), _f(r["e2e_over_limit"], ".2f"),
+             _f(r.get("e2e_over_limit_per_request_p50"), ".2f"),
+             _f(r.get("e2e_over_limit_per_request_with_preprocessing_p50"), ".2f"),
              _f(r.get("fp32_over_best_p50"), ".2f")] for r in d.get("rows") or []]
     tr = d.get("triton_reference")
     if tr:  # the same requests through the exported ensemble on one unthrottled local Triton server
         rows.append(["Triton, loopback", tr.get("wire", "fp32"), f"{tr['bytes_per_image']:,.0f}",
-                     _f(tr["e2e_p50_ms"], ".1f"), "—", "—", "—"])
+                     _f(tr["e2e_p50_ms"], ".1f"), "—", "—", "—", "—", "—"])
     note = str(d.get("note", "")).rstrip()
     notes = [note + ("" if not note or note.endswith(".") else ".")]
     if tr:
@@ -251,8 +253,11 @@ def render_links(d: dict) -> list[str]:
                      f"host preprocessing {_f(tr.get('host_preprocess_p50_ms'), '.1f')} ms of it).")
     elif d.get("triton_reference_note"):
         notes.append(f"Triton reference: {d['triton_reference_note']}.")
+    if any("e2e_over_limit_per_request_p50" in r for r in d.get("rows") or []):
+        notes.append("Per request: p50 over requests of e2e ÷ (that request's slowest board's compute + transfer + "
+                     "round trip), and the same with that board's and the host's preprocessing in the limit.")
     return _table(["link", "wire", "bytes / image / board", "e2e p50 ms", "physical limit ms", "e2e ÷ limit",
-                   "fp32 ÷ best"], rows) + [""] + [" ".join(notes)]
+                   "per request", "per request, with preprocessing", "fp32 ÷ best"], rows) + [""] + [" ".join(notes)]
 
 
 RENDERERS = {"ablate.json": render_ablate, "accuracy.json": render_accuracy, "links.json": render_links, "hetero.json": render_hetero, "paper.json": render_paper, "compile.json": render_compile, "export.json": render_export,

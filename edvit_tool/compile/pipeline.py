@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -66,6 +67,8 @@ def prune_and_finetune(model, group: list[int], train: distill.TrainSet, recipe:
     `start`: prune from this class-agnostic student (the shared trunk) instead of the original model.
     """
     pr, ft = recipe.prune, recipe.finetune
+    if start is not None and ft.branch_lr is not None:
+        ft = dataclasses.replace(ft, lr=ft.branch_lr)
     n_cls = train.t_logits.shape[1]
     origin = model if start is None else start.model
     base = copy.deepcopy(origin).to(device)
@@ -88,6 +91,9 @@ def prune_and_finetune(model, group: list[int], train: distill.TrainSet, recipe:
     ft_steps = int(round(ft.steps * compute * (1 - joint)))
     recoveries = steps if ft_steps == 0 and joint == 0 else steps - 1
     total = recoveries * rec_steps + ft_steps
+    at_budget = start is not None and params_target is not None and p0 <= params_target
+    if at_budget:  # a trunk already at the sub-model's size: nothing to prune, nothing to recover from
+        steps, total = 0, ft_steps
     advance = bars.task(f"{label} prune+fine-tune", total) if bars else None
     for i in range(1, steps + 1):
         batches = _importance_batches(train, y_rel, len(group), ft.batch_size, pr.importance_batches, seed + i,
@@ -138,6 +144,8 @@ def joint_phase(recipe: Recipe, st: SimpleNamespace, students: list, partial, de
         with torch.no_grad():
             head.eval()
             return distill.accuracy(head(torch.cat(feats, 1).to(device)).cpu(), val.y)
+    if ft.joint_lr is None and ft.branch_lr is not None and shared_trunk_plan(recipe, st.k, st.params_target):
+        ft = dataclasses.replace(ft, joint_lr=ft.branch_lr)
     distill.joint_finetune(students, st.groups, head, st.train, steps, ft, fcfg, device, st.seed + 11, advance,
                            validate=fused_val_accuracy if evals else None,
                            eval_every=max(1, steps // evals) if evals else 0)
@@ -281,8 +289,11 @@ def compute_units(recipe: Recipe, k: int, params_target: int | None) -> dict:
     trunk = shared_trunk_plan(recipe, k, params_target)
     share = group_share(recipe, k, params_target)
     joint = ft.joint_fraction if k > 1 else 0.0
+    # a trunk at the sub-model size leaves the groups nothing to prune: no recoveries (prune_and_finetune)
+    groups = (int(round(ft.steps * share * (1.0 - joint))) if trunk and pr.shared_size <= 1.0
+              else run(share, 1.0 - joint))
     units = {"trunk": round(run(trunk[0]) * pr.shared_size) if trunk else 0,
-             "groups": k * run(share, 1.0 - joint),
+             "groups": k * groups,
              "joint": k * int(round(ft.steps * joint * share))}
     units["ensemble"] = sum(units.values())
     units["peer"] = run(float(k) if recipe.peer.compute == "ensemble" else 1.0)

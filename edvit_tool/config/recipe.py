@@ -183,7 +183,10 @@ class FinetuneCfg(Section):
     # trained together on the fused loss (one joint step = K sub-model steps, so compute is unchanged)
     joint_fraction: float = F(1.0, _num(0, 1))
     joint_fusion_weight: float = F(1.0, NONNEG)
-    joint_lr: float | None = F(None, _num(0, 1, lo_open=True))  # null: finetune.lr
+    joint_lr: float | None = F(None, _num(0, 1, lo_open=True))  # null: branch_lr when a trunk is shared, else lr
+    # learning rate of every phase of a sub-model started from the shared trunk (its recoveries and the joint
+    # phase): the trunk ends its schedule near a minimum that a full-rate restart knocks it out of; null: lr
+    branch_lr: float | None = F(None, _num(0, 1, lo_open=True))
     # keep the best of peer.evals checkpoints on the validation split: shared trunk and joint phase
     early_stopping: bool = F(False)
 

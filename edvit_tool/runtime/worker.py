@@ -7,7 +7,8 @@ Routes: GET /v2/health/live, /v2/health/ready (200 once every model is loaded; n
 GET /v2 (server metadata), GET /v2/models/<m>[/versions/1] (model metadata), GET /v2/models/<m>/ready,
 GET /v2/models/<m>/stats (ours: request count, errors, p50 of the last 1000 answered requests' time in the
 worker from headers read to answer ready, of the interpreter call alone, and of image preprocessing, the last
-two also per wire format),
+two also per wire format; `recent_ms`: [interpreter ms, preprocessing ms] of the last 100 answered requests in
+arrival order, for per-request comparisons across boards),
 POST /v2/models/<m>[/versions/1]/infer (JSON tensors and the binary-tensor extension).
 Everything else needs `Authorization: Bearer <token file contents>`. Inputs with NaN/Inf are refused (400).
 
@@ -47,6 +48,7 @@ from . import wire
 
 log = logging.getLogger("edvit.worker")
 STATS_WINDOW = 1000  # latencies kept per model for the p50
+RECENT_WINDOW = 100  # per-request (interpreter, preprocessing) ms kept in order for /stats recent_ms
 _PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "litert": "tensorflow_lite", "tflite-runtime": "tensorflow_lite"}
 
 
@@ -70,6 +72,7 @@ class ServedModel:
         self.prep_by_wire: dict = {}  # wire format -> deque of preprocessing ms (deploy --wire auto's probe)
         self.infer_by_wire: dict = {}  # wire format -> deque of interpreter ms (a board's own preprocessing can
                                        # slow the run after it, e.g. under a CPU quota)
+        self.recent: collections.deque = collections.deque(maxlen=RECENT_WINDOW)
         self.image_spec: dict | None = None  # the manifest's input spec when this model takes the image
 
     @property
@@ -89,6 +92,7 @@ class ServedModel:
                 self.request_ms.append(request_ms)
             if ok and infer_ms is not None:
                 self.infer_ms.append(infer_ms)
+                self.recent.append((round(infer_ms, 4), round(prep_ms or 0.0, 4)))
                 if wire_format:
                     self.infer_by_wire.setdefault(wire_format, collections.deque(maxlen=STATS_WINDOW)).append(infer_ms)
             if ok and prep_ms is not None:
@@ -102,10 +106,11 @@ class ServedModel:
             count, errors = self.count, self.errors
             by_wire = {w: sorted(d) for w, d in self.prep_by_wire.items()}
             infer_by_wire = {w: sorted(d) for w, d in self.infer_by_wire.items()}
+            recent = [list(r) for r in self.recent]
         return {"name": self.name, "count": count, "errors": errors, "window": len(req),
                 "p50_ms": _median(req), "infer_p50_ms": _median(inf), "preprocess_p50_ms": _median(prep),
                 "preprocess_p50_ms_by_wire": {w: _median(v) for w, v in by_wire.items()},
-                "infer_p50_ms_by_wire": {w: _median(v) for w, v in infer_by_wire.items()}}
+                "infer_p50_ms_by_wire": {w: _median(v) for w, v in infer_by_wire.items()}, "recent_ms": recent}
 
     def take_image_input(self, spec: dict | None, inputs: list) -> None:
         """Accept uint8 / encoded images for the model's input when it is the manifest's image input."""

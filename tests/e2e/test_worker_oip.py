@@ -277,6 +277,9 @@ def test_stats_count_requests_per_model(worker):
     assert e.value.status == 400 and "expected [-1, 32]" in e.value.message
     assert s["count"] == before["count"] + 6 and s["errors"] == before["errors"] + 1
     assert s["p50_ms"] > 0 and s["infer_p50_ms"] > 0 and s["p50_ms"] >= s["infer_p50_ms"]
+    # the answered requests' own times, in order (the refused one is not among them; fp32 has no preprocessing)
+    added = s["recent_ms"][len(before["recent_ms"]):] if len(s["recent_ms"]) < 100 else s["recent_ms"][-5:]
+    assert len(added) == 5 and all(inf > 0 and prep == 0 for inf, prep in added)
 
 
 def test_sigterm_exits_0_with_an_idle_connection_open_and_removes_the_pidfile(env, tmp_path):
