@@ -67,8 +67,8 @@ def prune_and_finetune(model, group: list[int], train: distill.TrainSet, recipe:
     `start`: prune from this class-agnostic student (the shared trunk) instead of the original model.
     """
     pr, ft = recipe.prune, recipe.finetune
-    if start is not None and ft.branch_lr is not None:
-        ft = dataclasses.replace(ft, lr=ft.branch_lr)
+    if start is not None and ft.branch_lr_scale != 1.0:
+        ft = dataclasses.replace(ft, lr=ft.lr * ft.branch_lr_scale)
     n_cls = train.t_logits.shape[1]
     origin = model if start is None else start.model
     base = copy.deepcopy(origin).to(device)
@@ -144,8 +144,8 @@ def joint_phase(recipe: Recipe, st: SimpleNamespace, students: list, partial, de
         with torch.no_grad():
             head.eval()
             return distill.accuracy(head(torch.cat(feats, 1).to(device)).cpu(), val.y)
-    if ft.joint_lr is None and ft.branch_lr is not None and shared_trunk_plan(recipe, st.k, st.params_target):
-        ft = dataclasses.replace(ft, joint_lr=ft.branch_lr)
+    if ft.joint_lr is None and shared_trunk_plan(recipe, st.k, st.params_target):
+        ft = dataclasses.replace(ft, joint_lr=ft.lr * ft.branch_lr_scale)
     distill.joint_finetune(students, st.groups, head, st.train, steps, ft, fcfg, device, st.seed + 11, advance,
                            validate=fused_val_accuracy if evals else None,
                            eval_every=max(1, steps // evals) if evals else 0)

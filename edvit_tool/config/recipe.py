@@ -156,7 +156,11 @@ class PruneCfg(Section):
     importance_other: float = F(0.0, _num(0, 1, hi_open=True))
     recovery_steps: int = F(100, NONNEG)
     # shared trunk: this fraction of the ensemble's steps trains one class-agnostic student at shared_size x
-    # the sub-model budget; each sub-model is pruned class-wise from it (0 = from the original)
+    # the sub-model budget; each sub-model starts from it with the rest (0 = pruned from the original) and is
+    # pruned class-wise from it when the trunk is bigger than its budget. At shared_size 1 a sub-model is not
+    # pruned again (only smaller budgets, compile --boards, are). Session 7 measured shared_size 1.0,
+    # shared_fraction 0.8 with finetune.branch_lr_scale 0.2 ahead of these defaults (README, Known limits), but
+    # the near-identical sub-models it gives made the int8-static fusion head fail its gate: not the default yet
     shared_fraction: float = F(0.5, _num(0, 1, hi_open=True))
     shared_size: float = F(2.0, _num(1, 100))
 
@@ -183,10 +187,10 @@ class FinetuneCfg(Section):
     # trained together on the fused loss (one joint step = K sub-model steps, so compute is unchanged)
     joint_fraction: float = F(1.0, _num(0, 1))
     joint_fusion_weight: float = F(1.0, NONNEG)
-    joint_lr: float | None = F(None, _num(0, 1, lo_open=True))  # null: branch_lr when a trunk is shared, else lr
-    # learning rate of every phase of a sub-model started from the shared trunk (its recoveries and the joint
-    # phase): the trunk ends its schedule near a minimum that a full-rate restart knocks it out of; null: lr
-    branch_lr: float | None = F(None, _num(0, 1, lo_open=True))
+    joint_lr: float | None = F(None, _num(0, 1, lo_open=True))  # null: lr x branch_lr_scale with a trunk
+    # learning rate of every phase of a sub-model started from the shared trunk (its recoveries, the joint
+    # phase), as a fraction of lr: the trunk ends its schedule near a minimum that a full-rate restart leaves
+    branch_lr_scale: float = F(1.0, _num(0, 1, lo_open=True))
     # keep the best of peer.evals checkpoints on the validation split: shared trunk and joint phase
     early_stopping: bool = F(False)
 

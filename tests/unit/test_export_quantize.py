@@ -167,7 +167,7 @@ def test_quant_gate_at_half_a_point_keeps_layers_float_where_int8_drops_more(mod
     assert DEFAULT_GATE["max_quant_drop_pp"] == 0.5
     gate = {**DEFAULT_GATE, "max_accuracy_drop_pp": 100.0}  # only the int8-vs-fp32 gate may act here
     seen = []
-    for scale in (40.0, 70.0, 100.0, 30.0):
+    for scale in (40.0, 70.0, 100.0, 30.0, 50.0, 60.0, 55.0, 45.0, 85.0):
         outlier = et.with_outlier(models, scale=scale)
         open_root = str(tmp_path / f"open-{scale:g}")
         open_manifest = et.write_inputs(open_root, outlier)

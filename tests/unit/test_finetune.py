@@ -3,6 +3,7 @@ stopping, and the peer's budget."""
 
 import dataclasses
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -153,15 +154,15 @@ def test_joint_finetune_trains_every_sub_model_and_the_fusion_head_towards_the_f
 
 def test_a_branch_from_a_trunk_at_the_sub_model_size_is_not_pruned_and_trains_at_the_branch_rate(monkeypatch):
     """prune.shared_size 1: the trunk is already at the sub-model budget, so a group's sub-model keeps its
-    structure (no importance pass, no recoveries) and every phase after the trunk runs at finetune.branch_lr;
-    the compile-compute accounting counts no group recoveries either."""
+    structure (no importance pass, no recoveries) and every phase after the trunk runs at finetune.lr x
+    branch_lr_scale; the compile-compute accounting counts no group recoveries either."""
     from edvit_tool.compile import pipeline
 
     x, y = _toy(96)
     teacher = make_vit(**KW)
     data = distill.TrainSet(x, y, 4.0 * F.one_hot(y, 6).float())
-    recipe = recipe_mod.validate({"prune": {"shared_size": 1.0, "recovery_steps": 5, "steps": 3},
-                                  "finetune": {"steps": 12, "joint_fraction": 0.5, "branch_lr": 2e-4,
+    recipe = recipe_mod.validate({"prune": {"shared_size": 1.0, "shared_fraction": 0.5, "recovery_steps": 5, "steps": 3},
+                                  "finetune": {"steps": 12, "joint_fraction": 0.5, "branch_lr_scale": 0.2,
                                                "batch_size": 16, "feature_weight": 0.0}})
     trunk = distill.Student.from_teacher(make_vit(**KW), None, feature_distill=False)
     budget = surgery.count_params(trunk.model)
@@ -176,6 +177,6 @@ def test_a_branch_from_a_trunk_at_the_sub_model_size_is_not_pruned_and_trains_at
     arch, trunk_arch = surgery.vit_arch(branch.model), surgery.vit_arch(trunk.model)
     assert {k: v for k, v in arch.items() if k != "num_outputs"} == \
         {k: v for k, v in trunk_arch.items() if k != "num_outputs"} and arch["num_outputs"] == 3
-    assert importance == [] and rates == [(6, 2e-4)]  # no recoveries: only its own half of the fine-tune
+    assert importance == [] and rates == [(6, pytest.approx(2e-4))]  # no recoveries: only its own half of the fine-tune
     units = pipeline.compute_units(recipe, 3, budget)
     assert units["groups"] == 3 * int(round(12 * 0.5 * (1 - 0.5)))  # shared_fraction 0.5 of the budget
