@@ -337,7 +337,14 @@ class _Exporter:
             from .quantize import onnx_fallback_groups
 
             src = self._preprocessed(name) if quant.startswith("int8") else self._fp32_file(fmt, name)
-            return onnx_fallback_groups(src, quant)
+            groups = onnx_fallback_groups(src, quant)
+            if name == "fusion":  # last resort: the whole (tiny) fusion head in float, e.g. a logit fusion's
+                import onnx       # per-segment log-softmax that per-tensor int8 cannot hold
+
+                everything = [n.name for n in onnx.load(src).graph.node if n.name]
+                if everything and sorted(everything) != sorted(n for v in groups.values() for n in v):
+                    groups["fusion head"] = everything
+            return groups
         from .tflite import node_groups
 
         return node_groups(self._fp32_file(fmt, name))
