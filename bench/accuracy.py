@@ -166,7 +166,9 @@ def main():
     peers = {}
     if args.peer_from:
         with open(args.out) as f:
-            src = json.load(f)["runs"][args.peer_from]
+            src = json.load(f).get("runs", {}).get(args.peer_from)
+        if src is None:
+            sys.exit(f"Error: --peer-from {args.peer_from!r}: no such run label in {args.out}")
         differ = {k for k in set(overrides) | set(src["overrides"])
                   if overrides.get(k) != src["overrides"].get(k)}
         bad = [k for k in differ if not k.startswith(ENSEMBLE_ONLY)]
