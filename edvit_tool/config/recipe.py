@@ -223,6 +223,12 @@ class ExportCfg(Section):
     opset: int = F(17, _num(17, 23))
     simplify: str = F("onnxslim", choices=("onnxslim", "onnxsim", "none"))
     calibration_samples: int = F(64, POS)
+    # ONNX int8-static activation ranges: min/max over the calibration images, or a percentile of their
+    # histogram (CALIBRATION_PERCENTILE; clips rare outliers), or the entropy (KL) optimum. TFLite: min/max
+    calibration_method: str = F("minmax", choices=("minmax", "percentile", "entropy"))
+    # ONNX int8-static: quantise every op ("all") or only the weight ops' inputs (MatMul, Gemm, Conv: "weights";
+    # layernorm, softmax, GELU and the residual adds stay float, the weights are int8 either way)
+    int8_ops: str = F("all", choices=("all", "weights"))
     reference_samples: int = F(16, POS)
 
 

@@ -100,6 +100,8 @@ class _Exporter:
         if "onnx" in self.formats:
             _check_simplifier(self.simplify)
         self.n_calib = int(cfg.get("calibration_samples", 64))
+        self.calib_method = str(cfg.get("calibration_method", "minmax"))
+        self.int8_ops = str(cfg.get("int8_ops", "all"))
         self.n_ref = int(cfg.get("reference_samples", 16))
         self.gate = {k: float(gate.get(k, v)) for k, v in DEFAULT_GATE.items()}
         self.subs = [sm["name"] for sm in manifest["submodels"]]
@@ -427,7 +429,7 @@ class _Exporter:
                 from .quantize import quantize_onnx
 
                 quantize_onnx(self._fp32_file(fmt, name), self._preprocessed(name), dst, quant, input_name,
-                              self.calib.get(name), exclude)
+                              self.calib.get(name), exclude, self.calib_method, self.int8_ops)
             else:
                 from .quantize import quantize_tflite
 

@@ -151,10 +151,15 @@ def compact_names(path: str, node_names: bool) -> None:
 
 # -- node groups for the int8 fallback ---------------------------------------------------------------------
 def node_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
-    """{label: [node names]} for the float fallback: layernorm, softmax, gelu, then blocks.<i> in order."""
-    groups: dict[str, list[str]] = {"layernorm": [], "softmax": [], "gelu": []}
+    """{label: [node names]} for the float fallback: layernorm, softmax, gelu, then head (every node after the
+    last block: final pooling, head Gemm), embed (every node before the first block: patch embedding, class
+    token, position embedding), then blocks.<i> in order. head and embed are small, so keeping them float costs
+    few bytes; without them a fallback that kept every block float still quantised them."""
+    groups: dict[str, list[str]] = {"layernorm": [], "softmax": [], "gelu": [], "head": [], "embed": []}
     blocks: dict[int, list[str]] = {}
-    for node in model.graph.node:
+    block_at: list[int] = []  # graph positions of block nodes
+    nodes = list(model.graph.node)
+    for pos, node in enumerate(nodes):
         name, op = node.name, node.op_type
         scope = name.rsplit("/", 1)[0] if "/" in name else ""
         last = scope.rsplit(".", 1)[-1]
@@ -167,6 +172,10 @@ def node_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
         m = _BLOCK.search(scope)
         if m:
             blocks.setdefault(int(m.group(1)), []).append(name)
+            block_at.append(pos)
+    if block_at:  # nodes are in topological order: before the first block is the embedding, after the last the head
+        groups["embed"] = [n.name for n in nodes[:block_at[0]] if n.name]
+        groups["head"] = [n.name for n in nodes[block_at[-1] + 1:] if n.name]
     for i in sorted(blocks):
         groups[f"blocks.{i}"] = blocks[i]
     return groups

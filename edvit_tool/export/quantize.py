@@ -37,6 +37,7 @@ SUPPORTED = {(f, q) for f in FORMATS for q in QUANT_MODES}
 NEEDS_CALIBRATION = ("int8-static",)
 MIN_CALIBRATION = 8
 # ops quantize_dynamic touches: a fallback step that keeps none of them float changes nothing
+_WEIGHT_OPS = {"MatMul", "Gemm", "Conv"}  # export.int8_ops weights: what int8-static quantises
 _ONNX_DYNAMIC_OPS = {"MatMul", "Gemm", "Conv", "Attention", "Gather", "LSTM", "EmbedLayerNormalization"}
 
 
@@ -98,8 +99,14 @@ def onnx_fallback_groups(preprocessed: str, quant: str) -> dict[str, list[str]]:
     return {k: v for k, v in groups.items() if v}
 
 
+# export.calibration_method: percentile keeps this share of each activation's histogram (onnxruntime's own
+# default, 99.999, clips only the rarest values)
+CALIBRATION_PERCENTILE = 99.999
+
+
 def quantize_onnx(fp32: str, preprocessed: str, dst: str, quant: str, input_name: str,
-                  calib: np.ndarray | None = None, exclude: list[str] | None = None) -> None:
+                  calib: np.ndarray | None = None, exclude: list[str] | None = None,
+                  method: str = "minmax", ops: str = "all") -> None:
     exclude = list(exclude or [])
     if quant == "fp16":
         import onnx
@@ -124,11 +131,20 @@ def quantize_onnx(fp32: str, preprocessed: str, dst: str, quant: str, input_name
             def get_next(self):
                 return next(self._it, None)
 
+        methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                   "entropy": CalibrationMethod.Entropy}
+        if method not in methods:
+            raise ExportError(f"export.calibration_method {method!r}: choose from {', '.join(methods)}")
         reader = Reader(calib.astype(np.float32))
+        extra = {"CalibPercentile": CALIBRATION_PERCENTILE} if method == "percentile" else {}
+        if ops not in ("all", "weights"):
+            raise ExportError(f"export.int8_ops {ops!r}: choose from all, weights")
+        only = {"op_types_to_quantize": sorted(_WEIGHT_OPS)} if ops == "weights" else {}
         with _quiet():
             quantize_static(preprocessed, dst, reader, quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
+                            calibrate_method=methods[method], nodes_to_exclude=exclude, extra_options=extra,
+                            **only)
         return
     raise ExportError(f"onnx cannot quantise to {quant!r}; choose from {', '.join(QUANT_MODES[1:])}")
 
