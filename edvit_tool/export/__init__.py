@@ -101,7 +101,7 @@ class _Exporter:
             _check_simplifier(self.simplify)
         self.n_calib = int(cfg.get("calibration_samples", 64))
         self.calib_method = str(cfg.get("calibration_method", "minmax"))
-        self.int8_ops = str(cfg.get("int8_ops", "all"))
+        self.int8_ops = str(cfg.get("int8_ops", "weights"))
         self.n_ref = int(cfg.get("reference_samples", 16))
         self.gate = {k: float(gate.get(k, v)) for k, v in DEFAULT_GATE.items()}
         self.subs = [sm["name"] for sm in manifest["submodels"]]
@@ -339,7 +339,7 @@ class _Exporter:
             from .quantize import onnx_fallback_groups
 
             src = self._preprocessed(name) if quant.startswith("int8") else self._fp32_file(fmt, name)
-            groups = onnx_fallback_groups(src, quant)
+            groups = onnx_fallback_groups(src, quant, self.int8_ops)
             if name == "fusion":  # last resort: the whole (tiny) fusion head in float, e.g. a logit fusion's
                 import onnx       # per-segment log-softmax that per-tensor int8 cannot hold
 

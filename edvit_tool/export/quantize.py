@@ -84,18 +84,21 @@ def onnx_preprocess(src: str, dst: str) -> None:
         quant_pre_process(src, dst, skip_symbolic_shape=False)
 
 
-def onnx_fallback_groups(preprocessed: str, quant: str) -> dict[str, list[str]]:
+def onnx_fallback_groups(preprocessed: str, quant: str, int8_ops: str = "weights") -> dict[str, list[str]]:
     """Node groups (see onnx.node_groups) of the preprocessed model, dropping groups that change nothing in
-    this mode (int8-dynamic only quantises weight ops such as MatMul)."""
+    this mode (int8-dynamic only quantises weight ops such as MatMul, and so does int8-static with
+    export.int8_ops weights: keeping a LayerNorm or Softmax float there changes nothing)."""
     import onnx
 
     from .onnx import node_groups
 
     model = onnx.load(preprocessed)
     groups = node_groups(model)
-    if quant == "int8-dynamic":
+    kept = _ONNX_DYNAMIC_OPS if quant == "int8-dynamic" else _WEIGHT_OPS if (
+        quant == "int8-static" and int8_ops == "weights") else None
+    if kept:
         ops = {n.name: n.op_type for n in model.graph.node}
-        groups = {k: [n for n in v if ops[n] in _ONNX_DYNAMIC_OPS] for k, v in groups.items()}
+        groups = {k: [n for n in v if ops[n] in kept] for k, v in groups.items()}
     return {k: v for k, v in groups.items() if v}
 
 
@@ -106,7 +109,7 @@ CALIBRATION_PERCENTILE = 99.999
 
 def quantize_onnx(fp32: str, preprocessed: str, dst: str, quant: str, input_name: str,
                   calib: np.ndarray | None = None, exclude: list[str] | None = None,
-                  method: str = "minmax", ops: str = "all") -> None:
+                  method: str = "minmax", ops: str = "weights") -> None:
     exclude = list(exclude or [])
     if quant == "fp16":
         import onnx
