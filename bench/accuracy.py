@@ -47,7 +47,7 @@ def _parse_value(v: str):
 # recipe keys the peer does not read (it is one class-agnostic model pruned from the original): a label that
 # differs from another only in these can take that label's peers (--peer-from) instead of training them again
 ENSEMBLE_ONLY = ("prune.shared_", "prune.importance_other", "finetune.branch_lr", "finetune.joint_", "fusion.",
-                 "finetune.other_", "finetune.aux_weight")
+                 "finetune.other_", "finetune.aux_weight", "finetune.early_stopping")  # the peer always stops early
 
 
 def run_one(task: str, k: int, ratio: float, overrides: dict, export: bool, label: str, device: str = "cpu",
@@ -75,6 +75,7 @@ def run_one(task: str, k: int, ratio: float, overrides: dict, export: bool, labe
         "original": r["original"]["accuracy"], "fused": r["fused"]["accuracy"], "fusion_kind": r["fusion_kind"],
         "fusion_candidates_test": acc.get("fusion_candidates_test"), "fusion_cv": acc.get("fusion_cv"),
         "fused_eval": acc.get("fused_eval"), "eval_samples": acc.get("eval_samples"),
+        "fused_val": acc.get("fused_val"),  # what a recipe choice may be judged on (validation split)
         "fused_onnx_fp32": exported.get("onnx/fp32"), "fused_onnx_int8": exported.get("onnx/int8-static"),
         **({"peer": r["peer"]["accuracy"], "peer_params": r["peer"]["params"],
             "peer_train_steps": r["peer"]["train_steps"], "peer_seconds": r["peer"]["seconds"],

@@ -35,6 +35,8 @@ BENCHES = {
     "ablate.json": ("Method ablations: fused (fusion kind picked on the validation split) vs the peer, test %",
                     ".venv/bin/python bench/ablate.py TASK K RATIO LABEL [--set ...] [--peer]"),
     "links.json": ("Wire formats over shaped links (K = 4 boards, tc tbf)", ".venv/bin/python bench/links.py"),
+    "int8_gate.json": ("int8 through the gated export (float fallback on), per export setting, accuracy-suite builds",
+                       ".venv/bin/python bench/int8_gate.py BUILD_DIR ... [--set export.KEY=VALUE ...]"),
     "hetero.json": ("Heterogeneous boards: capacity-aware vs uniform sizing (100 / 50 / 25 % of a core)",
                     ".venv/bin/python bench/hetero.py"),
 }
@@ -260,7 +262,25 @@ def render_links(d: dict) -> list[str]:
                    "per request", "per request, with preprocessing", "fp32 ÷ best"], rows) + [""] + [" ".join(notes)]
 
 
-RENDERERS = {"ablate.json": render_ablate, "accuracy.json": render_accuracy, "links.json": render_links, "hetero.json": render_hetero, "paper.json": render_paper, "compile.json": render_compile, "export.json": render_export,
+def render_int8_gate(d: dict) -> list[str]:
+    """One table per run: validation and held-out int8 − fp32 (ONNX, fused), bytes, float groups, per build."""
+    out = []
+    for label, run in d["runs"].items():
+        rows = []
+        for r in run["rows"]:
+            ok = r["val_int8"] is not None
+            rows.append([r["build"], r["setting"] or "the build's own",
+                         _f(100 * (r["val_int8"] - r["val_fp32"]), "+.2f") if ok else "failed",
+                         _f(100 * (r["test_int8"] - r["test_fp32"]), "+.2f") if ok else "failed",
+                         _f(r["int8_bytes_ratio"], ".2f"), sum(len(v) for v in r["float_layers"].values()),
+                         _f(r["seconds"], ".0f")])
+        out += [f"Run `{label}`:", ""] + _table(["build", "setting", "validation int8 − fp32 (pp)",
+                                                  "test int8 − fp32 (pp)", "int8 bytes ÷ fp32",
+                                                  "float groups kept", "export s"], rows) + [""]
+    return out
+
+
+RENDERERS = {"int8_gate.json": render_int8_gate, "ablate.json": render_ablate, "accuracy.json": render_accuracy, "links.json": render_links, "hetero.json": render_hetero, "paper.json": render_paper, "compile.json": render_compile, "export.json": render_export,
              "distributed.json": render_distributed, "worker_overhead.json": render_worker_overhead,
              "profile.json": render_profile, "scale.json": render_scale}
 
