@@ -62,14 +62,18 @@ def run_one(build: str, setting: str) -> dict:
         seconds = time.perf_counter() - t0
         with open(os.path.join(copy, "manifest.json"), encoding="utf-8") as f:
             manifest = json.load(f)
+    if r.returncode:  # the export is atomic: the copy still holds the build's old artifacts, not this setting's
+        return {"build": os.path.basename(build.rstrip("/")), "setting": setting, "returncode": r.returncode,
+                "error": (r.stderr.strip().splitlines() or ["(no output)"])[-1], "val_fp32": None,
+                "val_int8": None, "test_fp32": None, "test_int8": None, "int8_bytes_ratio": None,
+                "float_layers": {}, "seconds": seconds}
     acc = manifest["accuracy"]
     size = {"fp32": 0, "int8-static": 0}
     for a in manifest["artifacts"]:
         if a["format"] == "onnx" and a["quant"] in size:
             size[a["quant"]] += a["bytes"]
     val, test = acc.get("exported_val", {}), acc.get("exported", {})
-    return {"build": os.path.basename(build.rstrip("/")), "setting": setting, "returncode": r.returncode,
-            "error": r.stderr.strip().splitlines()[-1] if r.returncode else "",
+    return {"build": os.path.basename(build.rstrip("/")), "setting": setting, "returncode": 0, "error": "",
             "val_samples": acc.get("val_samples"), "eval_samples": acc.get("eval_samples"),
             "val_fp32": val.get("onnx/fp32"), "val_int8": val.get("onnx/int8-static"),
             "test_fp32": test.get("onnx/fp32"), "test_int8": test.get("onnx/int8-static"),

@@ -88,7 +88,7 @@ class _Built:
 
 class _Exporter:
     def __init__(self, root, manifest, models, cfg, gate, progress):
-        from .quantize import QUANT_MODES, check_modes
+        from .quantize import QUANT_MODES, check_int8_options, check_modes
 
         self.root, self.manifest, self.models = root, manifest, models
         self.formats = list(dict.fromkeys(cfg.get("formats") or []))
@@ -102,6 +102,7 @@ class _Exporter:
         self.n_calib = int(cfg.get("calibration_samples", 64))
         self.calib_method = str(cfg.get("calibration_method", "minmax"))
         self.int8_ops = str(cfg.get("int8_ops", "weights"))
+        check_int8_options(self.calib_method, self.int8_ops)
         self.n_ref = int(cfg.get("reference_samples", 16))
         self.gate = {k: float(gate.get(k, v)) for k, v in DEFAULT_GATE.items()}
         self.subs = [sm["name"] for sm in manifest["submodels"]]

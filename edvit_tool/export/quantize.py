@@ -61,6 +61,16 @@ def check_modes(formats, quants) -> None:
         raise ExportError("; ".join(problems))
 
 
+def check_int8_options(method: str, ops: str) -> None:
+    """ExportError for an unknown export.calibration_method / export.int8_ops (a hand-edited build recipe reaches
+    `edvit-tool export` unvalidated): refused before anything is exported."""
+    problems = [f"export.{key} {value!r}: choose from {', '.join(choices)}"
+                for key, value, choices in (("calibration_method", method, CALIBRATION_METHODS),
+                                            ("int8_ops", ops, INT8_OPS)) if value not in choices]
+    if problems:
+        raise ExportError("; ".join(problems))
+
+
 @contextlib.contextmanager
 def _quiet():
     """The quantisers log per-tensor warnings (e.g. per-channel axis on LayerNorm weights) and draw tqdm bars
@@ -105,6 +115,8 @@ def onnx_fallback_groups(preprocessed: str, quant: str, int8_ops: str = "weights
 # export.calibration_method: percentile keeps this share of each activation's histogram (onnxruntime's own
 # default, 99.999, clips only the rarest values)
 CALIBRATION_PERCENTILE = 99.999
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+INT8_OPS = ("weights", "all")
 
 
 def quantize_onnx(fp32: str, preprocessed: str, dst: str, quant: str, input_name: str,
@@ -134,14 +146,11 @@ def quantize_onnx(fp32: str, preprocessed: str, dst: str, quant: str, input_name
             def get_next(self):
                 return next(self._it, None)
 
+        check_int8_options(method, ops)
         methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                    "entropy": CalibrationMethod.Entropy}
-        if method not in methods:
-            raise ExportError(f"export.calibration_method {method!r}: choose from {', '.join(methods)}")
         reader = Reader(calib.astype(np.float32))
         extra = {"CalibPercentile": CALIBRATION_PERCENTILE} if method == "percentile" else {}
-        if ops not in ("all", "weights"):
-            raise ExportError(f"export.int8_ops {ops!r}: choose from all, weights")
         only = {"op_types_to_quantize": sorted(_WEIGHT_OPS)} if ops == "weights" else {}
         with _quiet():
             quantize_static(preprocessed, dst, reader, quant_format=QuantFormat.QDQ,

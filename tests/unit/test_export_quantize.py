@@ -51,6 +51,14 @@ def test_unknown_quant_mode_is_refused_naming_the_alternatives(staged, models):
     assert not os.path.exists(os.path.join(staged[0], "submodels"))  # refused before any work
 
 
+def test_unknown_int8_options_are_refused_before_any_work(staged, models):
+    with pytest.raises(ExportError) as e:
+        _export(staged, models, {**ONNX_STATIC, "int8_ops": "most", "calibration_method": "kl"})
+    assert str(e.value) == ("export.calibration_method 'kl': choose from minmax, percentile, entropy; "
+                            "export.int8_ops 'most': choose from weights, all")
+    assert not os.path.exists(os.path.join(staged[0], "submodels"))
+
+
 def test_unknown_format_is_refused(staged, models):
     with pytest.raises(ExportError, match=r"export.formats: unknown format 'coreml'; choose from onnx, tflite"):
         _export(staged, models, {**ONNX_STATIC, "formats": ["onnx", "coreml"]})
@@ -352,6 +360,6 @@ def test_unknown_calibration_method_is_refused_naming_the_choices(tmp_path):
     fp32, pre = str(tmp_path / "m.onnx"), str(tmp_path / "pre.onnx")
     _matmul_onnx(fp32)
     onnx_preprocess(fp32, pre)
-    with pytest.raises(ExportError, match="export.calibration_method 'kl': choose from minmax, percentile, entropy"):
+    with pytest.raises(ExportError, match="export.calibration_method 'kl': choose from minmax, percentile, entropy$"):
         quantize_onnx(fp32, pre, str(tmp_path / "q.onnx"), "int8-static", "pixel_values",
                       np.zeros((16, 8), np.float32), [], method="kl")
