@@ -47,7 +47,8 @@ def _parse_value(v: str):
 # recipe keys the peer does not read (it is one class-agnostic model pruned from the original): a label that
 # differs from another only in these can take that label's peers (--peer-from) instead of training them again
 ENSEMBLE_ONLY = ("prune.shared_", "prune.importance_other", "finetune.branch_lr", "finetune.joint_", "fusion.",
-                 "finetune.other_", "finetune.aux_weight", "finetune.early_stopping")  # the peer always stops early
+                 "finetune.other_", "finetune.aux_weight", "finetune.early_stopping",
+                 "split.view_shift")  # the peer always stops early
 
 
 def run_one(task: str, k: int, ratio: float, overrides: dict, export: bool, label: str, device: str = "cpu",
@@ -79,6 +80,7 @@ def run_one(task: str, k: int, ratio: float, overrides: dict, export: bool, labe
         "fused_onnx_fp32": exported.get("onnx/fp32"), "fused_onnx_int8": exported.get("onnx/int8-static"),
         **({"peer": r["peer"]["accuracy"], "peer_params": r["peer"]["params"],
             "peer_train_steps": r["peer"]["train_steps"], "peer_seconds": r["peer"]["seconds"],
+            "peer_views": r["peer"].get("views_accuracy"),
             "ensemble_seconds": r["peer"]["ensemble_seconds"]} if peer else
            # no peer in this build: the whole compile's seconds (teacher pass and fusion included: an overcount)
            {"ensemble_seconds": r["compile_seconds"]}),

@@ -60,6 +60,25 @@ def similarity(sim: np.ndarray, k: int) -> list[list[int]]:
     return sorted(groups, key=lambda g: g[0])
 
 
+def view_offsets(k: int) -> list[tuple[int, int]]:
+    """K unit offsets (dy, dx): (0, 0) first, then ring by ring (Chebyshev radius 1, 2, ...), each ring's corners
+    before its edges, so that few views are spread as far apart as the ring allows."""
+    out, r = [(0, 0)], 1
+    while len(out) < k:
+        ring = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if max(abs(dy), abs(dx)) == r]
+        corners = [(r, r), (-r, -r), (r, -r), (-r, r)]
+        edges = sorted((o for o in ring if o not in corners), key=lambda o: (abs(o[0]) + abs(o[1]), o != (0, r)))
+        out += corners + edges
+        r += 1
+    return out[:k]
+
+
+def views(k: int, view_shift: int | None, patch_size: int) -> list[tuple[int, int]]:
+    """Each sub-model's fixed input offset in pixels (split.view_shift; null = max(1, patch_size / 8))."""
+    px = max(1, round(patch_size / 8)) if view_shift is None else int(view_shift)
+    return [(dy * px, dx * px) for dy, dx in view_offsets(k)]
+
+
 def partition(strategy: str, num_classes: int, k: int, sim: np.ndarray | None = None) -> list[list[int]]:
     group_sizes(num_classes, k)  # validates k
     if strategy == "balanced":

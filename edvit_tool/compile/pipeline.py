@@ -58,13 +58,15 @@ def _importance_batches(train: distill.TrainSet, y_rel, n_group, batch_size, cou
 
 def prune_and_finetune(model, group: list[int], train: distill.TrainSet, recipe: Recipe, params_target: int | None,
                        device, seed: int, bars=None, label: str = "", compute: float = 1.0,
-                       validate=None, start: distill.Student | None = None) -> distill.Student:
+                       validate=None, start: distill.Student | None = None,
+                       view: tuple[int, int] = (0, 0)) -> distill.Student:
     """One sub-model: group head, iterative class-wise pruning with short recoveries, then distillation.
 
     Returns the distill.Student (its `.model` is the pruned timm ViT, `.aux` its N-class head for the fusion).
     `group` covering every class gives the class-agnostic peer (no "other" output, no aux head). `compute`
     scales every training phase (the peer gets K sub-models' steps); `validate` enables early stopping.
     `start`: prune from this class-agnostic student (the shared trunk) instead of the original model.
+    `view`: the sub-model's fixed input offset (split.view_shift), part of its architecture from the start.
     """
     pr, ft = recipe.prune, recipe.finetune
     if start is not None and ft.branch_lr_scale != 1.0:
@@ -73,6 +75,7 @@ def prune_and_finetune(model, group: list[int], train: distill.TrainSet, recipe:
     origin = model if start is None else start.model
     base = copy.deepcopy(origin).to(device)
     everything = len(group) == n_cls
+    surgery.set_view(base, view)
     if not everything:
         surgery.replace_head(base, len(group) + 1, init_from=surgery.group_head_init(base, group))
     aux_init = origin.head if not everything and ft.aux_weight > 0 else None
@@ -153,6 +156,17 @@ def joint_phase(recipe: Recipe, st: SimpleNamespace, students: list, partial, de
         partial.save(n, students[gi])
     partial.save_tensors("joint-fusion", head.state_dict())
     return head.eval()
+
+
+def views_accuracy(model, views, x, y, device) -> float:
+    """Accuracy of `model` with its softmax averaged over the ensemble's views: what the peer gets when its one
+    board runs it once per view (K times its latency), the reference for what the views alone are worth."""
+    probs = 0.0
+    for view in views:
+        surgery.set_view(model, view)
+        probs = probs + distill.predict(model, x, device).softmax(1)
+    surgery.set_view(model, (0, 0))
+    return distill.accuracy(probs, y)
 
 
 def autocast_for(device: torch.device):
@@ -252,6 +266,9 @@ def prepare(recipe: Recipe, device, bars=None, for_worker: bool = False,
         groups, params_targets = sizing.groups, sizing.params_targets
         log(sizing.summary())
     log("groups: " + "  ".join(f"g{i}={[data.classes[c] for c in g]}" for i, g in enumerate(groups)))
+    views = partition.views(len(groups), recipe.split.view_shift, model.patch_embed.patch_size[0])
+    if any(v != (0, 0) for v in views):
+        log("views (input offset dy,dx px): " + "  ".join(f"g{i}={v[0]},{v[1]}" for i, v in enumerate(views)))
 
     ft = recipe.finetune
     t_feats = f_ft if ft.feature_weight > 0 else None
@@ -324,7 +341,8 @@ def train_group(st: SimpleNamespace, gi: int, recipe: Recipe, device, bars=None,
     seed_everything(st.seed + 1000 * (gi + 1))
     compute = group_share(recipe, st.k, st.params_target)
     return prune_and_finetune(st.model, st.groups[gi], st.train, recipe, st.params_targets[gi], device,
-                              st.seed + 1000 * (gi + 1), bars, label=f"g{gi}", compute=compute, start=trunk)
+                              st.seed + 1000 * (gi + 1), bars, label=f"g{gi}", compute=compute, start=trunk,
+                              view=st.views[gi])
 
 
 def _train_stages(recipe: Recipe, bars, peer: bool, device, partial, pool=None) -> SimpleNamespace:
@@ -394,6 +412,8 @@ def _train_stages(recipe: Recipe, bars, peer: bool, device, partial, pool=None) 
     log(f"test: fused ({fu.kind}) {fused_acc:.4f} vs original {orig_acc:.4f}")
     if peer_info is not None:
         peer_info["accuracy"] = distill.accuracy(distill.predict(peer_model, data.test.x, device), data.test.y)
+        if any(v != (0, 0) for v in st.views):  # a reference, not a deployment: K runs of the peer per image
+            peer_info["views_accuracy"] = views_accuracy(peer_model, st.views, data.test.x, data.test.y, device)
         log(f"peer (one class-agnostic pruned ViT at {peer_info['params_budget']:,} params, "
             f"{peer_info['train_steps']} steps): test accuracy {peer_info['accuracy']:.4f} vs fused {fused_acc:.4f}")
 

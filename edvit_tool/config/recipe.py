@@ -125,6 +125,10 @@ class DataCfg(Section):
 class SplitCfg(Section):
     groups: int = F(4, _num(1))
     strategy: str = F("balanced", choices=("balanced", "similarity"))
+    # sub-model views: sub-model i sees the image moved by its own fixed offset of this many pixels (sub-model 0
+    # the plain image), so the K boards' errors decorrelate and the fusion head averages them out. null = auto
+    # (max(1, patch_size / 8) px), 0 = every sub-model sees the plain image (partition.views)
+    view_shift: int | None = F(None, NONNEG)
     # heterogeneous boards: size group i's sub-model (and class count) for board i (compile/sizing.py)
     boards: str | None = F(None)         # boards.yaml
     profiles: str | None = F(None)       # profiles.json of a ladder build on those boards

@@ -51,6 +51,9 @@ def render_markdown(r: dict) -> str:
     if r.get("peer"):
         p = r["peer"]
         lines.append(f"| peer: one class-agnostic pruned ViT | {p['params']:,} | {p['bytes']:,} | {_pct(p['accuracy'])} |")
+        if p.get("views_accuracy") is not None:
+            lines.append(f"| peer run once per sub-model view, averaged (K× its latency; a reference) | | | "
+                         f"{_pct(p['views_accuracy'])} |")
     c = r.get("compute_steps")
     if c:
         p = r.get("peer") or {}

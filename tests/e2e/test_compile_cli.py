@@ -78,6 +78,9 @@ def test_compile_writes_a_complete_build_with_budgets_met(tmp_path, tiny_ckpt, c
     model = build_pruned(manifest["model"]["name"], manifest["model"]["kwargs"], sm["arch"])
     model.load_state_dict(torch.load(out / sm["checkpoint"], weights_only=True))
     assert count_params(model) == sm["params"]
+    # default views: sub-model 0 sees the plain image, the others their own 1-px offsets (recorded in the arch)
+    views = [tuple(s["arch"].get("view", (0, 0))) for s in manifest["submodels"]]
+    assert views[0] == (0, 0) and len(set(views)) == 4 and all(max(map(abs, v)) == 1 for v in views[1:])
 
     # re-export the finished build (atomic, reports refreshed) and gate it with `check`
     assert main(["export", str(out), "--formats", "onnx", "--quant", "fp32", "-q"]) == 0

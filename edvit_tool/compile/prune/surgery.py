@@ -39,6 +39,47 @@ class PrunedBlock(Block):
         return x
 
 
+def shift_image(x: Tensor, dy: int, dx: int) -> Tensor:
+    """x [N, C, H, W] moved down dy / right dx pixels (negative: up / left), edge pixels repeated into the gap.
+    Slices and concatenations only, so it exports to every format and runtime the tool targets."""
+    for dim, d in ((2, dy), (3, dx)):
+        if d > 0:
+            edge = x.narrow(dim, 0, 1)
+            x = torch.cat([edge] * d + [x.narrow(dim, 0, x.shape[dim] - d)], dim)
+        elif d < 0:
+            edge = x.narrow(dim, x.shape[dim] - 1, 1)
+            x = torch.cat([x.narrow(dim, -d, x.shape[dim] + d)] + [edge] * -d, dim)
+    return x
+
+
+class ViewPatchEmbed(PatchEmbed):
+    """A PatchEmbed that first moves the image by its fixed `edvit_view` (dy, dx) pixels: a sub-model's view.
+    Same modules and state_dict keys; the view is part of the architecture (vit_arch "view")."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(shift_image(x, *self.edvit_view))
+
+
+def set_view(model: nn.Module, view) -> nn.Module:
+    """Give `model` (in place, also returned) the fixed input translation `view` = (dy, dx); (0, 0) removes it."""
+    pe = model.patch_embed
+    dy, dx = (int(v) for v in view)
+    if (dy, dx) == (0, 0):
+        if type(pe) is ViewPatchEmbed:
+            pe.__class__ = PatchEmbed
+            del pe.edvit_view
+        return model
+    if type(pe) not in (PatchEmbed, ViewPatchEmbed):
+        raise ModelError(f"patch_embed of type {type(pe).__name__} cannot take a view")
+    pe.__class__ = ViewPatchEmbed
+    pe.edvit_view = (dy, dx)
+    return model
+
+
+def view_of(model: nn.Module) -> tuple[int, int]:
+    return tuple(getattr(model.patch_embed, "edvit_view", (0, 0)))
+
+
 @dataclass
 class KeepPlan:
     """Indices to keep, in the model's *current* numbering. Empty list = drop that branch."""
@@ -115,6 +156,7 @@ def vit_arch(model: nn.Module) -> dict:
         "heads": [int(b.attn.num_heads) if b.attn is not None else 0 for b in model.blocks],
         "mlp_hidden": [int(b.mlp.fc1.out_features) if b.mlp is not None else 0 for b in model.blocks],
         "num_outputs": int(model.head.out_features) if isinstance(model.head, nn.Linear) else 0,
+        **({"view": list(view_of(model))} if view_of(model) != (0, 0) else {}),
     }
 
 
@@ -314,7 +356,7 @@ def build_pruned(model_name: str, model_kwargs: dict, arch: dict) -> nn.Module:
     pruned = apply_keep(model, full_plan(arch, embed=arch["embed_dim"]))
     if arch["num_outputs"] != base["num_outputs"]:
         replace_head(pruned, arch["num_outputs"])
-    return pruned
+    return set_view(pruned, arch.get("view", (0, 0)))
 
 
 # ---------------------------------------------------------------------------------------------- heads / masks
