@@ -15,6 +15,9 @@ original ViT `model.safetensors`, and `recipe.yaml` (the default recipe pointed 
                   position, occlusion bars, blur; long-tailed train set (300 → 30 per class), balanced test.
   holdout-dots    (kept aside, never used while tuning) 16 classes, 40 px RGB: dot count 1-4 x shape
                   (circle | square) x colour (red | blue), with noise and distractor lines.
+  holdout-strokes (added in session 9, after the sub-model views were chosen; never tuned on) 12 classes, 48 px
+                  RGB, patch 12: random polyline templates under affine warps and jitter, gradient background,
+                  a distractor stroke, blur and noise.
 
     python bench/tasks.py [--tasks a,b] [--threads 1]      # build what is missing, print original accuracies
 """
@@ -242,6 +245,36 @@ def _holdout_dots(seed: int, n_per_class: int = 150, size: int = 40):
     return np.stack(xs), np.array(ys), names
 
 
+def _holdout_strokes(seed: int, n_per_class: int = 150, size: int = 48, n_classes: int = 12):
+    """Each class a random polyline template (3-5 points, fixed by the seed), drawn with a random affine warp,
+    per-point jitter, random width and colours on a gradient background with noise and a distractor stroke."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    templates = [rng.uniform(-1, 1, (int(rng.integers(3, 6)), 2)) for _ in range(n_classes)]
+    xs, ys = [], []
+    yy = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
+    for cls, tpl in enumerate(templates):
+        for _ in range(n_per_class):
+            c0, c1 = rng.uniform(0, 120, 3), rng.uniform(0, 120, 3)
+            bg = (c0 + (c1 - c0) * yy) * np.ones((size, size, 3), np.float32)
+            im = Image.fromarray(bg.astype(np.uint8))
+            dr = ImageDraw.Draw(im)
+            d = rng.uniform(-1, 1, (int(rng.integers(2, 4)), 2)) * size / 2 + size / 2
+            dr.line([tuple(p) for p in d], fill=tuple(int(v) for v in rng.integers(60, 200, 3)), width=1)
+            a = rng.uniform(-0.35, 0.35)
+            sc = rng.uniform(0.28, 0.4) * size
+            rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+            pts = (tpl + rng.normal(0, 0.08, tpl.shape)) @ rot.T * sc + size / 2 + rng.uniform(-4, 4, 2)
+            dr.line([tuple(p) for p in pts], fill=tuple(int(v) for v in rng.integers(150, 256, 3)),
+                    width=int(rng.integers(2, 5)), joint="curve")
+            im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
+            arr = np.asarray(im, dtype=np.float32) + rng.normal(0, 18, (size, size, 3))
+            xs.append(np.clip(arr, 0, 255).astype(np.uint8))
+            ys.append(cls)
+    return np.stack(xs), np.array(ys), [f"stroke-{i}" for i in range(n_classes)]
+
+
 # ---------------------------------------------------------------- task table
 
 TASKS = {
@@ -250,6 +283,8 @@ TASKS = {
     "textures-50": dict(size=24, chans=3, patch=6, embed=128, depth=4, heads=4, train_steps=3000, tuning=True),
     "glyphs-lt": dict(size=64, chans=1, patch=16, embed=128, depth=4, heads=4, train_steps=3000, tuning=True),
     "holdout-dots": dict(size=40, chans=3, patch=8, embed=96, depth=5, heads=4, train_steps=3000, tuning=False),
+    # added in session 9 after the sub-model views were chosen, to check them on a task nothing was tuned on
+    "holdout-strokes": dict(size=48, chans=3, patch=12, embed=96, depth=4, heads=4, train_steps=2500, tuning=False),
 }
 TUNING = [t for t, c in TASKS.items() if c["tuning"]]
 HOLDOUT = [t for t, c in TASKS.items() if not c["tuning"]]
@@ -276,7 +311,8 @@ def generate(task: str, seed: int = 0):
         return x[~test], y.numpy()[~test], x[test], y.numpy()[test], names
     if task == "glyphs-lt":
         return _glyphs_lt(seed)
-    x, y, names = {"shapes-20": _shapes_20, "textures-50": _textures_50, "holdout-dots": _holdout_dots}[task](seed)
+    x, y, names = {"shapes-20": _shapes_20, "textures-50": _textures_50, "holdout-dots": _holdout_dots,
+                   "holdout-strokes": _holdout_strokes}[task](seed)
     test = _split_by(np.arange(len(y)), y, 0.2, seed)
     return x[~test], y[~test], x[test], y[test], names
 

@@ -206,9 +206,15 @@ def render_accuracy(d: dict) -> list[str]:
                  _f(100 * (r["fused"] - r["original"]), "+.2f"),
                  _f(r.get("ensemble_seconds"), ".0f"), _f(r.get("peer_seconds"), ".0f")]
                 for r in sorted(run.get("rows") or [], key=lambda r: (r["k"], r["params_ratio"], r["task"]))]
+        head = ["task", "K", "params", "original", "fused", "onnx fp32", "onnx int8", "peer",
+                "fused − peer (pp)", "fused − original (pp)", "ensemble s", "peer s"]
+        srt = sorted(run.get("rows") or [], key=lambda r: (r["k"], r["params_ratio"], r["task"]))
+        if any(r.get("peer_views") is not None for r in srt):  # the reference: the peer run once per view
+            head.insert(8, "peer × K views (K× its latency)")
+            for row, r in zip(rows, srt):
+                row.insert(8, _pp(r.get("peer_views")))
         lines += [f"Run `{label}`" + (f" (overrides {run['overrides']})" if run.get("overrides") else "") + ":", ""]
-        lines += _table(["task", "K", "params", "original", "fused", "onnx fp32", "onnx int8", "peer",
-                         "fused − peer (pp)", "fused − original (pp)", "ensemble s", "peer s"], rows) + [""]
+        lines += _table(head, rows) + [""]
     return lines
 
 

@@ -14,8 +14,10 @@ Statistical rules (export only, on the validation split: hundreds of images, eve
 never fail an artifact, a real degradation does:
 - agreement: an int8/fp16 artifact's top-1 (`logits`) disagrees with PyTorch on more than 1 - MIN_TOP1_AGREEMENT
   of the images AND significantly so (one-sided binomial z-test at Z_ONE_SIDED).
-- accuracy drop: the fused accuracy through the artifacts is more than the gate's pp below the reference even with
-  one image given back (net loss = images only the reference gets right minus images only the artifacts get right).
+- accuracy drop: the fused accuracy through the artifacts is more than the gate's pp below the reference, or more
+  than one image below where one image is worth more than that (net loss = images only the reference gets right
+  minus images only the artifacts get right). Session 9 dropped the one image given back on larger splits: it let
+  0.6-0.7-pp validation drops through the 0.5-pp gate and those builds lost 0.8-1.5 pp on held-out images.
   Session 8 replaced a significance test (McNemar) here: with the many prediction flips of int8 on small, low-margin
   models it let 1-3 pp drops through a 0.5-pp gate (10 accuracy-suite builds: int8 1 pp below fp32 on validation
   on average), while the gate's figure is what users read as the promise.
@@ -198,8 +200,9 @@ def agreement_problem(pred: np.ndarray, ref_pred: np.ndarray, min_agreement: flo
 
 def drop_problem(ref_correct: np.ndarray, got_correct: np.ndarray, max_drop_pp: float, ref_name: str,
                  got_name: str, gate_key: str) -> str | None:
-    """A problem when `got`'s accuracy is more than max_drop_pp below `ref`'s even with one image given back (so
-    one flipped image never fails an artifact), else None."""
+    """A problem when `got`'s accuracy is more than max_drop_pp below `ref`'s — or, on a split so small that one
+    image is worth more than that, more than one image below (one flipped image never fails an artifact) — else
+    None."""
     ref_correct, got_correct = np.asarray(ref_correct, bool), np.asarray(got_correct, bool)
     n = len(ref_correct)
     if n == 0:
@@ -207,7 +210,7 @@ def drop_problem(ref_correct: np.ndarray, got_correct: np.ndarray, max_drop_pp: 
     lost = int(np.sum(ref_correct & ~got_correct))   # only the reference is right
     won = int(np.sum(~ref_correct & got_correct))    # only the artifacts are right
     drop_pp = 100.0 * (lost - won) / n
-    if 100.0 * (lost - won - 1) / n > max_drop_pp + 1e-9:
+    if drop_pp > max(max_drop_pp, 100.0 / n) + 1e-9:
         return (f"fused accuracy {100 * got_correct.mean():.2f} % is {drop_pp:.2f} pp below {ref_name}'s "
                 f"{100 * ref_correct.mean():.2f} % on {n} validation images ({lost} lost, {won} gained; "
                 f"{gate_key} {max_drop_pp:g})")
