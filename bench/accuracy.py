@@ -46,9 +46,9 @@ def _parse_value(v: str):
 
 # recipe keys the peer does not read (it is one class-agnostic model pruned from the original): a label that
 # differs from another only in these can take that label's peers (--peer-from) instead of training them again
+# (finetune.early_stopping: the peer always stops early; split.view_shift: the peer has no view)
 ENSEMBLE_ONLY = ("prune.shared_", "prune.importance_other", "finetune.branch_lr", "finetune.joint_", "fusion.",
-                 "finetune.other_", "finetune.aux_weight", "finetune.early_stopping",
-                 "split.view_shift")  # the peer always stops early
+                 "finetune.other_", "finetune.aux_weight", "finetune.early_stopping", "split.view_shift")
 
 
 def run_one(task: str, k: int, ratio: float, overrides: dict, export: bool, label: str, device: str = "cpu",
