@@ -200,19 +200,18 @@ def _pp(v) -> str:
 def render_accuracy(d: dict) -> list[str]:
     lines = []
     for label, run in reversed(list((d.get("runs") or {}).items())):  # newest run first
+        srt = sorted(run.get("rows") or [], key=lambda r: (r["k"], r["params_ratio"], r["task"]))
+        views = any(r.get("peer_views") is not None for r in srt)  # the reference: the peer run once per view
         rows = [[r["task"], r["k"], f"{100 * r['params_ratio']:.1f} %", _pp(r["original"]), _pp(r["fused"]),
                  _pp(r.get("fused_onnx_fp32")), _pp(r.get("fused_onnx_int8")), _pp(r.get("peer")),
+                 *([_pp(r.get("peer_views"))] if views else []),
                  _f(None if r.get("peer") is None else 100 * (r["fused"] - r["peer"]), "+.2f"),
                  _f(100 * (r["fused"] - r["original"]), "+.2f"),
                  _f(r.get("ensemble_seconds"), ".0f"), _f(r.get("peer_seconds"), ".0f")]
-                for r in sorted(run.get("rows") or [], key=lambda r: (r["k"], r["params_ratio"], r["task"]))]
+                for r in srt]
         head = ["task", "K", "params", "original", "fused", "onnx fp32", "onnx int8", "peer",
+                *(["peer × K views (K× its latency)"] if views else []),
                 "fused − peer (pp)", "fused − original (pp)", "ensemble s", "peer s"]
-        srt = sorted(run.get("rows") or [], key=lambda r: (r["k"], r["params_ratio"], r["task"]))
-        if any(r.get("peer_views") is not None for r in srt):  # the reference: the peer run once per view
-            head.insert(8, "peer × K views (K× its latency)")
-            for row, r in zip(rows, srt):
-                row.insert(8, _pp(r.get("peer_views")))
         lines += [f"Run `{label}`" + (f" (overrides {run['overrides']})" if run.get("overrides") else "") + ":", ""]
         lines += _table(head, rows) + [""]
     return lines

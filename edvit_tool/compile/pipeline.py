@@ -267,7 +267,8 @@ def prepare(recipe: Recipe, device, bars=None, for_worker: bool = False,
         log(sizing.summary())
     log("groups: " + "  ".join(f"g{i}={[data.classes[c] for c in g]}" for i, g in enumerate(groups)))
     views = partition.views(len(groups), recipe.split.view_shift, model.patch_embed.patch_size[0])
-    if any(v != (0, 0) for v in views):
+    viewed = any(v != (0, 0) for v in views)
+    if viewed:
         log("views (input offset dy,dx px): " + "  ".join(f"g{i}={v[0]},{v[1]}" for i, v in enumerate(views)))
 
     ft = recipe.finetune
@@ -412,7 +413,7 @@ def _train_stages(recipe: Recipe, bars, peer: bool, device, partial, pool=None) 
     log(f"test: fused ({fu.kind}) {fused_acc:.4f} vs original {orig_acc:.4f}")
     if peer_info is not None:
         peer_info["accuracy"] = distill.accuracy(distill.predict(peer_model, data.test.x, device), data.test.y)
-        if any(v != (0, 0) for v in st.views):  # a reference, not a deployment: K runs of the peer per image
+        if st.viewed:  # a reference, not a deployment: K runs of the peer per image
             peer_info["views_accuracy"] = views_accuracy(peer_model, st.views, data.test.x, data.test.y, device)
         log(f"peer (one class-agnostic pruned ViT at {peer_info['params_budget']:,} params, "
             f"{peer_info['train_steps']} steps): test accuracy {peer_info['accuracy']:.4f} vs fused {fused_acc:.4f}")
