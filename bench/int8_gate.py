@@ -78,6 +78,9 @@ def run_one(build: str, setting: str) -> dict:
             "val_fp32": val.get("onnx/fp32"), "val_int8": val.get("onnx/int8-static"),
             "test_fp32": test.get("onnx/fp32"), "test_int8": test.get("onnx/int8-static"),
             "int8_bytes_ratio": size["int8-static"] / size["fp32"] if size["fp32"] else None,
+            # share of fused answers int8 keeps from fp32 (validation / held-out), where the export records it
+            "val_agreement": acc.get("quant_agreement", {}).get("onnx/int8-static", {}).get("val"),
+            "test_agreement": acc.get("quant_agreement", {}).get("onnx/int8-static", {}).get("held_out"),
             "float_layers": {a["name"]: a["float_layers"] for a in manifest["artifacts"]
                              if a["quant"] == "int8-static" and a.get("float_layers")},
             "seconds": seconds}
@@ -88,11 +91,13 @@ def _pp(a, b):
 
 
 def table(rows: list) -> str:
-    lines = [f"{'build':28s} {'setting':34s} {'val int8-fp32':>13s} {'test int8-fp32':>14s} {'bytes':>6s} "
-             f"{'float':>5s} {'s':>5s}"]
+    lines = [f"{'build':28s} {'setting':34s} {'val int8-fp32':>13s} {'test int8-fp32':>14s} {'agree val/test':>14s} "
+             f"{'bytes':>6s} {'float':>5s} {'s':>5s}"]
     for r in rows:
+        agree = ("—" if r.get("val_agreement") is None
+                 else f"{100 * r['val_agreement']:.1f}/{100 * r['test_agreement']:.1f}")
         lines.append(f"{r['build'][:28]:28s} {r['setting'][:34]:34s} {_pp(r['val_fp32'], r['val_int8']):>13s} "
-                     f"{_pp(r['test_fp32'], r['test_int8']):>14s} "
+                     f"{_pp(r['test_fp32'], r['test_int8']):>14s} {agree:>14s} "
                      f"{(r['int8_bytes_ratio'] or 0):6.2f} {len(r['float_layers']):5d} {r['seconds']:5.0f}"
                      + (f"  FAILED: {r['error']}" if r["returncode"] else ""))
     for s in dict.fromkeys(r["setting"] for r in rows):

@@ -235,6 +235,9 @@ class ExportCfg(Section):
     # 8 (bench/results/int8_gate.json, 10 builds): weights tied all on validation (-0.25 vs -0.30 pp against
     # fp32), and its sub-models ran 3x faster (0.41 vs 1.21 ms; fp32 0.54-0.58) at the same size
     int8_ops: str = F("weights", choices=("all", "weights"))
+    # int8 layer groups the gate keeps out of int8 compute: activations float with int8 weights ("weights": the file
+    # stays int8-sized, those ops run at float speed) or entirely float ("float", sessions 2-9)
+    int8_fallback: str = F("weights", choices=("weights", "float"))
     reference_samples: int = F(16, POS)
 
 
@@ -242,6 +245,9 @@ class ExportCfg(Section):
 class GateCfg(Section):
     max_accuracy_drop_pp: float = F(1.0, NONNEG)
     max_quant_drop_pp: float = F(0.5, NONNEG)
+    # a quantised variant's fused answers must equal its format's fp32 on at least this share of the validation
+    # images (0 = off): a bound on how many answers int8 may change, not only on the net accuracy change
+    min_quant_agreement: float = F(0.0, _num(0, 1))
 
 
 @dataclass

@@ -24,7 +24,8 @@ from ..errors import ExportError
 
 EXT = {"onnx": "onnx", "tflite": "tflite"}
 # int8 within half a point of fp32 (issue 10's target); a variant that misses it keeps layer groups float
-DEFAULT_GATE = {"max_accuracy_drop_pp": 1.0, "max_quant_drop_pp": 0.5}
+DEFAULT_GATE = {"max_accuracy_drop_pp": 1.0, "max_quant_drop_pp": 0.5, "min_quant_agreement": 0.0}
+FLOAT_WEIGHTS = " (float weights)"  # suffix of a fallback step that keeps a layer group's weights float too
 
 
 def artifact_path(name: str, quant: str, fmt: str) -> str:
@@ -102,7 +103,8 @@ class _Exporter:
         self.n_calib = int(cfg.get("calibration_samples", 64))
         self.calib_method = str(cfg.get("calibration_method", "minmax"))
         self.int8_ops = str(cfg.get("int8_ops", "weights"))
-        check_int8_options(self.calib_method, self.int8_ops)
+        self.int8_fallback = str(cfg.get("int8_fallback", "weights"))
+        check_int8_options(self.calib_method, self.int8_ops, self.int8_fallback)
         self.n_ref = int(cfg.get("reference_samples", 16))
         self.gate = {k: float(gate.get(k, v)) for k, v in DEFAULT_GATE.items()}
         self.subs = [sm["name"] for sm in manifest["submodels"]]
@@ -253,7 +255,7 @@ class _Exporter:
             os.makedirs(self._path(d), exist_ok=True)
         # beside the build, not in /tmp (often a small tmpfs): working copies of big models are big
         self.scratch = tempfile.mkdtemp(prefix=".edvit-export-", dir=os.path.dirname(os.path.abspath(self.root)))
-        artifacts, exported, exported_val, failures = [], {}, {}, []
+        artifacts, exported, exported_val, agreement, failures = [], {}, {}, {}, []
         info = {"reference_samples": len(self.ref_inputs["pixel_values"]),
                 "calibration_samples": {n: int(len(v)) for n, v in self.calib.items()},
                 "gate": dict(self.gate), "gate_split": gate_split, "gate_samples": int(len(y)),
@@ -262,16 +264,20 @@ class _Exporter:
         try:
             for fmt in self.formats:
                 info[fmt] = self._export_fp32(fmt)
-                self.fp32_correct = None
+                self.fp32_pred = self.fp32_eval_pred = None
                 # fp32 always runs (it is what the quantisers start from and what quant drop is measured
                 # against); it is shipped only when asked for
                 for quant in ["fp32"] + [q for q in self.quants if q != "fp32"]:
-                    built, correct, eval_acc, fails = self._variant(fmt, quant, x, y)
+                    built, pred, eval_pred, fails = self._variant(fmt, quant, x, y)
                     if quant == "fp32":
-                        self.fp32_correct = correct
+                        self.fp32_pred, self.fp32_eval_pred = pred, eval_pred
+                    elif self._ships(quant):
+                        # share of fused answers the quantised variant keeps from the same format's fp32
+                        agreement[f"{fmt}/{quant}"] = {"val": float(np.mean(pred == self.fp32_pred)),
+                                                       "held_out": float(np.mean(eval_pred == self.fp32_eval_pred))}
                     if self._ships(quant):
-                        exported[f"{fmt}/{quant}"] = eval_acc
-                        exported_val[f"{fmt}/{quant}"] = float(np.mean(correct))
+                        exported[f"{fmt}/{quant}"] = float(np.mean(eval_pred == self.eval_y))
+                        exported_val[f"{fmt}/{quant}"] = float(np.mean(pred == y))
                         artifacts.extend(built[n].entry for n in self.names)
                         failures.extend(fails)
                     elif fails:  # an unshipped fp32 that fails is still why the quantised ones cannot be trusted
@@ -281,6 +287,7 @@ class _Exporter:
         self.manifest["artifacts"] = artifacts
         self.manifest.setdefault("accuracy", {})["exported"] = exported
         self.manifest["accuracy"]["exported_val"] = exported_val
+        self.manifest["accuracy"]["quant_agreement"] = agreement
         info["seconds"] = round(time.perf_counter() - t0, 1)
         self.manifest["export"] = info
         return failures
@@ -352,12 +359,21 @@ class _Exporter:
 
         return node_groups(self._fp32_file(fmt, name))
 
+    def _fallback_steps(self, fmt: str, quant: str, name: str) -> dict:
+        """The float fallback's steps in order, {label: nodes}: every layer group with float activations (and, with
+        export.int8_fallback weights in an int8 mode, its weights still int8), then — where that is not enough —
+        the same groups with float weights too (labels ending FLOAT_WEIGHTS)."""
+        groups = self._groups(fmt, quant, name)
+        if quant.startswith("int8") and self.int8_fallback == "weights":
+            groups = {**groups, **{k + FLOAT_WEIGHTS: v for k, v in groups.items()}}
+        return groups
+
     def _variant(self, fmt: str, quant: str, x, y):
         """Build every artifact of fmt/quant, keeping layer groups float until parity and the gate pass (judged
-        on the validation images x, y). Returns (built, per-image correctness on x, held-out accuracy, failures)."""
+        on the validation images x, y). Returns (built, fused predictions on x, on the held-out images, failures)."""
         from .validate import fused_predict
 
-        groups = {n: self._groups(fmt, quant, n) for n in self.names}
+        groups = {n: self._fallback_steps(fmt, quant, n) for n in self.names}
         level = {n: 0 for n in self.names}
         built: dict[str, _Built] = {}
         while True:
@@ -372,10 +388,9 @@ class _Exporter:
                     level[n] += 1
                     del built[n]
                 continue
-            correct = fused_predict([built[n].runner for n in self.subs], built["fusion"].runner, self.source,
-                                    x) == y
-            acc = float(np.mean(correct))
-            gate_problems = self._gate(fmt, quant, correct)
+            pred = fused_predict([built[n].runner for n in self.subs], built["fusion"].runner, self.source, x)
+            acc = float(np.mean(pred == y))
+            gate_problems = self._gate(fmt, quant, pred, y)
             if gate_problems and not bad:
                 cands = [n for n in self.names if level[n] < len(groups[n])]
                 if cands:  # keep the worst-matching artifact's next layer group float, then measure again
@@ -396,22 +411,24 @@ class _Exporter:
                 failures.append(f"{n}:{fmt}/{quant}: {p}")
         failures.extend(f"{fmt}/{quant}: {p}" for p in gate_problems)
         # all choices for this variant are made: now (and only now) run the held-out images, for the report
-        eval_acc = float(np.mean(fused_predict([built[n].runner for n in self.subs], built["fusion"].runner,
-                                               self.source, self.eval_x) == self.eval_y))
+        eval_pred = fused_predict([built[n].runner for n in self.subs], built["fusion"].runner, self.source,
+                                  self.eval_x)
         self.progress.log(f"export: {fmt}/{quant} fused accuracy {acc:.4f} on validation"
                           + (" FAILED" if failures else ""))
         for b in built.values():
             b.runner = None  # release interpreters
-        return built, correct, eval_acc, failures
+        return built, pred, eval_pred, failures
 
-    def _gate(self, fmt: str, quant: str, correct: np.ndarray) -> list[str]:
-        from .validate import drop_problem
+    def _gate(self, fmt: str, quant: str, pred: np.ndarray, y: np.ndarray) -> list[str]:
+        from .validate import drop_problem, fused_agreement_problem
 
+        correct = pred == y
         p = [drop_problem(self.torch_val_correct, correct, self.gate["max_accuracy_drop_pp"], "PyTorch",
                           f"{fmt}/{quant}", "gate.max_accuracy_drop_pp")]
-        if quant != "fp32" and self.fp32_correct is not None:
-            p.append(drop_problem(self.fp32_correct, correct, self.gate["max_quant_drop_pp"], f"{fmt}/fp32",
+        if quant != "fp32" and self.fp32_pred is not None:
+            p.append(drop_problem(self.fp32_pred == y, correct, self.gate["max_quant_drop_pp"], f"{fmt}/fp32",
                                   f"{fmt}/{quant}", "gate.max_quant_drop_pp"))
+            p.append(fused_agreement_problem(pred, self.fp32_pred, self.gate["min_quant_agreement"], f"{fmt}/fp32"))
         return [q for q in p if q]
 
     def _build(self, fmt: str, quant: str, name: str, labels: list, groups: dict) -> _Built:
@@ -426,16 +443,20 @@ class _Exporter:
             shutil.copyfile(named, dst)
         elif quant != "fp32":
             exclude = [item for lb in labels for item in groups[lb]]
+            float_weights = [item for lb in labels if lb.endswith(FLOAT_WEIGHTS) for item in groups[lb]]
+            if not quant.startswith("int8") or self.int8_fallback == "float":
+                float_weights = exclude
             if fmt == "onnx":
                 from .quantize import quantize_onnx
 
                 quantize_onnx(self._fp32_file(fmt, name), self._preprocessed(name), dst, quant, input_name,
-                              self.calib.get(name), exclude, self.calib_method, self.int8_ops)
+                              self.calib.get(name), exclude, self.calib_method, self.int8_ops,
+                              float_weights)
             else:
                 from .quantize import quantize_tflite
 
                 quantize_tflite(self._fp32_file(fmt, name), dst, quant, input_name, self.calib.get(name), exclude,
-                                self.qsv_cache)
+                                self.qsv_cache, float_weights=float_weights)
         if dst != named:
             self._compact(fmt, quant, dst)
         self.progress.step(artifact=f"{name}:{fmt}/{quant}")
@@ -460,7 +481,12 @@ class _Exporter:
                  "inputs": runner.inputs, "outputs": runner.outputs, "reference": ref_rel,
                  "tolerance": float(tol), "max_abs_diff": float(stats["max_abs_diff"]),
                  "top1_agreement": float(stats["top1_agreement"]), "top1_agreement_val": val_agree,
-                 "float_layers": list(labels),
+                 # layer groups computed in float, and those of them whose weights are float too (the rest of
+                 # them keep int8 weights, dequantised on load: export.int8_fallback weights)
+                 "float_layers": [lb for lb in labels if not lb.endswith(FLOAT_WEIGHTS)],
+                 "float_weights": ([lb[:-len(FLOAT_WEIGHTS)] for lb in labels if lb.endswith(FLOAT_WEIGHTS)]
+                                   if quant.startswith("int8") and self.int8_fallback == "weights"
+                                   else [lb for lb in labels]),
                  "status": "ok", "reason": ""}
         return _Built(entry, runner, parity, io, stats["max_abs_diff"] / max(1.0, stats["scale"]))
 

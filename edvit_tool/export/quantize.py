@@ -15,8 +15,10 @@ TFLite (ai-edge-quantizer, on the fp32 .tflite): chosen over litert-torch's PT2E
   moving average of batch-1 ranges, which clipped: 3-4x the feature error on the digits demo),
   fp16 = weight-only float16 (FLOAT_CASTING). Model inputs/outputs stay float32 in every mode.
 
-Float fallback: `exclude` lists what stays float — ONNX node names, or TFLite (regex on op output tensor name, op)
-rules — as produced per layer group (layernorm, softmax, gelu, blocks.<i>) by onnx.node_groups / tflite.node_groups.
+Float fallback: `exclude` lists what is kept out of int8 compute — ONNX node names, or TFLite (regex on op output
+tensor name, op) rules — as produced per layer group (layernorm, softmax, gelu, blocks.<i>) by onnx.node_groups /
+tflite.node_groups. With export.int8_fallback weights (the default) their weight ops keep int8 weights unless listed
+in `float_weights` (ONNX: onnx_int8_weights; TFLite: ai-edge-quantizer's weight-only config).
 """
 
 from __future__ import annotations
@@ -61,12 +63,13 @@ def check_modes(formats, quants) -> None:
         raise ExportError("; ".join(problems))
 
 
-def check_int8_options(method: str, ops: str) -> None:
-    """ExportError for an unknown export.calibration_method / export.int8_ops (a hand-edited build recipe reaches
-    `edvit-tool export` unvalidated): refused before anything is exported."""
+def check_int8_options(method: str, ops: str, fallback: str = "weights") -> None:
+    """ExportError for an unknown export.calibration_method / int8_ops / int8_fallback (a hand-edited build recipe
+    reaches `edvit-tool export` unvalidated): refused before anything is exported."""
     problems = [f"export.{key} {value!r}: choose from {', '.join(choices)}"
                 for key, value, choices in (("calibration_method", method, CALIBRATION_METHODS),
-                                            ("int8_ops", ops, INT8_OPS)) if value not in choices]
+                                            ("int8_ops", ops, INT8_OPS), ("int8_fallback", fallback, INT8_FALLBACKS))
+                if value not in choices]
     if problems:
         raise ExportError("; ".join(problems))
 
@@ -117,12 +120,20 @@ def onnx_fallback_groups(preprocessed: str, quant: str, int8_ops: str = "weights
 CALIBRATION_PERCENTILE = 99.999
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 INT8_OPS = ("weights", "all")
+# export.int8_fallback: what a layer group the int8 gate keeps out of int8 compute becomes — "weights": its
+# activations float, its weights still int8 per output channel (stored int8, dequantised on load), so the file
+# stays int8-sized; "float": everything float (the file grows by 4x the group's weights)
+INT8_FALLBACKS = ("weights", "float")
 
 
 def quantize_onnx(fp32: str, preprocessed: str, dst: str, quant: str, input_name: str,
                   calib: np.ndarray | None = None, exclude: list[str] | None = None,
-                  method: str = "minmax", ops: str = "weights") -> None:
+                  method: str = "minmax", ops: str = "weights", float_weights: list[str] | None = None) -> None:
+    """exclude: node names kept out of int8 compute; in int8 modes those not in float_weights (default: all of
+    them float) keep int8 weights (onnx_int8_weights)."""
     exclude = list(exclude or [])
+    float_weights = set(exclude if float_weights is None else float_weights)
+    weight_only = [n for n in exclude if n not in float_weights]
     if quant == "fp16":
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -137,6 +148,8 @@ def quantize_onnx(fp32: str, preprocessed: str, dst: str, quant: str, input_name
     if quant == "int8-dynamic":
         with _quiet():
             quantize_dynamic(preprocessed, dst, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+        if weight_only:
+            onnx_int8_weights(dst, weight_only)
         return
     if quant == "int8-static":
         class Reader(CalibrationDataReader):
@@ -157,8 +170,76 @@ def quantize_onnx(fp32: str, preprocessed: str, dst: str, quant: str, input_name
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                             calibrate_method=methods[method], nodes_to_exclude=exclude, extra_options=extra,
                             **only)
+        if weight_only:
+            onnx_int8_weights(dst, weight_only)
         return
     raise ExportError(f"onnx cannot quantise to {quant!r}; choose from {', '.join(QUANT_MODES[1:])}")
+
+
+# weight input and output-channel axis of each weight op: MatMul x @ W (W [.., in, out]); Gemm B ([in, out], or
+# [out, in] with transB); Conv W [out, in, kh, kw]
+_WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1}
+
+
+def _out_axis(node, rank: int) -> int:
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return rank - 1
+
+
+def onnx_int8_weights(path: str, nodes: list[str]) -> int:
+    """Weight-only int8 for the named float nodes of the ONNX model at `path` (rewritten in place): each weight
+    op's constant weight becomes an int8 initializer (symmetric, one scale per output channel, as int8-static's
+    own weights) read through a DequantizeLinear, so the op computes in float on float activations — none of the
+    activation rounding that made the gate keep it out of int8 — while the file keeps int8 weights. Returns the
+    number of weights converted."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(path)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    wanted = set(nodes)
+    users: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    done, new_nodes = 0, []
+    for node in graph.node:
+        idx = _WEIGHT_INPUT.get(node.op_type)
+        if node.name in wanted and idx is not None and len(node.input) > idx and node.input[idx] in inits:
+            t = inits[node.input[idx]]
+            w = numpy_helper.to_array(t)
+            if w.dtype == np.float32 and w.ndim >= 2 and w.size >= 64:
+                axis = _out_axis(node, w.ndim)
+                other = tuple(a for a in range(w.ndim) if a != axis)
+                scale = (np.abs(w).max(axis=other) / 127.0).astype(np.float32)
+                scale[scale == 0] = 1.0
+                shape = [1] * w.ndim
+                shape[axis] = -1
+                q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+                base = f"{node.name}_w"
+                graph.initializer.extend([numpy_helper.from_array(q, f"{base}_int8"),
+                                          numpy_helper.from_array(scale, f"{base}_scale"),
+                                          numpy_helper.from_array(np.zeros_like(scale, np.int8), f"{base}_zp")])
+                new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zp"],
+                                                  [f"{base}_dq"], name=f"{base}_DequantizeLinear", axis=axis))
+                users[t.name] -= 1
+                node.input[idx] = f"{base}_dq"
+                done += 1
+        new_nodes.append(node)
+    if not done:
+        return 0
+    del graph.node[:]
+    graph.node.extend(new_nodes)  # each DequantizeLinear right before its op: still topologically sorted
+    unused = [t for t in graph.initializer if users.get(t.name, 1) == 0]
+    for t in unused:
+        graph.initializer.remove(t)
+    onnx.save(model, path)
+    return done
 
 
 # -- TFLite ------------------------------------------------------------------------------------------------
@@ -181,15 +262,17 @@ def _calibrate_tflite(fp32: str, qt, samples: list, ranges: str):
 
 def quantize_tflite(fp32: str, dst: str, quant: str, input_name: str, calib: np.ndarray | None = None,
                     exclude: list[tuple[str, str]] | None = None, qsv_cache: dict | None = None,
-                    ranges: str = "minmax") -> None:
-    """exclude: [(regex on op output tensor names, TFLite op name or '*')] kept float.
-    qsv_cache: reuse calibration ranges across fallback attempts on the same fp32 file (the first attempt
-    quantises the most ops, so its ranges cover every later attempt's)."""
+                    ranges: str = "minmax", float_weights: list | None = None) -> None:
+    """exclude: [(regex on op output tensor names, TFLite op name or '*')] kept out of int8 compute; in int8 modes the
+    rules not in float_weights (default: all of them float) keep their fully-connected / conv weights int8.
+    qsv_cache: reuse calibration ranges (those of the plain recipe, which cover every fallback step's) across
+    fallback attempts on the same fp32 file."""
     from ai_edge_quantizer import quantizer, recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
     from ai_edge_quantizer.qtyping import TFLOperationName
 
     qt = quantizer.Quantizer(fp32)
+    float_weights = set(map(tuple, exclude or [])) if float_weights is None else set(map(tuple, float_weights))
     if quant == "int8-dynamic":
         qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
     elif quant == "int8-static":
@@ -205,6 +288,11 @@ def quantize_tflite(fp32: str, dst: str, quant: str, input_name: str, calib: np.
     for regex, op in exclude or []:
         qt.update_quantization_recipe(regex=regex, operation_name=TFLOperationName(op),
                                       algorithm_key=AlgorithmName.NO_QUANTIZE)
+        if quant.startswith("int8") and op == "*" and (regex, op) not in float_weights:
+            # weight-only int8 for the group's weight ops (a later rule wins): float activations, int8 weights
+            for weight_op in (TFLOperationName.FULLY_CONNECTED, TFLOperationName.CONV_2D,
+                              TFLOperationName.DEPTHWISE_CONV_2D):
+                qt.add_weight_only_config(regex, weight_op, 8)
     with _quiet():
         result = None
         if qt.need_calibration:
@@ -212,9 +300,13 @@ def quantize_tflite(fp32: str, dst: str, quant: str, input_name: str, calib: np.
             if qsv_cache is not None and key in qsv_cache:
                 result = qsv_cache[key]
             else:
+                # ranges of the plain recipe (every op int8): they cover every fallback step's, and a recipe that
+                # keeps every op float calibrates nothing while the quantiser still asks for ranges
+                plain = quantizer.Quantizer(fp32)
+                plain.load_quantization_recipe(recipe.static_wi8_ai8())
                 samples = [{input_name: calib[i:i + 1].astype(np.float32)} for i in range(len(calib))]
-                result = _calibrate_tflite(fp32, qt, samples, ranges)
-                if qsv_cache is not None and not exclude:
+                result = _calibrate_tflite(fp32, plain, samples, ranges)
+                if qsv_cache is not None:
                     qsv_cache[key] = result
         out = qt.quantize(result, enable_progress_bar=False, enable_progress_report=False)
     with open(dst, "wb") as f:

@@ -117,7 +117,10 @@ def _builtin_ops():
 
 def node_groups(path: str) -> dict[str, list[tuple[str, str]]]:
     """{label: [(regex on output tensor name, TFLite op or '*')]} for the float fallback, only for labels that
-    match something in this model: layernorm, softmax, gelu, then blocks.<i> in order."""
+    match something in this model: layernorm, softmax, gelu, then head (every op after the last block: final norm,
+    pooling, classifier) and embed (every op before the first: patch embedding, tokens, position), then
+    blocks.<i> in order. Without them a fallback that kept every block float still ran the head and the patch
+    embedding in int8 (as ONNX did before session 8)."""
     table = op_table(path)
     names = [n for _, n in table]
     ops = {op for op, _ in table}
@@ -129,6 +132,14 @@ def node_groups(path: str) -> dict[str, list[tuple[str, str]]]:
     if "GELU" in ops or any("GELU_" in n for n in names):
         groups["gelu"] = [(r"GELU_", "*"), (r".*", "GELU")] if "GELU" in ops else [(r"GELU_", "*")]
     blocks = sorted({int(m.group(1)) for n in names for m in _BLOCK.finditer(n)})
+    in_block = [i for i, n in enumerate(names) if _BLOCK.search(n)]
+    if in_block:  # by position in graph order, exact names (a shipped, compacted file has no blocks: none).
+        # ai-edge-quantizer matches a rule against the op's scope: its output tensor names joined by ';' and
+        # ending in ';'
+        for label, part in (("head", names[in_block[-1] + 1:]), ("embed", names[:in_block[0]])):
+            rules = [(f"^{re.escape(n)};", "*") for n in dict.fromkeys(part) if n]
+            if rules:
+                groups[label] = rules
     for i in blocks:
         groups[f"blocks.{i}"] = [(rf"_blocks/[\w.]+?_{i}(?=[/;]|$)", "*")]
     return groups

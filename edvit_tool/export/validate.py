@@ -217,6 +217,21 @@ def drop_problem(ref_correct: np.ndarray, got_correct: np.ndarray, max_drop_pp: 
     return None
 
 
+def fused_agreement_problem(pred: np.ndarray, ref_pred: np.ndarray, min_agreement: float,
+                            ref_name: str) -> str | None:
+    """A problem when a quantised variant's fused answers equal `ref_name`'s (the same format's fp32) on fewer than
+    `min_agreement` of the validation images (gate.min_quant_agreement) — beyond one image, so one flip never
+    fails an artifact — else None."""
+    n = len(pred)
+    if n == 0 or min_agreement <= 0:
+        return None
+    d = int(np.sum(np.asarray(pred) != np.asarray(ref_pred)))
+    if d > max(int(np.floor((1.0 - min_agreement) * n + 1e-9)), 1):
+        return (f"fused answers equal {ref_name}'s on {1 - d / n:.4f} of {n} validation images ({d} differ; "
+                f"gate.min_quant_agreement {min_agreement:g})")
+    return None
+
+
 # -- fused accuracy ----------------------------------------------------------------------------------------
 def variant_artifacts(manifest: dict, fmt: str, quant: str) -> tuple[list, dict | None]:
     """(sub-model artifacts in group order, fusion artifact) that make up variant fmt/quant: the variant's own
