@@ -129,7 +129,9 @@ def _print_table(manifest: dict) -> None:
     click.echo(f"{'artifact':32s} {'bytes':>10s} {'max|Δ|':>9s} {'top-1':>6s}  status")
     for a in manifest.get("artifacts", []):
         click.echo(f"{a['file']:32s} {a['bytes']:>10d} {a['max_abs_diff']:>9.2e} {a['top1_agreement']:>6.3f}  "
-                   f"{a['status']}" + (f" (float: {', '.join(a['float_layers'])})" if a.get("float_layers") else ""))
+                   f"{a['status']}" + (f" (float: {', '.join(a['float_layers'])})" if a.get("float_layers") else "")
+                   + (f" (float weights: {', '.join(a['float_weights'])})"
+                      if a.get("float_weights") and a["float_weights"] != a.get("float_layers") else ""))
     if exported:
         click.echo("fused accuracy through the artifacts: " + ", ".join(f"{k} {v:.4f}" for k, v in exported.items())
                    + f" (PyTorch {manifest.get('accuracy', {}).get('fused', float('nan')):.4f})")

@@ -246,8 +246,10 @@ class GateCfg(Section):
     max_accuracy_drop_pp: float = F(1.0, NONNEG)
     max_quant_drop_pp: float = F(0.5, NONNEG)
     # a quantised variant's fused answers must equal its format's fp32 on at least this share of the validation
-    # images (0 = off): a bound on how many answers int8 may change, not only on the net accuracy change
-    min_quant_agreement: float = F(0.0, _num(0, 1))
+    # images (0 = off). The net drop alone let int8 change 1-3 % of the answers as long as about as many flipped
+    # each way on validation; on held-out images such a variant lost up to 1.15 pp (session 10, K = 10 builds).
+    # Bounding the changed answers bounds that noise: at 1 % of n held-out images it is ~sqrt(0.01 / n)
+    min_quant_agreement: float = F(0.99, _num(0, 1))
 
 
 @dataclass

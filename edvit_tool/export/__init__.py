@@ -24,7 +24,7 @@ from ..errors import ExportError
 
 EXT = {"onnx": "onnx", "tflite": "tflite"}
 # int8 within half a point of fp32 (issue 10's target); a variant that misses it keeps layer groups float
-DEFAULT_GATE = {"max_accuracy_drop_pp": 1.0, "max_quant_drop_pp": 0.5, "min_quant_agreement": 0.0}
+DEFAULT_GATE = {"max_accuracy_drop_pp": 1.0, "max_quant_drop_pp": 0.5, "min_quant_agreement": 0.99}
 FLOAT_WEIGHTS = " (float weights)"  # suffix of a fallback step that keeps a layer group's weights float too
 
 

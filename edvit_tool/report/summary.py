@@ -24,9 +24,12 @@ def build_report(manifest: dict, peer: dict | None, seconds: float, gate_failure
         "size_ratio": manifest["model"]["bytes"] / largest,
         "compile_seconds": seconds,
         "artifacts": [{k: a.get(k) for k in ("file", "format", "quant", "bytes", "sha256", "max_abs_diff",
-                                             "top1_agreement", "top1_agreement_val", "status", "float_layers")}
+                                             "top1_agreement", "top1_agreement_val", "status", "float_layers",
+                                             "float_weights")}
                       for a in manifest.get("artifacts", [])],
         "exported_accuracy": acc.get("exported", {}),
+        "exported_validation_accuracy": acc.get("exported_val", {}),
+        "quant_agreement": acc.get("quant_agreement", {}),
         "gate_failures": gate_failures,
         "compute_steps": manifest.get("compute_steps"),
         "fused_validation_accuracy": acc.get("fused_val"),
@@ -78,8 +81,11 @@ def render_markdown(r: dict) -> str:
             lines.append(f"| {a['file']} | {a['format']} | {a['quant']} | {a['bytes']:,} | "
                          f"{'—' if mad is None else f'{mad:.2e}'} | {_pct(agree)} | {a.get('status')} |")
     if r["exported_accuracy"]:
-        lines += ["", "| exported variant | fused accuracy |", "|---|---:|"]
-        lines += [f"| {k} | {_pct(v)} |" for k, v in sorted(r["exported_accuracy"].items())]
+        agree = r.get("quant_agreement") or {}
+        lines += ["", "| exported variant | fused accuracy | answers equal to fp32 (validation / held-out) |",
+                  "|---|---:|---:|"]
+        lines += [f"| {k} | {_pct(v)} | " + (f"{_pct(agree[k]['val'])} / {_pct(agree[k]['held_out'])}" if k in agree
+                                             else "—") + " |" for k, v in sorted(r["exported_accuracy"].items())]
     if r["gate_failures"]:
         lines += ["", "**Gate failures:**", ""] + [f"- {g}" for g in r["gate_failures"]]
     return "\n".join(lines) + "\n"

@@ -28,8 +28,11 @@ Shape (schema_version 1), all paths relative to the build dir:
                      "outputs": [{"name": str, "shape": [-1, ...], "dtype": "float32"}],
                      "reference": relpath to npz with one array per output name,
                      "tolerance": float, "max_abs_diff": float, "top1_agreement": float,
-                     "float_layers": [str], "status": "ok"|"failed", "reason": str}],
-      "accuracy": {"original": float, "fused": float, "fused_logits": float, "exported": {"onnx/fp32": float}}
+                     "float_layers": [str],   # layer groups computed in float (the int8 gate's fallback)
+                     "float_weights": [str],  # those of them whose weights are float too (the rest: int8 weights)
+                     "status": "ok"|"failed", "reason": str}],
+      "accuracy": {"original": float, "fused": float, "fused_logits": float, "exported": {"onnx/fp32": float},
+                   "exported_val": {...}, "quant_agreement": {"onnx/int8-static": {"val": float, "held_out": float}}}
     }
 
 Sub-model artifacts take `pixel_values` [B, C, H, W] and return `features` [B, D] and `logits` [B, |g|+1]

@@ -186,7 +186,7 @@ def test_quant_gate_at_half_a_point_keeps_layers_float_where_int8_drops_more(mod
         open_root = str(tmp_path / f"open-{scale:g}")
         open_manifest = et.write_inputs(open_root, outlier)
         assert export_build(open_root, open_manifest, outlier, ONNX_STATIC,
-                            {**gate, "max_quant_drop_pp": 100.0}) == []
+                            {**gate, "max_quant_drop_pp": 100.0, "min_quant_agreement": 0.0}) == []
         plain = {a["name"]: a for a in open_manifest["artifacts"] if a["quant"] == "int8-static"}
         open_val = open_manifest["accuracy"]["exported_val"]
         open_drop = (open_val["onnx/fp32"] - open_val["onnx/int8-static"]) * 100

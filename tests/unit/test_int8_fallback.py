@@ -103,3 +103,27 @@ def test_tflite_weight_only_fallback_is_int8_sized_and_close_to_fp32(tiny, tmp_p
     got = _run(out["weight-only"], "tflite", x)
     assert _rel_err(got["features"], ref["features"]) < 0.05
     assert np.mean(got["logits"].argmax(-1) == ref["logits"].argmax(-1)) >= 0.99
+
+
+def test_fused_agreement_gate_counts_changed_answers_not_net_accuracy():
+    ref = np.arange(400) % 10
+    pred = ref.copy()
+    pred[:6] = (pred[:6] + 1) % 10  # 6 of 400 answers changed: 98.5 % agreement
+    assert V.fused_agreement_problem(pred, ref, 0.0, "onnx/fp32") is None   # off
+    assert V.fused_agreement_problem(pred, ref, 0.98, "onnx/fp32") is None  # 8 may differ
+    msg = V.fused_agreement_problem(pred, ref, 0.99, "onnx/fp32")           # 4 may differ
+    assert msg == ("fused answers equal onnx/fp32's on 0.9850 of 400 validation images (6 differ; "
+                   "gate.min_quant_agreement 0.99)")
+    # one changed answer never fails a variant, however small the split
+    assert V.fused_agreement_problem(pred[:50][::-1][:50], ref[:50][::-1][:50], 0.999, "x") is not None
+    one = ref[:20].copy()
+    one[0] = (one[0] + 1) % 10
+    assert V.fused_agreement_problem(one, ref[:20], 0.999, "x") is None
+
+
+def test_unknown_int8_fallback_is_refused_naming_the_choices():
+    from edvit_tool.errors import ExportError
+    from edvit_tool.export.quantize import check_int8_options
+
+    with pytest.raises(ExportError, match=r"^export.int8_fallback 'fp16': choose from weights, float$"):
+        check_int8_options("minmax", "weights", "fp16")
