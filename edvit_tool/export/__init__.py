@@ -271,11 +271,10 @@ class _Exporter:
                     built, pred, eval_pred, fails = self._variant(fmt, quant, x, y)
                     if quant == "fp32":
                         self.fp32_pred, self.fp32_eval_pred = pred, eval_pred
-                    elif self._ships(quant):
-                        # share of fused answers the quantised variant keeps from the same format's fp32
-                        agreement[f"{fmt}/{quant}"] = {"val": float(np.mean(pred == self.fp32_pred)),
-                                                       "held_out": float(np.mean(eval_pred == self.fp32_eval_pred))}
                     if self._ships(quant):
+                        if quant != "fp32":  # share of fused answers kept from the same format's fp32
+                            agreement[f"{fmt}/{quant}"] = {"val": float(np.mean(pred == self.fp32_pred)),
+                                                           "held_out": float(np.mean(eval_pred == self.fp32_eval_pred))}
                         exported[f"{fmt}/{quant}"] = float(np.mean(eval_pred == self.eval_y))
                         exported_val[f"{fmt}/{quant}"] = float(np.mean(pred == y))
                         artifacts.extend(built[n].entry for n in self.names)
@@ -294,6 +293,10 @@ class _Exporter:
 
     def _ships(self, quant: str) -> bool:
         return quant != "fp32" or "fp32" in self.quants
+
+    def _keeps_int8_weights(self, quant: str) -> bool:
+        """Whether the fallback's first pass keeps a float group's weights int8 (export.int8_fallback weights)."""
+        return quant.startswith("int8") and self.int8_fallback == "weights"
 
     # -- fp32 --------------------------------------------------------------------------------------------
     def _fp32_file(self, fmt: str, name: str) -> str:
@@ -364,7 +367,7 @@ class _Exporter:
         export.int8_fallback weights in an int8 mode, its weights still int8), then — where that is not enough —
         the same groups with float weights too (labels ending FLOAT_WEIGHTS)."""
         groups = self._groups(fmt, quant, name)
-        if quant.startswith("int8") and self.int8_fallback == "weights":
+        if self._keeps_int8_weights(quant):
             groups = {**groups, **{k + FLOAT_WEIGHTS: v for k, v in groups.items()}}
         return groups
 
@@ -443,9 +446,8 @@ class _Exporter:
             shutil.copyfile(named, dst)
         elif quant != "fp32":
             exclude = [item for lb in labels for item in groups[lb]]
-            float_weights = [item for lb in labels if lb.endswith(FLOAT_WEIGHTS) for item in groups[lb]]
-            if not quant.startswith("int8") or self.int8_fallback == "float":
-                float_weights = exclude
+            float_weights = ([item for lb in labels if lb.endswith(FLOAT_WEIGHTS) for item in groups[lb]]
+                             if self._keeps_int8_weights(quant) else exclude)
             if fmt == "onnx":
                 from .quantize import quantize_onnx
 
@@ -485,8 +487,7 @@ class _Exporter:
                  # them keep int8 weights, dequantised on load: export.int8_fallback weights)
                  "float_layers": [lb for lb in labels if not lb.endswith(FLOAT_WEIGHTS)],
                  "float_weights": ([lb[:-len(FLOAT_WEIGHTS)] for lb in labels if lb.endswith(FLOAT_WEIGHTS)]
-                                   if quant.startswith("int8") and self.int8_fallback == "weights"
-                                   else [lb for lb in labels]),
+                                   if self._keeps_int8_weights(quant) else list(labels)),
                  "status": "ok", "reason": ""}
         return _Built(entry, runner, parity, io, stats["max_abs_diff"] / max(1.0, stats["scale"]))
 

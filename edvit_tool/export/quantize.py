@@ -203,11 +203,7 @@ def onnx_int8_weights(path: str, nodes: list[str]) -> int:
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     wanted = set(nodes)
-    users: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            users[name] = users.get(name, 0) + 1
-    done, new_nodes = 0, []
+    replaced, new_nodes, done = set(), [], 0
     for node in graph.node:
         idx = _WEIGHT_INPUT.get(node.op_type)
         if node.name in wanted and idx is not None and len(node.input) > idx and node.input[idx] in inits:
@@ -227,7 +223,7 @@ def onnx_int8_weights(path: str, nodes: list[str]) -> int:
                                           numpy_helper.from_array(np.zeros_like(scale, np.int8), f"{base}_zp")])
                 new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_int8", f"{base}_scale", f"{base}_zp"],
                                                   [f"{base}_dq"], name=f"{base}_DequantizeLinear", axis=axis))
-                users[t.name] -= 1
+                replaced.add(t.name)
                 node.input[idx] = f"{base}_dq"
                 done += 1
         new_nodes.append(node)
@@ -235,9 +231,9 @@ def onnx_int8_weights(path: str, nodes: list[str]) -> int:
         return 0
     del graph.node[:]
     graph.node.extend(new_nodes)  # each DequantizeLinear right before its op: still topologically sorted
-    unused = [t for t in graph.initializer if users.get(t.name, 1) == 0]
-    for t in unused:
-        graph.initializer.remove(t)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for name in replaced - used:  # the float weights no other op reads
+        graph.initializer.remove(inits[name])
     onnx.save(model, path)
     return done
 

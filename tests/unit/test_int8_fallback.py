@@ -24,7 +24,7 @@ from edvit_tool.export.quantize import onnx_int8_weights, onnx_preprocess, quant
 def tiny(tmp_path_factory):
     models = et.trained(tmp_path_factory)
     x, _ = et.digits()
-    return models["g0"], x[:200].numpy() if torch.is_tensor(x) else np.asarray(x[:200], np.float32)
+    return models["g0"], x[:200]
 
 
 def _run(path, fmt, x):
@@ -115,7 +115,7 @@ def test_fused_agreement_gate_counts_changed_answers_not_net_accuracy():
     assert msg == ("fused answers equal onnx/fp32's on 0.9850 of 400 validation images (6 differ; "
                    "gate.min_quant_agreement 0.99)")
     # one changed answer never fails a variant, however small the split
-    assert V.fused_agreement_problem(pred[:50][::-1][:50], ref[:50][::-1][:50], 0.999, "x") is not None
+    assert V.fused_agreement_problem(pred[:50], ref[:50], 0.999, "x") is not None
     one = ref[:20].copy()
     one[0] = (one[0] + 1) % 10
     assert V.fused_agreement_problem(one, ref[:20], 0.999, "x") is None
