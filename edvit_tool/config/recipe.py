@@ -127,7 +127,8 @@ class SplitCfg(Section):
     strategy: str = F("balanced", choices=("balanced", "similarity"))
     # sub-model views: sub-model i sees the image moved by its own fixed offset of this many pixels (sub-model 0
     # the plain image), so the K boards' errors decorrelate and the fusion head averages them out. null = auto
-    # (max(1, patch_size / 8) px), 0 = every sub-model sees the plain image (partition.views)
+    # (max(1, patch_size / 8) px, twice that when K > 5: partition.auto_view_shift), 0 = every sub-model sees the
+    # plain image
     view_shift: int | None = F(None, NONNEG)
     # heterogeneous boards: size group i's sub-model (and class count) for board i (compile/sizing.py)
     boards: str | None = F(None)         # boards.yaml

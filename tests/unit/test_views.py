@@ -41,6 +41,11 @@ def test_view_offsets_start_plain_and_stay_distinct():
     assert partition.views(3, None, 16) == [(0, 0), (2, 2), (-2, -2)]   # auto: patch / 8 px
     assert partition.views(3, None, 4) == [(0, 0), (1, 1), (-1, -1)]    # at least one pixel
     assert partition.views(4, 0, 16) == [(0, 0)] * 4                    # 0: every sub-model sees the plain image
+    # beyond 5 views (ring 1's edges are one step from their neighbours) the auto step doubles
+    assert partition.views(5, None, 16)[-1] == (-2, 2)
+    assert partition.views(6, None, 16)[:2] == [(0, 0), (4, 4)]
+    assert partition.views(10, None, 4)[:3] == [(0, 0), (2, 2), (-2, -2)]
+    assert partition.views(10, 1, 16)[:2] == [(0, 0), (1, 1)]            # an explicit step is kept at any K
 
 
 def test_view_is_architecture_survives_pruning_and_rebuild():
