@@ -101,7 +101,7 @@ class _Exporter:
         if "onnx" in self.formats:
             _check_simplifier(self.simplify)
         self.n_calib = int(cfg.get("calibration_samples", 64))
-        self.calib_method = str(cfg.get("calibration_method", "minmax"))
+        self.calib_method = str(cfg.get("calibration_method", "percentile"))
         self.int8_ops = str(cfg.get("int8_ops", "weights"))
         self.int8_fallback = str(cfg.get("int8_fallback", "weights"))
         check_int8_options(self.calib_method, self.int8_ops, self.int8_fallback)
