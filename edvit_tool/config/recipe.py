@@ -231,7 +231,7 @@ class ExportCfg(Section):
     # ONNX int8-static activation ranges: a percentile of the calibration images' histogram (CALIBRATION_PERCENTILE;
     # clips rare outliers), min/max over them, or the entropy (KL) optimum. TFLite: min/max. Session 11
     # (bench/results/int8_gate.json, 12 K = 4 / K = 10 suite builds): percentile's validation drop against fp32 was
-    # better on 5 builds and equal on 7 (mean -0.08 vs -0.22 pp) at the same agreement and file size
+    # better on 5 builds and equal on 7 (mean -0.08 vs -0.23 pp) at the same agreement and file size
     calibration_method: str = F("percentile", choices=("minmax", "percentile", "entropy"))
     # ONNX int8-static: quantise only the weight ops and their inputs (MatMul, Gemm, Conv: "weights"; layernorm,
     # softmax, GELU and the residual adds stay float) or every op ("all"). The weights are int8 either way. Session
