@@ -1,14 +1,15 @@
 """int8-static through the gated export (float fallback on) of existing builds, for several export settings: what a
 user gets from `edvit-tool export`, where bench/int8.py shows plain int8 without the fallback.
 
-Each (build, setting) re-exports a copy of the build (ONNX fp32 + int8-static) with `edvit-tool export` in its own
-process after writing the setting into the copy's recipe.resolved.yaml, then reads the copy's manifest: fused
+Each (build, setting) re-exports a copy of the build (fp32 + int8-static in --format: onnx, the default, or
+tflite) with `edvit-tool export` in its own process after writing the setting into the copy's
+recipe.resolved.yaml, then reads the copy's manifest: fused
 accuracy on the validation split (what the gate and the fallback judge) and on the held-out split (for the
 report), int8 bytes ÷ fp32 bytes, the layer groups kept float, and the export's wall time. The builds are left
 as they were.
 
     .venv/bin/python bench/int8_gate.py BUILD_DIR [BUILD_DIR ...] --set export.int8_ops=all \\
-        --set export.int8_ops=weights [--jobs 2] [--label NAME]
+        --set export.int8_ops=weights [--format onnx|tflite] [--jobs 2] [--label NAME]
 
 Appends one run per call to bench/results/int8_gate.json.
 """
@@ -45,7 +46,7 @@ def _setting(text: str) -> dict:
     return out
 
 
-def run_one(build: str, setting: str) -> dict:
+def run_one(build: str, setting: str, fmt: str = "onnx") -> dict:
     with tempfile.TemporaryDirectory(prefix="int8-gate-") as tmp:
         copy = os.path.join(tmp, os.path.basename(build.rstrip("/")))
         shutil.copytree(build, copy)
@@ -57,32 +58,34 @@ def run_one(build: str, setting: str) -> dict:
         with open(path, "w", encoding="utf-8") as f:
             yaml.safe_dump(recipe, f)
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "edvit_tool.cli.main", "export", copy, "--formats", "onnx",
+        r = subprocess.run([sys.executable, "-m", "edvit_tool.cli.main", "export", copy, "--formats", fmt,
                             "--quant", "fp32,int8-static", "-q"], capture_output=True, text=True, cwd=ROOT)
         seconds = time.perf_counter() - t0
         with open(os.path.join(copy, "manifest.json"), encoding="utf-8") as f:
             manifest = json.load(f)
     if r.returncode:  # the export is atomic: the copy still holds the build's old artifacts, not this setting's
-        return {"build": os.path.basename(build.rstrip("/")), "setting": setting, "returncode": r.returncode,
+        return {"build": os.path.basename(build.rstrip("/")), "setting": setting, "format": fmt,
+                "returncode": r.returncode,
                 "error": (r.stderr.strip().splitlines() or ["(no output)"])[-1], "val_fp32": None,
                 "val_int8": None, "test_fp32": None, "test_int8": None, "int8_bytes_ratio": None,
                 "float_layers": {}, "seconds": seconds}
     acc = manifest["accuracy"]
     size = {"fp32": 0, "int8-static": 0}
     for a in manifest["artifacts"]:
-        if a["format"] == "onnx" and a["quant"] in size:
+        if a["format"] == fmt and a["quant"] in size:
             size[a["quant"]] += a["bytes"]
     val, test = acc.get("exported_val", {}), acc.get("exported", {})
-    return {"build": os.path.basename(build.rstrip("/")), "setting": setting, "returncode": 0, "error": "",
+    return {"build": os.path.basename(build.rstrip("/")), "setting": setting, "format": fmt, "returncode": 0,
+            "error": "",
             "val_samples": acc.get("val_samples"), "eval_samples": acc.get("eval_samples"),
-            "val_fp32": val.get("onnx/fp32"), "val_int8": val.get("onnx/int8-static"),
-            "test_fp32": test.get("onnx/fp32"), "test_int8": test.get("onnx/int8-static"),
+            "val_fp32": val.get(f"{fmt}/fp32"), "val_int8": val.get(f"{fmt}/int8-static"),
+            "test_fp32": test.get(f"{fmt}/fp32"), "test_int8": test.get(f"{fmt}/int8-static"),
             "int8_bytes_ratio": size["int8-static"] / size["fp32"] if size["fp32"] else None,
             # share of fused answers int8 keeps from fp32 (validation / held-out), where the export records it
-            "val_agreement": acc.get("quant_agreement", {}).get("onnx/int8-static", {}).get("val"),
-            "test_agreement": acc.get("quant_agreement", {}).get("onnx/int8-static", {}).get("held_out"),
+            "val_agreement": acc.get("quant_agreement", {}).get(f"{fmt}/int8-static", {}).get("val"),
+            "test_agreement": acc.get("quant_agreement", {}).get(f"{fmt}/int8-static", {}).get("held_out"),
             "float_layers": {a["name"]: a["float_layers"] for a in manifest["artifacts"]
-                             if a["quant"] == "int8-static" and a.get("float_layers")},
+                             if a["format"] == fmt and a["quant"] == "int8-static" and a.get("float_layers")},
             "seconds": seconds}
 
 
@@ -118,6 +121,8 @@ def main():
     ap.add_argument("builds", nargs="+")
     ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                     help="one export setting to compare (repeat for several); none = the builds' own")
+    ap.add_argument("--format", default="onnx", choices=("onnx", "tflite"),
+                    help="the format re-exported and measured (TFLite: litert-torch, ai-edge-quantizer, LiteRT)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--label", default="default")
     ap.add_argument("--out", default=RESULTS)
@@ -131,17 +136,18 @@ def main():
     jobs = [(b, s) for b in args.builds for s in settings]
     rows = []
     with cf.ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each export is its own process
-        for row in pool.map(lambda j: run_one(*j), jobs):
+        for row in pool.map(lambda j: run_one(*j, args.format), jobs):
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("build", "setting", "val_fp32", "val_int8", "test_fp32",
                                                   "test_int8", "int8_bytes_ratio", "seconds")}), flush=True)
-    data = {"about": "bench/int8_gate.py: gated ONNX int8-static export of existing builds per export setting",
+    data = {"about": "bench/int8_gate.py: gated int8-static export (ONNX or TFLite) of existing builds per export "
+                     "setting",
             "runs": {}}
     if os.path.isfile(args.out):
         with open(args.out, encoding="utf-8") as f:
             data = json.load(f)
     data["runs"][args.label] = {"written": datetime.datetime.now().isoformat(timespec="seconds"),
-                                "settings": settings, "rows": rows}
+                                "format": args.format, "settings": settings, "rows": rows}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)

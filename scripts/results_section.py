@@ -268,7 +268,8 @@ def render_links(d: dict) -> list[str]:
 
 
 def render_int8_gate(d: dict) -> list[str]:
-    """One table per run: validation and held-out int8 − fp32 (ONNX, fused), bytes, float groups, per build."""
+    """One table per run: validation and held-out int8 − fp32 (fused; ONNX unless the run names its format),
+    bytes, float groups, per build."""
     out = []
     for label, run in d["runs"].items():
         rows = []
@@ -279,7 +280,8 @@ def render_int8_gate(d: dict) -> list[str]:
                          _f(100 * (r["test_int8"] - r["test_fp32"]), "+.2f") if ok else "failed",
                          _f(r["int8_bytes_ratio"], ".2f"), sum(len(v) for v in r["float_layers"].values()),
                          _f(r["seconds"], ".0f")])
-        out += [f"Run `{label}`:", ""] + _table(["build", "setting", "validation int8 − fp32 (pp)",
+        fmt = run.get("format", "onnx")
+        out += [f"Run `{label}` ({fmt}):", ""] + _table(["build", "setting", "validation int8 − fp32 (pp)",
                                                   "test int8 − fp32 (pp)", "int8 bytes ÷ fp32",
                                                   "float groups kept", "export s"], rows) + [""]
     return out
