@@ -76,13 +76,15 @@ def check_int8_options(method: str, ops: str, fallback: str = "weights") -> None
 
 @contextlib.contextmanager
 def _quiet():
-    """The quantisers log per-tensor warnings (e.g. per-channel axis on LayerNorm weights) and draw tqdm bars
-    (ai-edge-quantizer passes `disable=` explicitly, so TQDM_DISABLE does not reach them): silence both."""
+    """The quantisers log per-tensor warnings (e.g. per-channel axis on LayerNorm weights), draw tqdm bars
+    (ai-edge-quantizer passes `disable=` explicitly, so TQDM_DISABLE does not reach them) and print (onnxruntime's
+    histogram calibration): silence all three."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), \
+                contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
