@@ -3,10 +3,9 @@ user gets from `edvit-tool export`, where bench/int8.py shows plain int8 without
 
 Each (build, setting) re-exports a copy of the build (fp32 + int8-static in --format: onnx, the default, or
 tflite) with `edvit-tool export` in its own process after writing the setting into the copy's
-recipe.resolved.yaml, then reads the copy's manifest: fused
-accuracy on the validation split (what the gate and the fallback judge) and on the held-out split (for the
-report), int8 bytes ÷ fp32 bytes, the layer groups kept float, and the export's wall time. The builds are left
-as they were.
+recipe.resolved.yaml, then reads the copy's manifest: fused accuracy on the validation split (what the gate and
+the fallback judge) and on the held-out split (for the report), int8 bytes ÷ fp32 bytes, the layer groups kept
+float, and the export's wall time. The builds are left as they were.
 
     .venv/bin/python bench/int8_gate.py BUILD_DIR [BUILD_DIR ...] --set export.int8_ops=all \\
         --set export.int8_ops=weights [--format onnx|tflite] [--jobs 2] [--label NAME]

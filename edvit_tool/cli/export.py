@@ -7,11 +7,11 @@ import os
 
 import click
 
-from ..export import DEFAULT_GATE  # torch-free import
+from ..export import DEFAULT_CALIBRATION, DEFAULT_GATE  # torch-free import
 
 DEFAULT_EXPORT = {"formats": ["onnx", "tflite"], "quant": ["fp32", "int8-static"], "opset": 17,
                   "simplify": "onnxslim", "calibration_samples": 64, "reference_samples": 16,
-                  "calibration_method": "percentile", "int8_ops": "weights",
+                  "calibration_method": DEFAULT_CALIBRATION, "int8_ops": "weights",
                   "int8_fallback": "weights"}
 
 

@@ -25,6 +25,7 @@ from ..errors import ExportError
 EXT = {"onnx": "onnx", "tflite": "tflite"}
 # int8 within half a point of fp32 (issue 10's target); a variant that misses it keeps layer groups float
 DEFAULT_GATE = {"max_accuracy_drop_pp": 1.0, "max_quant_drop_pp": 0.5, "min_quant_agreement": 0.99}
+DEFAULT_CALIBRATION = "percentile"  # export.calibration_method when a config leaves it out (recipe.py says why)
 FLOAT_WEIGHTS = " (float weights)"  # suffix of a fallback step that keeps a layer group's weights float too
 
 
@@ -101,7 +102,7 @@ class _Exporter:
         if "onnx" in self.formats:
             _check_simplifier(self.simplify)
         self.n_calib = int(cfg.get("calibration_samples", 64))
-        self.calib_method = str(cfg.get("calibration_method", "percentile"))
+        self.calib_method = str(cfg.get("calibration_method", DEFAULT_CALIBRATION))
         self.int8_ops = str(cfg.get("int8_ops", "weights"))
         self.int8_fallback = str(cfg.get("int8_fallback", "weights"))
         check_int8_options(self.calib_method, self.int8_ops, self.int8_fallback)
