@@ -1,4 +1,5 @@
-"""`compile --jobs N`: train the groups' sub-models in N processes (this one and N - 1 workers).
+"""`compile --jobs N`: train the groups' sub-models in N processes (this one and N - 1 workers); and the peer
+beside the ensemble in a process of its own (`peer.parallel`, PeerProcess).
 
 Each worker is `python -m edvit_tool.compile.jobs` on the same resolved recipe and --out: it loads the model and
 data itself (an image folder's decoded-pixel cache is already there), trains its share of the groups with
@@ -20,12 +21,42 @@ from ..config.recipe import Recipe
 from ..errors import EdvitError
 
 TEACHER = "teacher-finetune"  # partial-dir tensors: the teacher's features + logits on the fine-tune split
+PEER_PROGRESS = "peer-progress.json"  # partial-dir file: the peer process's progress (_ProgressFile)
 
 
 def _cpu_threads(recipe: Recipe) -> int:
     import torch
 
     return recipe.threads or torch.get_num_threads()
+
+
+def _write_recipe(recipe: Recipe) -> str:
+    fd, path = tempfile.mkstemp(prefix="edvit-jobs-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(recipe.to_dict(), f)
+    return path
+
+
+def _spawn(args: list[str], env: dict | None = None):
+    """(process, its stderr file): `python -m edvit_tool.compile.jobs ARGS`. stderr goes to a file, not a pipe:
+    a worker that writes more than a pipe holds would block on it."""
+    err = tempfile.TemporaryFile(mode="w+", prefix="edvit-jobs-err-")
+    proc = subprocess.Popen([sys.executable, "-m", "edvit_tool.compile.jobs", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=err, text=True)
+    return proc, err
+
+
+def _last_error(proc, err, what: str) -> EdvitError:
+    err.seek(0)
+    lines = [ln for ln in err.read().strip().splitlines() if ln.strip()]
+    return EdvitError(f"{what} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
+
+
+def hand_teacher(partial, teacher) -> None:
+    """The main process's teacher outputs on the fine-tune split, for the worker processes (none repeats the
+    pass)."""
+    if not partial.has_tensors(TEACHER):
+        partial.save_tensors(TEACHER, {"features": teacher.features, "logits": teacher.logits})
 
 
 class WorkerPool:
@@ -51,18 +82,13 @@ class WorkerPool:
         self.errs = {}  # worker pid -> its stderr file
         if not shares:
             return
-        fd, self.recipe_path = tempfile.mkstemp(prefix="edvit-jobs-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(recipe.to_dict(), f)
+        self.recipe_path = _write_recipe(recipe)
         for w, share in enumerate(shares, start=1):
             env = dict(os.environ)
             if gpus > 1:
                 env["CUDA_VISIBLE_DEVICES"] = str(w % gpus)
-            cmd = [sys.executable, "-m", "edvit_tool.compile.jobs", self.recipe_path, partial.dir,
-                   ",".join(map(str, share)), str(self.per_thread), device.type, str(os.getpid())]
-            # stderr to a file, not a pipe: a worker that writes more than a pipe holds would block on it
-            err = tempfile.TemporaryFile(mode="w+", prefix="edvit-jobs-err-")
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+            proc, err = _spawn([self.recipe_path, partial.dir, ",".join(map(str, share)), str(self.per_thread),
+                                device.type, str(os.getpid())], env)
             self.procs.append((share, proc))
             self.errs[proc.pid] = err
 
@@ -73,9 +99,8 @@ class WorkerPool:
         self.close()
 
     def hand_teacher(self, teacher) -> None:
-        """The main process's teacher outputs on the fine-tune split, for the workers (none repeats the pass)."""
-        if self.procs and not self.partial.has_tensors(TEACHER):
-            self.partial.save_tensors(TEACHER, {"features": teacher.features, "logits": teacher.logits})
+        if self.procs:
+            hand_teacher(self.partial, teacher)
 
     def finish(self, train_here, bars=None) -> None:
         """Train the first share here (with a worker's thread count), then wait for the workers."""
@@ -109,11 +134,7 @@ class WorkerPool:
         failed = [(share, p) for share, p in self.procs if p.poll() is not None and p.returncode != 0]
         if failed:
             share, p = failed[0]
-            err = self.errs[p.pid]
-            err.seek(0)
-            lines = [ln for ln in err.read().strip().splitlines() if ln.strip()]
-            raise EdvitError(f"compile --jobs: the worker training groups {share} failed: "
-                             f"{lines[-1] if lines else f'exit {p.returncode}'}")
+            raise _last_error(p, self.errs[p.pid], f"compile --jobs: the worker training groups {share}")
 
     def close(self) -> None:
         for _, p in self.procs:
@@ -131,6 +152,109 @@ class WorkerPool:
             os.remove(self.recipe_path)
 
 
+def peer_in_process(recipe: Recipe, device, jobs: int) -> bool:
+    """`peer.parallel`: does the peer train in a process of its own, beside the ensemble? auto: on a CPU with
+    cores for both (at least twice `threads`) and --jobs 1 (the workers have the cores then). Never with
+    keep-ratio targets: the peer's budget is then the largest sub-model, known only once they are trained."""
+    mode = recipe.peer.parallel
+    if mode == "never" or recipe.prune.target.params_ratio is None:
+        return False
+    if mode == "always":
+        return True
+    if jobs > 1 or device.type != "cpu":
+        return False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores >= 2 * _cpu_threads(recipe)
+
+
+class _ProgressFile:
+    """A worker's progress bar: its one task's {"description", "total", "done"} in a small json, rewritten at
+    most twice a second, for the main process to show."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def _write(self, state: dict) -> None:
+        with open(self.path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(state, f)
+        os.replace(self.path + ".tmp", self.path)
+
+    def task(self, description: str, total: int):
+        state, last = {"description": description, "total": total, "done": 0}, [time.monotonic()]
+        self._write(state)
+
+        def advance(n: int = 1, **metrics):
+            state["done"] += n
+            if time.monotonic() - last[0] >= 0.5 or state["done"] >= total:
+                last[0] = time.monotonic()
+                self._write(state)
+        return advance
+
+    def log(self, message: str) -> None:
+        """Nothing: the main process logs the peer's summary once it has it."""
+
+
+class PeerProcess:
+    """The peer (peer.py) trained in a process of its own while this one trains the ensemble (`peer.parallel`):
+    where the ensemble's `threads` leave cores idle, the peer leaves the compile's critical path (the demo:
+    ~100 of ~300 s). The process loads the model and data itself, waits for the teacher's outputs
+    (hand_teacher), trains the peer as the main process would after the ensemble (peer.train_peer: same seed,
+    budget and threads, so the same peer) and saves it with its report entry into the partial dir; `result()`
+    shows its progress and loads it. A context manager: leaving it early kills the process."""
+
+    def __init__(self, recipe: Recipe, partial, device):
+        self.partial, self.proc, self.err, self.recipe_path = partial, None, None, None
+        if partial.has_peer():  # a resumed compile: trained already
+            return
+        self.recipe_path = _write_recipe(recipe)
+        self.proc, self.err = _spawn(["--peer", self.recipe_path, partial.dir, str(_cpu_threads(recipe)),
+                                      device.type, str(os.getpid())])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def hand_teacher(self, teacher) -> None:
+        if self.proc is not None:
+            hand_teacher(self.partial, teacher)
+
+    def result(self, model_name: str, kwargs: dict, bars=None):
+        """(peer timm ViT, report entry), once the process has saved them; its progress bar meanwhile."""
+        progress = os.path.join(self.partial.dir, PEER_PROGRESS)
+        advance, shown = None, 0
+        while not self.partial.has_peer():
+            if self.proc is None or self.proc.poll() is not None:
+                if self.partial.has_peer():  # saved just before it exited
+                    break
+                raise _last_error(self.proc, self.err, "compile --peer: the process training the peer")
+            if bars is not None and os.path.isfile(progress):
+                with open(progress, encoding="utf-8") as f:
+                    state = json.load(f)
+                if advance is None:
+                    advance = bars.task(f"{state['description']} (its own process)", state["total"])
+                if advance is not None and state["done"] > shown:
+                    advance(state["done"] - shown)
+                    shown = state["done"]
+            time.sleep(0.1)
+        return self.partial.load_peer(model_name, kwargs, resumed=False)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            if self.partial.has_peer():  # saved: let it exit on its own
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.err.close()
+        if self.recipe_path and os.path.exists(self.recipe_path):
+            os.remove(self.recipe_path)
+
+
 def _wait_for(ready, parent: int, what: str) -> None:
     """Poll until ready(); a worker whose compile died (its parent is gone) stops instead of waiting forever."""
     while not ready():
@@ -139,12 +263,12 @@ def _wait_for(ready, parent: int, what: str) -> None:
         time.sleep(0.05)
 
 
-def main(argv: list[str]) -> int:
-    recipe_path, partial_dir, groups, threads, device_type, parent = argv
+def _attach(argv: list[str]):
+    """(recipe, device, partial, teacher callable) of a worker: RECIPE_JSON PARTIAL_DIR THREADS DEVICE PARENT."""
+    recipe_path, partial_dir, threads, device_type, parent = argv
     import torch
 
     from .checkpoint import resolve_device
-    from .pipeline import autocast_for, prepare, shared_trunk_plan, train_group
     from .resume import Partial
     from .teacher import TeacherOutputs
 
@@ -153,18 +277,36 @@ def main(argv: list[str]) -> int:
     recipe.threads = int(threads)
     torch.set_num_threads(int(threads))
     device = resolve_device(device_type)
-    out_dir = partial_dir[:-len(".partial")]
-    partial = Partial.attach(out_dir, recipe)
-    with autocast_for(device):
-        def teacher() -> TeacherOutputs:  # called by prepare once the model and data are loaded
-            _wait_for(lambda: partial.has_tensors(TEACHER), int(parent), "the teacher's outputs")
-            t = partial.load_tensors(TEACHER)
-            return TeacherOutputs(t["features"], t["logits"], None, None)
+    partial = Partial.attach(partial_dir[:-len(".partial")], recipe)
 
+    def teacher() -> TeacherOutputs:  # called by prepare once the model and data are loaded
+        _wait_for(lambda: partial.has_tensors(TEACHER), int(parent), "the teacher's outputs")
+        t = partial.load_tensors(TEACHER)
+        return TeacherOutputs(t["features"], t["logits"], None, None)
+    return recipe, device, partial, teacher
+
+
+def main(argv: list[str]) -> int:
+    """A --jobs worker: RECIPE_JSON PARTIAL_DIR GROUPS THREADS DEVICE PARENT; or the peer's process:
+    --peer RECIPE_JSON PARTIAL_DIR THREADS DEVICE PARENT."""
+    from .pipeline import autocast_for, prepare, shared_trunk_plan, train_group
+
+    if argv[0] == "--peer":
+        from .peer import train_peer
+
+        recipe, device, partial, teacher = _attach(argv[1:])
+        with autocast_for(device):
+            st = prepare(recipe, device, for_worker=True, teacher=teacher)
+            model, info = train_peer(st, recipe, device, _ProgressFile(os.path.join(partial.dir, PEER_PROGRESS)))
+        partial.save_peer(model, info)
+        return 0
+    groups = argv[2]
+    recipe, device, partial, teacher = _attach(argv[:2] + argv[3:])
+    with autocast_for(device):
         st = prepare(recipe, device, for_worker=True, teacher=teacher)
         trunk = None
         if shared_trunk_plan(recipe, st.k, st.params_target) is not None:
-            _wait_for(lambda: partial.has("trunk"), int(parent), "the shared trunk")
+            _wait_for(lambda: partial.has("trunk"), int(argv[-1]), "the shared trunk")
             trunk = partial.load("trunk", recipe.model.name, recipe.model.kwargs)
         for gi in (int(g) for g in groups.split(",")):
             if not partial.has(f"g{gi}"):

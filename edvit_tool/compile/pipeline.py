@@ -184,7 +184,7 @@ def compile_build(recipe: Recipe, out_dir: str, bars=None, peer: bool = False, r
                   jobs: int = 1) -> SimpleNamespace:
     """Compile `recipe` into `out_dir`. Finished sub-models are kept in `<out_dir>.partial/`; `resume` continues
     from them after a crash or Ctrl-C."""
-    from .jobs import WorkerPool
+    from .jobs import PeerProcess, WorkerPool, peer_in_process
     from .resume import Partial
 
     device = checkpoint.resolve_device(recipe.device)
@@ -193,10 +193,12 @@ def compile_build(recipe: Recipe, out_dir: str, bars=None, peer: bool = False, r
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     try:
-        # --jobs: the workers start now, so their start-up overlaps the data and teacher pass
+        # --jobs workers and the peer's process start now, so their start-up overlaps the data and teacher pass
         with autocast_for(device), (WorkerPool(recipe, partial, jobs, device) if jobs > 1 else
-                                    contextlib.nullcontext()) as pool:
-            trained = _train_stages(recipe, bars, peer, device, partial, pool)
+                                    contextlib.nullcontext()) as pool, \
+                (PeerProcess(recipe, partial, device) if peer and peer_in_process(recipe, device, jobs) else
+                 contextlib.nullcontext()) as peer_proc:
+            trained = _train_stages(recipe, bars, peer, device, partial, pool, peer_proc)
     except EdvitError:
         if partial.empty():  # a user error before any sub-model was trained: leave nothing behind
             partial.done()
@@ -346,16 +348,34 @@ def train_group(st: SimpleNamespace, gi: int, recipe: Recipe, device, bars=None,
                               view=st.views[gi])
 
 
-def _train_stages(recipe: Recipe, bars, peer: bool, device, partial, pool=None) -> SimpleNamespace:
-    """`pool`: the --jobs WorkerPool (None: every group trains here)."""
+def _peer(st: SimpleNamespace, recipe: Recipe, device, bars, partial, peer_proc, subs: list):
+    """(peer timm ViT, report entry): resumed, from its own process (jobs.PeerProcess), or trained here now."""
+    resumed = partial.load_peer(st.m.name, st.m.kwargs)
+    if resumed is not None:
+        return resumed
+    if peer_proc is not None:
+        return peer_proc.result(st.m.name, st.m.kwargs, bars)
+    from .peer import train_peer
+
+    model, info = train_peer(st, recipe, device, bars, subs)
+    partial.save_peer(model, info)
+    return model, info
+
+
+def _train_stages(recipe: Recipe, bars, peer: bool, device, partial, pool=None, peer_proc=None) -> SimpleNamespace:
+    """`pool`: the --jobs WorkerPool (None: every group trains here); `peer_proc`: the peer's own process
+    (jobs.PeerProcess; None: the peer, when asked for, trains here after the ensemble)."""
     t_start = time.perf_counter()
     st = prepare(recipe, device, bars)
-    if pool is not None:
-        pool.hand_teacher(st.teacher)
+    for helper in (pool, peer_proc):
+        if helper is not None:
+            helper.hand_teacher(st.teacher)
     model, data, t_ft, groups, params_target = st.model, st.data, st.t_ft, st.groups, st.params_target
     m, n_cls, orig_params, spec, seed, k, train = st.m, st.n_cls, st.orig_params, st.spec, st.seed, st.k, st.train
     t_fu, t_va = st.t_fu, st.t_va
     log = bars.log if bars else (lambda s: None)
+    if peer_proc is not None and peer_proc.proc is not None:
+        log("peer: training in a second process beside the ensemble (peer.parallel)")
     t_sub = time.perf_counter()
     trunk = None
     if shared_trunk_plan(recipe, k, params_target) is not None:
@@ -389,12 +409,7 @@ def _train_stages(recipe: Recipe, bars, peer: bool, device, partial, pool=None) 
 
     peer_info = None
     if peer:
-        from .peer import build_peer
-
-        biggest = max(surgery.count_params(s) for s in subs)
-        seed_everything(seed + 99)
-        peer_model, peer_info = build_peer(model, train, data.val.x, data.val.y, recipe, biggest, k, device,
-                                           seed + 99, bars, "validation split")
+        peer_model, peer_info = _peer(st, recipe, device, bars, partial, peer_proc, subs)
         peer_info["ensemble_seconds"] = ensemble_seconds
 
     # Every choice is made: the test split is read here, once, for the reported figures.

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+from types import SimpleNamespace
 
 import torch
 
@@ -57,13 +58,15 @@ class Partial:
 
     def empty(self) -> bool:
         """Nothing trained yet (only the fingerprint, and the teacher's outputs handed to --jobs workers)."""
-        return not os.path.isdir(self.dir) or set(os.listdir(self.dir)) <= {"state.json", "teacher-finetune.tensors.pt"}
+        return not os.path.isdir(self.dir) or set(os.listdir(self.dir)) <= {"state.json", "teacher-finetune.tensors.pt",
+                                                                             "peer-progress.json"}
 
     def has(self, name: str) -> bool:
         return os.path.isfile(os.path.join(self.dir, f"{name}.json"))
 
-    def load(self, name: str, model_name: str, kwargs: dict):
-        """The finished sub-model `name` (a distill.Student: the pruned ViT + its aux head), or None."""
+    def load(self, name: str, model_name: str, kwargs: dict, resumed: bool = True):
+        """The finished sub-model `name` (a distill.Student: the pruned ViT + its aux head), or None. `resumed`:
+        log that it was (False: another process of this compile saved it just now)."""
         from .distill import Student
 
         meta = os.path.join(self.dir, f"{name}.json")
@@ -80,7 +83,8 @@ class Partial:
             if info.get(key):
                 side[key] = torch.nn.Linear(*info[key])
                 side[key].load_state_dict(state[key])
-        self.log(f"resume: {name} loaded from {self.dir}")
+        if resumed:
+            self.log(f"resume: {name} loaded from {self.dir}")
         return Student(net.eval(), side["aux"], side["proj"])
 
     def save(self, name: str, student) -> None:
@@ -98,6 +102,25 @@ class Partial:
         with open(meta + ".tmp", "w", encoding="utf-8") as f:
             json.dump(shapes, f)
         os.replace(meta + ".tmp", meta)
+
+    def has_peer(self) -> bool:
+        return self.has("peer")
+
+    def save_peer(self, model, info: dict) -> None:
+        """The trained peer and its report entry (the entry first: has_peer() means both are there)."""
+        path = os.path.join(self.dir, "peer-info.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(info, f)
+        os.replace(path + ".tmp", path)
+        self.save("peer", SimpleNamespace(model=model, aux=None, proj=None))
+
+    def load_peer(self, model_name: str, kwargs: dict, resumed: bool = True):
+        """(peer timm ViT, report entry), or None when no peer was saved."""
+        if not self.has_peer():
+            return None
+        with open(os.path.join(self.dir, "peer-info.json"), encoding="utf-8") as f:
+            info = json.load(f)
+        return self.load("peer", model_name, kwargs, resumed).model.eval(), info
 
     def has_tensors(self, name: str) -> bool:
         return os.path.isfile(os.path.join(self.dir, f"{name}.tensors.pt"))

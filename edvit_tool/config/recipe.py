@@ -204,6 +204,9 @@ class FinetuneCfg(Section):
 class PeerCfg(Section):
     compute: str = F("ensemble", choices=("ensemble", "submodel"))  # steps: K sub-models' or one's
     evals: int = F(10, NONNEG)               # early-stopping evaluations on the validation split
+    # train the peer in a second process beside the ensemble: auto = on a CPU with cores for both (at least
+    # twice `threads`) and --jobs 1; the peer is the same either way
+    parallel: str = F("auto", choices=("auto", "always", "never"))
 
 
 @dataclass

@@ -80,6 +80,34 @@ def test_jobs_2_gives_the_build_of_jobs_1(tmp_path, ckpt):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
 
 
+@pytest.mark.slow
+def test_the_peer_in_its_own_process_is_the_peer_trained_after_the_ensemble(tmp_path, ckpt):
+    """peer.parallel: the peer trained beside the ensemble in a second process gives the report of the one
+    trained after it in the main process; the ensemble is untouched."""
+    import json
+
+    reports = {}
+    for mode in ("never", "always"):
+        rec = _rec(ckpt)
+        rec["peer"] = {"parallel": mode}
+        recipe = tmp_path / f"{mode}.yaml"
+        recipe.write_text(yaml.safe_dump(rec))
+        r = subprocess.run(_compile(recipe, tmp_path / mode, "--peer", "--json"), capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        reports[mode] = json.loads(r.stdout)
+        assert not (tmp_path / f"{mode}.partial").exists()
+    inline, apart = reports["never"]["peer"], reports["always"]["peer"]
+    for key in ("params", "params_budget", "train_steps", "validation_accuracy", "accuracy", "bytes"):
+        assert inline[key] == apart[key], key
+    # the per-board budget (params_ratio 0.25 by default), known before any sub-model is trained
+    built = reports["always"]
+    assert apart["params_budget"] == int(0.25 * built["original"]["params"])
+    assert max(s["params"] for s in built["submodels"]) <= apart["params_budget"]
+    for rel in ("submodels/g0.pt", "submodels/g2.pt", "fusion/fusion.pt"):
+        a, b = _tensors(tmp_path / "never" / rel), _tensors(tmp_path / "always" / rel)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
+
+
 def test_a_jobs_worker_takes_the_main_process_teacher_outputs_instead_of_a_second_pass(tmp_path, ckpt):
     """--jobs workers get the teacher's fine-tune-split outputs from the main process (partial dir) and must use
     them as they are; outputs that do not fit the worker's data are recomputed, not trusted."""
