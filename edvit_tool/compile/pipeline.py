@@ -349,12 +349,12 @@ def train_group(st: SimpleNamespace, gi: int, recipe: Recipe, device, bars=None,
 
 
 def _peer(st: SimpleNamespace, recipe: Recipe, device, bars, partial, peer_proc, subs: list):
-    """(peer timm ViT, report entry): resumed, from its own process (jobs.PeerProcess), or trained here now."""
+    """(peer timm ViT, report entry): from its own process (jobs.PeerProcess), resumed, or trained here now."""
+    if peer_proc is not None and peer_proc.proc is not None:
+        return peer_proc.result(st.m.name, st.m.kwargs, bars)
     resumed = partial.load_peer(st.m.name, st.m.kwargs)
     if resumed is not None:
         return resumed
-    if peer_proc is not None:
-        return peer_proc.result(st.m.name, st.m.kwargs, bars)
     from .peer import train_peer
 
     model, info = train_peer(st, recipe, device, bars, subs)
