@@ -46,9 +46,11 @@ def _parse_value(v: str):
 
 # recipe keys the peer does not read (it is one class-agnostic model pruned from the original): a label that
 # differs from another only in these can take that label's peers (--peer-from) instead of training them again
-# (finetune.early_stopping: the peer always stops early; split.view_shift: the peer has no view)
+# (finetune.early_stopping: the peer always stops early; split.view_shift: the peer has no view; peer.parallel:
+# where it trains, not how)
 ENSEMBLE_ONLY = ("prune.shared_", "prune.importance_other", "finetune.branch_lr", "finetune.joint_", "fusion.",
-                 "finetune.other_", "finetune.aux_weight", "finetune.early_stopping", "split.view_shift")
+                 "finetune.other_", "finetune.aux_weight", "finetune.early_stopping", "split.view_shift",
+                 "peer.parallel")
 
 
 def run_one(task: str, k: int, ratio: float, overrides: dict, export: bool, label: str, device: str = "cpu",
@@ -63,7 +65,9 @@ def run_one(task: str, k: int, ratio: float, overrides: dict, export: bool, labe
     recipe_path = task_mod.ensure_task(task)
     ov = {"split.groups": k, "prune.target.params_ratio": ratio, "threads": 1, "device": device,
           "export.formats": ["onnx"] if export else [], "export.quant": ["fp32", "int8-static"],
-          "export.simplify": "none", **overrides}
+          "export.simplify": "none",
+          # the peer after the ensemble, not beside it: their seconds are then each measured alone (same peer)
+          "peer.parallel": "never", **overrides}
     recipe = recipe_mod.load(recipe_path, ov)
     out = os.path.join(BUILDS, label, f"{task}-k{k}-r{ratio}")
     t0 = time.perf_counter()

@@ -361,7 +361,10 @@ class _Exporter:
             return groups
         from .tflite import node_groups
 
-        return node_groups(self._fp32_file(fmt, name))
+        groups = node_groups(self._fp32_file(fmt, name))
+        if quant == "int8-static" and self.int8_ops == "weights":  # those ops are float already: nothing to gain
+            groups = {k: v for k, v in groups.items() if k not in ("layernorm", "softmax", "gelu")}
+        return groups
 
     def _fallback_steps(self, fmt: str, quant: str, name: str) -> dict:
         """The float fallback's steps in order, {label: nodes}: every layer group with float activations (and, with
@@ -459,7 +462,7 @@ class _Exporter:
                 from .quantize import quantize_tflite
 
                 quantize_tflite(self._fp32_file(fmt, name), dst, quant, input_name, self.calib.get(name), exclude,
-                                self.qsv_cache, float_weights=float_weights)
+                                self.qsv_cache, float_weights=float_weights, ops=self.int8_ops)
         if dst != named:
             self._compact(fmt, quant, dst)
         self.progress.step(artifact=f"{name}:{fmt}/{quant}")

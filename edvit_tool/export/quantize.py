@@ -40,6 +40,8 @@ NEEDS_CALIBRATION = ("int8-static",)
 MIN_CALIBRATION = 8
 # ops quantize_dynamic touches: a fallback step that keeps none of them float changes nothing
 _WEIGHT_OPS = {"MatMul", "Gemm", "Conv"}  # export.int8_ops weights: what int8-static quantises
+# the TFLite ops export.int8_ops weights quantises (what ONNX's MatMul/Gemm/Conv become in a converted ViT)
+_TFLITE_WEIGHT_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D")
 _ONNX_DYNAMIC_OPS = {"MatMul", "Gemm", "Conv", "Attention", "Gather", "LSTM", "EmbedLayerNormalization"}
 
 
@@ -260,9 +262,12 @@ def _calibrate_tflite(fp32: str, qt, samples: list, ranges: str):
 
 def quantize_tflite(fp32: str, dst: str, quant: str, input_name: str, calib: np.ndarray | None = None,
                     exclude: list[tuple[str, str]] | None = None, qsv_cache: dict | None = None,
-                    ranges: str = "minmax", float_weights: list | None = None) -> None:
+                    ranges: str = "minmax", float_weights: list | None = None, ops: str = "all") -> None:
     """exclude: [(regex on op output tensor names, TFLite op name or '*')] kept out of int8 compute; in int8 modes the
     rules not in float_weights (default: all of them float) keep their fully-connected / conv weights int8.
+    ops (export.int8_ops, int8-static): 'weights' quantises only the weight ops and the attention matmuls (int8
+    weights and inputs; LayerNorm, softmax, GELU and the residual adds stay float, as ONNX's default), 'all'
+    every op the quantiser supports.
     qsv_cache: reuse calibration ranges (those of the plain recipe, which cover every fallback step's) across
     fallback attempts on the same fp32 file."""
     from ai_edge_quantizer import quantizer, recipe
@@ -273,6 +278,11 @@ def quantize_tflite(fp32: str, dst: str, quant: str, input_name: str, calib: np.
     float_weights = set(map(tuple, exclude or [])) if float_weights is None else set(map(tuple, float_weights))
     if quant == "int8-dynamic":
         qt.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+    elif quant == "int8-static" and ops == "weights":
+        qt.update_quantization_recipe(regex=".*", operation_name=TFLOperationName.ALL_SUPPORTED,
+                                      algorithm_key=AlgorithmName.NO_QUANTIZE)
+        for op in _TFLITE_WEIGHT_OPS:
+            qt.add_static_config(".*", TFLOperationName(op), 8, 8)
     elif quant == "int8-static":
         qt.load_quantization_recipe(recipe.static_wi8_ai8())
     elif quant == "fp16":

@@ -185,3 +185,47 @@ def test_a_failing_worker_is_reported_with_its_last_error_line(tmp_path, ckpt):
     assert str(e.value).startswith("compile --jobs: the worker training groups [1] failed: Error: ")
     assert "model.safetensors" in str(e.value), str(e.value)
     assert all(p.poll() is not None for _, p in pool.procs)
+
+
+def test_a_failing_peer_process_is_reported_with_its_last_error_line(tmp_path, ckpt):
+    """The peer's process cannot load the checkpoint (gone by the time it reads it: a real fault, not a mock):
+    result() names the peer's process and its Error line instead of waiting forever."""
+    import shutil
+
+    from edvit_tool.compile.jobs import PeerProcess
+    from edvit_tool.compile.resume import Partial
+    from edvit_tool.config import recipe as recipe_mod
+    from edvit_tool.errors import EdvitError
+
+    moved = tmp_path / "model.safetensors"
+    shutil.copy(ckpt, moved)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(_rec(moved)))
+    recipe = recipe_mod.load(str(path))
+    partial = Partial(str(tmp_path / "build"), recipe, resume=False)
+    moved.unlink()
+    with PeerProcess(recipe, partial, torch.device("cpu")) as proc:
+        with pytest.raises(EdvitError) as e:
+            proc.result(recipe.model.name, recipe.model.kwargs)
+    assert str(e.value).startswith("compile --peer: the process training the peer failed: Error: "), str(e.value)
+    assert "model.safetensors" in str(e.value) and proc.proc.poll() is not None
+
+
+def test_a_saved_peer_is_reloaded_with_its_report_entry(tmp_path, ckpt):
+    """A finished peer survives in the partial dir (compile --resume takes it instead of training it again)."""
+    from edvit_tool.compile.checkpoint import load_model
+    from edvit_tool.compile.resume import Partial
+    from edvit_tool.config import recipe as recipe_mod
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(_rec(ckpt)))
+    recipe = recipe_mod.load(str(path))
+    partial = Partial(str(tmp_path / "build"), recipe, resume=False)
+    assert partial.load_peer(recipe.model.name, KW) is None
+    model = load_model(recipe.model.name, KW, str(ckpt))
+    partial.save_peer(model, {"accuracy": 0.5, "params": 7})
+    again = Partial(str(tmp_path / "build"), recipe, resume=True)
+    loaded, info = again.load_peer(recipe.model.name, KW)
+    assert info == {"accuracy": 0.5, "params": 7}
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
