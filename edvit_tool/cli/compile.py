@@ -25,8 +25,10 @@ def _csv(value):
 @click.option("--quant", default=None, help="Override export.quant, e.g. fp32,int8-static.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Override device.")
 @click.option("--seed", type=int, default=None, help="Override seed (same seed + same inputs = same build).")
-@click.option("--peer", is_flag=True, help="Also build the class-agnostic peer (one pruned ViT at the largest "
-                                           "sub-model's size) and report its accuracy beside the ensemble.")
+@click.option("--peer", is_flag=True, help="Also build the class-agnostic peer (one pruned ViT at the per-board "
+                                           "size, K sub-models' compute) and report its accuracy beside the "
+                                           "ensemble; it trains in a second process beside the ensemble when the "
+                                           "CPU has cores to spare (recipe peer.parallel).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted compile of the same recipe into the same --out: "
                                              "sub-models finished before the crash or Ctrl-C (kept in OUT.partial/) "
                                              "are loaded, not trained again.")

@@ -125,8 +125,9 @@ def _print_loop(res: dict) -> None:
 @click.option("--known-hosts", "known_hosts", type=click.Path(dir_okay=False), default=None,
               help="--ssh-boards: known_hosts file [default: ~/.ssh/known_hosts].")
 @click.option("--peer/--no-peer", default=True, show_default=True,
-              help="Also build the class-agnostic peer (one pruned ViT at the largest sub-model's size, K "
-                   "sub-models' compute) and report it beside the ensemble; --no-peer halves the compile time.")
+              help="Also build the class-agnostic peer (one pruned ViT at the per-board size, K sub-models' "
+                   "compute) and report it beside the ensemble. It trains in a second process beside the "
+                   "ensemble when the CPU has cores to spare (peer.parallel); --no-peer saves that work.")
 @click.option("--runs", default=30, show_default=True, type=click.IntRange(1),
               help="Timed runs per artifact when profiling.")
 def command(recipe_path, out_dir, run_dir, retrain, rebuild, train_steps, seed, device, no_boards, ssh_boards,

@@ -285,6 +285,12 @@ def test_tflite_fallback_keeps_the_named_ops_float(models, staged, tmp_path):
     assert out_types(plain, is_ln) == {"INT8"}
     assert out_types(kept, is_ln) == {"FLOAT32"}
     assert "INT8" in out_types(kept, lambda c, n: c == "FULLY_CONNECTED")
+    # export.int8_ops weights (the default): the matmuls in int8, LayerNorm / softmax / GELU float without a rule
+    weights = str(tmp_path / "weights.tflite")
+    quantize_tflite(src, weights, "int8-static", "pixel_values", calib, [], ops="weights")
+    matmuls = ("FULLY_CONNECTED", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D")
+    assert out_types(weights, lambda c, n: c not in matmuls + ("QUANTIZE",)) == {"FLOAT32"}
+    assert out_types(weights, lambda c, n: c in matmuls) == {"INT8"}
     # float in, float out in every mode: boards never see int8 tensors
     runner = V.Runner(kept, "tflite")
     assert [t["dtype"] for t in runner.inputs + runner.outputs] == ["float32"] * 3
