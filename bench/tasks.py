@@ -18,6 +18,10 @@ original ViT `model.safetensors`, and `recipe.yaml` (the default recipe pointed 
   holdout-strokes (added in session 9, after the sub-model views were chosen; never tuned on) 12 classes, 48 px
                   RGB, patch 12: random polyline templates under affine warps and jitter, gradient background,
                   a distractor stroke, blur and noise.
+  holdout-relations (added in session 12, after every default was chosen; never tuned on) 12 classes, 32 px RGB,
+                  a deeper, narrower ViT (depth 6, embed 64): shape pair x relative position (left, right,
+                  above, below), textured background, a distractor shape; long-tailed train set (400 -> 80 per
+                  class), balanced test.
 
     python bench/tasks.py [--tasks a,b] [--threads 1]      # build what is missing, print original accuracies
 """
@@ -275,6 +279,46 @@ def _holdout_strokes(seed: int, n_per_class: int = 150, size: int = 48, n_classe
     return np.stack(xs), np.array(ys), [f"stroke-{i}" for i in range(n_classes)]
 
 
+def _holdout_relations(seed: int, size: int = 32):
+    """Spatial relations (added in session 12, after every default was chosen; never tuned on): class = which of
+    three shape pairs (circle/square, square/triangle, triangle/circle) x where the first sits relative to the
+    second (left, right, above, below). Random colours, sizes, rotation and distance; a textured background, a
+    small distractor shape of the third kind, blur and noise. The class lives in the layout, not in any one
+    patch; long-tailed train set (400 -> 80 per class), balanced test."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    pairs = [(0, 2), (2, 1), (1, 0)]  # _shape_points kinds: 0 circle, 1 triangle, 2 square
+    dirs = {"left": (-1, 0), "right": (1, 0), "above": (0, -1), "below": (0, 1)}
+    n_classes = len(pairs) * len(dirs)
+    names = [f"{['circle', 'triangle', 'square'][a]}-{d}-{['circle', 'triangle', 'square'][b]}"
+             for a, b in pairs for d in dirs]
+    train_counts = [int(round(400 * (80 / 400) ** (i / (n_classes - 1)))) for i in range(n_classes)]
+
+    def draw(cls):
+        (a, b), (dx, dy) = pairs[cls // len(dirs)], list(dirs.values())[cls % len(dirs)]
+        base = rng.uniform(40, 140, 3)
+        noise = rng.normal(0, 1, (size // 4, size // 4, 3)).repeat(4, 0).repeat(4, 1) * rng.uniform(5, 15)
+        im = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
+        dr = ImageDraw.Draw(im)
+        third = 3 - a - b
+        _draw_shape(dr, third, *rng.uniform(4, size - 4, 2), rng.uniform(2, 3.5), rng.uniform(0, 6.3),
+                    _rand_colour(rng), bool(rng.integers(0, 2)), 1)
+        dist = rng.uniform(13, 17)
+        mid = rng.uniform(14, size - 14, 2)
+        off = np.array([dx, dy]) * dist / 2 + rng.normal(0, 1.0, 2)
+        for kind, c in ((a, mid + off), (b, mid - off)):
+            _draw_shape(dr, kind, c[0], c[1], rng.uniform(5, 6.5), rng.uniform(0, 6.3), _rand_colour(rng), False)
+        im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.9)))
+        return np.clip(np.asarray(im, dtype=np.float32) + rng.normal(0, 10, (size, size, 3)), 0, 255).astype(np.uint8)
+
+    x = np.stack([draw(c) for c, n in enumerate(train_counts) for _ in range(n)])
+    y = np.array([c for c, n in enumerate(train_counts) for _ in range(n)])
+    xt = np.stack([draw(c) for c in range(n_classes) for _ in range(50)])
+    yt = np.repeat(np.arange(n_classes), 50)
+    return x, y, xt, yt, names
+
+
 # ---------------------------------------------------------------- task table
 
 TASKS = {
@@ -285,6 +329,9 @@ TASKS = {
     "holdout-dots": dict(size=40, chans=3, patch=8, embed=96, depth=5, heads=4, train_steps=3000, tuning=False),
     # added in session 9 after the sub-model views were chosen, to check them on a task nothing was tuned on
     "holdout-strokes": dict(size=48, chans=3, patch=12, embed=96, depth=4, heads=4, train_steps=2500, tuning=False),
+    # added in session 12 after every default was chosen: a deeper, narrower ViT; classes in the layout
+    "holdout-relations": dict(size=32, chans=3, patch=8, embed=64, depth=6, heads=4, train_steps=4000,
+                              tuning=False),
 }
 TUNING = [t for t, c in TASKS.items() if c["tuning"]]
 HOLDOUT = [t for t, c in TASKS.items() if not c["tuning"]]
@@ -311,6 +358,8 @@ def generate(task: str, seed: int = 0):
         return x[~test], y.numpy()[~test], x[test], y.numpy()[test], names
     if task == "glyphs-lt":
         return _glyphs_lt(seed)
+    if task == "holdout-relations":
+        return _holdout_relations(seed)
     x, y, names = {"shapes-20": _shapes_20, "textures-50": _textures_50, "holdout-dots": _holdout_dots,
                    "holdout-strokes": _holdout_strokes}[task](seed)
     test = _split_by(np.arange(len(y)), y, 0.2, seed)

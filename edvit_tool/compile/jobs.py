@@ -220,15 +220,17 @@ class PeerProcess:
         if self.proc is not None:
             hand_teacher(self.partial, teacher)
 
+    def check(self) -> None:
+        """Raise now (not after the whole ensemble) if the process died without saving the peer."""
+        if not self.partial.has_peer() and (self.proc is None or self.proc.poll() is not None):
+            raise _last_error(self.proc, self.err, "compile --peer: the process training the peer")
+
     def result(self, model_name: str, kwargs: dict, bars=None):
         """(peer timm ViT, report entry), once the process has saved them; its progress bar meanwhile."""
         progress = os.path.join(self.partial.dir, PEER_PROGRESS)
         advance, shown = None, 0
         while not self.partial.has_peer():
-            if self.proc is None or self.proc.poll() is not None:
-                if self.partial.has_peer():  # saved just before it exited
-                    break
-                raise _last_error(self.proc, self.err, "compile --peer: the process training the peer")
+            self.check()
             if bars is not None and os.path.isfile(progress):
                 with open(progress, encoding="utf-8") as f:
                     state = json.load(f)

@@ -388,6 +388,8 @@ def _train_stages(recipe: Recipe, bars, peer: bool, device, partial, pool=None, 
         pool.finish(lambda gi: partial.save(f"g{gi}", train_group(st, gi, recipe, device, bars, trunk)), bars)
     students = []
     for gi, group in enumerate(groups):
+        if peer_proc is not None:
+            peer_proc.check()
         student = partial.load(f"g{gi}", m.name, m.kwargs)
         if student is None:
             student = train_group(st, gi, recipe, device, bars, trunk)
