@@ -235,7 +235,7 @@ class PeerProcess:
                 with open(progress, encoding="utf-8") as f:
                     state = json.load(f)
                 if advance is None:
-                    advance = bars.task(f"{state['description']} (its own process)", state["total"])
+                    advance = bars.task(f"{state['description'].split()[0]} (second process)", state["total"])
                 if advance is not None and state["done"] > shown:
                     advance(state["done"] - shown)
                     shown = state["done"]
