@@ -74,15 +74,16 @@ def run_one(build: str, setting: str, fmt: str = "onnx") -> dict:
         if a["format"] == fmt and a["quant"] in size:
             size[a["quant"]] += a["bytes"]
     val, test = acc.get("exported_val", {}), acc.get("exported", {})
+    fp32, int8 = f"{fmt}/fp32", f"{fmt}/int8-static"
+    agreement = acc.get("quant_agreement", {}).get(int8, {})
     return {"build": os.path.basename(build.rstrip("/")), "setting": setting, "format": fmt, "returncode": 0,
             "error": "",
             "val_samples": acc.get("val_samples"), "eval_samples": acc.get("eval_samples"),
-            "val_fp32": val.get(f"{fmt}/fp32"), "val_int8": val.get(f"{fmt}/int8-static"),
-            "test_fp32": test.get(f"{fmt}/fp32"), "test_int8": test.get(f"{fmt}/int8-static"),
+            "val_fp32": val.get(fp32), "val_int8": val.get(int8), "test_fp32": test.get(fp32),
+            "test_int8": test.get(int8),
             "int8_bytes_ratio": size["int8-static"] / size["fp32"] if size["fp32"] else None,
             # share of fused answers int8 keeps from fp32 (validation / held-out), where the export records it
-            "val_agreement": acc.get("quant_agreement", {}).get(f"{fmt}/int8-static", {}).get("val"),
-            "test_agreement": acc.get("quant_agreement", {}).get(f"{fmt}/int8-static", {}).get("held_out"),
+            "val_agreement": agreement.get("val"), "test_agreement": agreement.get("held_out"),
             "float_layers": {a["name"]: a["float_layers"] for a in manifest["artifacts"]
                              if a["format"] == fmt and a["quant"] == "int8-static" and a.get("float_layers")},
             "seconds": seconds}

@@ -52,6 +52,18 @@ def _last_error(proc, err, what: str) -> EdvitError:
     return EdvitError(f"{what} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
 
 
+def _stop(proc, finished: bool) -> None:
+    """Let a worker whose work is saved exit on its own (a torch teardown takes ~1 s); kill one still running."""
+    if finished:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def hand_teacher(partial, teacher) -> None:
     """The main process's teacher outputs on the fine-tune split, for the worker processes (none repeats the
     pass)."""
@@ -138,14 +150,7 @@ class WorkerPool:
 
     def close(self) -> None:
         for _, p in self.procs:
-            if self.finished:  # its groups are saved: let it exit on its own
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    pass
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            _stop(p, self.finished)
         for err in self.errs.values():
             err.close()
         if self.recipe_path and os.path.exists(self.recipe_path):
@@ -244,14 +249,7 @@ class PeerProcess:
 
     def close(self) -> None:
         if self.proc is not None:
-            if self.partial.has_peer():  # saved: let it exit on its own
-                try:
-                    self.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    pass
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
+            _stop(self.proc, self.partial.has_peer())
             self.err.close()
         if self.recipe_path and os.path.exists(self.recipe_path):
             os.remove(self.recipe_path)
