@@ -316,7 +316,11 @@ def _check_value(field: Field, value, path: str, problems: list[str]):
     if float in types_ and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if isinstance(value, bool) and bool not in types_ or not isinstance(value, types_):
-        problems.append(f"{path} must be {_type_name(types_)}, got {value!r}")
+        expect = (f"one of {', '.join(map(str, field.choices))}" if field.choices is not None and str in types_
+                  else _type_name(types_))
+        yaml_bool = isinstance(value, bool) and str in types_  # YAML 1.1 reads a bare yes/no/on/off as true/false
+        hint = " (quote it: YAML reads bare yes/no/on/off as true/false)" if yaml_bool else ""
+        problems.append(f"{path} must be {expect}, got {value!r}{hint}")
         return value
     if field.choices is not None:
         items = value if isinstance(value, list) else [value]

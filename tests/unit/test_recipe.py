@@ -19,6 +19,9 @@ def test_defaults_fill_an_empty_recipe():
     ({"export": {"quant": ["int4"]}}, "export.quant must be one of fp32, fp16, int8-dynamic, int8-static, got 'int4'"),
     ({"data": {"kind": "npz"}}, "data.root is required for data.kind=npz"),
     ({"data": {"distort": "yes"}}, "data.distort must be true/false, got 'yes'"),
+    ({"peer": {"parallel": True}}, "peer.parallel must be one of auto, always, never, got True (quote it: YAML "
+                                   "reads bare yes/no/on/off as true/false)"),
+    ({"threads": True}, "threads must be an integer, got True"),
 ])
 def test_each_bad_value_is_named_with_its_path(raw, needle):
     with pytest.raises(RecipeError) as e:
